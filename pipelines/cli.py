@@ -1,0 +1,167 @@
+"""`rlaif` command line: demo, run, ingest, and helpers to build the local test models and videos."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from rlaif.config import ConfigError, RunConfig, load_config, parse_config, set_dotted
+
+log = logging.getLogger("rlaif")
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _config(args) -> RunConfig:
+    overrides = _overrides(args.set)
+    if getattr(args, "config", None):
+        return load_config(args.config, overrides)
+    data: dict = {}
+    for k, v in overrides.items():
+        set_dotted(data, k, v)
+    return parse_config(data, origin="defaults + --set")
+
+
+def _print_ingest(stage: dict, run_dir: Path) -> None:
+    print(f"\ningest: {stage['rows_in']} inputs -> {stage['rows_ok']} videos kept, "
+          f"{stage['rows_quarantined']} quarantined ({stage['seconds']} s)")
+    for reason, n in stage.get("reasons", {}).items():
+        print(f"  quarantined {n:3d} x {reason}")
+    print(f"  {run_dir / 'videos.parquet'}\n  {run_dir / 'quarantine.parquet'}")
+
+
+def cmd_demo(args) -> int:
+    from pipelines.demo import make_demo_inputs
+    from pipelines.ray_env import init_ray
+    from pipelines.runner import run_pipeline
+    from rlaif.tiny_models import ensure_model
+
+    cfg = _config(args)
+    run_dir = Path(args.run or cfg.run_dir or "runs/demo")
+    start = time.time()
+    for role, name in (("policy", cfg.models.policy), ("judge", cfg.models.judge)):
+        log.info("%s model: %s", role, ensure_model(name))
+    manifest_path = make_demo_inputs(cfg.demo, run_dir / "inputs")
+    init_ray(cfg.ray)
+    manifest = run_pipeline(cfg, run_dir, resume=args.resume, source=str(manifest_path))
+    _print_ingest(manifest.stage("ingest"), run_dir)
+    print(f"\ndemo finished in {time.time() - start:.1f} s; run folder: {run_dir}")
+    print("stages run: ingest (captioning, rollouts, judging and DPO rounds are not built yet)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from pipelines.ray_env import init_ray
+    from pipelines.runner import run_pipeline
+
+    cfg = _config(args)
+    run_dir = Path(args.run or cfg.run_dir or f"runs/{cfg.name}")
+    init_ray(cfg.ray)
+    manifest = run_pipeline(cfg, run_dir, resume=args.resume)
+    _print_ingest(manifest.stage("ingest"), run_dir)
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from pipelines.ray_env import init_ray
+    from pipelines.runner import run_pipeline
+
+    cfg = _config(args)
+    run_dir = Path(args.run)
+    init_ray(cfg.ray)
+    manifest = run_pipeline(cfg, run_dir, resume=args.resume, source=args.source)
+    _print_ingest(manifest.stage("ingest"), run_dir)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from rlaif.tiny_models import ensure_model
+
+    for name in args.names:
+        print(f"{name}: {ensure_model(name)}")
+    return 0
+
+
+def cmd_videos(args) -> int:
+    from rlaif.broken_videos import write_broken_corpus
+    from rlaif.synthetic_videos import write_synthetic_corpus
+
+    out = Path(args.out)
+    videos = write_synthetic_corpus(out / "synthetic", args.n, seed=args.seed)
+    print(f"{len(videos)} synthetic clips with ground truth in {out / 'synthetic'} (truth.parquet)")
+    if args.broken:
+        cases = write_broken_corpus(out / "broken", videos[0].path, seed=args.seed)
+        print(f"{len(cases)} broken inputs in {out / 'broken'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlaif", description="Align a video LMM with AI feedback, on Ray.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, config_required=False):
+        if config_required:
+            sp.add_argument("config", help="run config (YAML)")
+        else:
+            sp.add_argument("--config", help="run config (YAML); defaults otherwise")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. ingest.num_frames=4")
+        sp.add_argument("--resume", action="store_true", help="skip stages finished with the same config")
+
+    d = sub.add_parser("demo", help="the CPU demo: makes its own videos and test models, then runs the pipeline")
+    d.add_argument("--run", help="run folder (default runs/demo)")
+    common(d)
+    d.set_defaults(fn=cmd_demo)
+
+    r = sub.add_parser("run", help="run the pipeline described by a config")
+    r.add_argument("--run", help="run folder (default: run_dir from the config, else runs/<name>)")
+    common(r, config_required=True)
+    r.set_defaults(fn=cmd_run)
+
+    i = sub.add_parser("ingest", help="ingest alone: decode and sample videos into RUN/videos.parquet")
+    i.add_argument("source", help="folder, glob, Parquet manifest (column uri/path/video) or one file")
+    i.add_argument("--run", required=True, help="run folder")
+    common(i)
+    i.set_defaults(fn=cmd_ingest)
+
+    m = sub.add_parser("models", help="build (once, cached) and print the local test models")
+    m.add_argument("names", nargs="*", default=["tiny-qwen2-vl", "tiny-judge", "smollm2-135m-instruct"])
+    m.set_defaults(fn=cmd_models)
+
+    v = sub.add_parser("videos", help="write synthetic clips with ground truth (and optionally a broken corpus)")
+    v.add_argument("out")
+    v.add_argument("--n", type=int, default=12)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--broken", action="store_true")
+    v.set_defaults(fn=cmd_videos)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.fn(args)
+    except ConfigError as err:
+        print(f"rlaif: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as err:
+        print(f"rlaif: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

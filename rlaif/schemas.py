@@ -1,0 +1,34 @@
+"""Arrow schemas of the run folder's tables (one Parquet table per stage) and helpers to read them back.
+
+Frames are stored as raw uint8 bytes plus their shape rather than as a tensor extension type: any Arrow reader
+(pyarrow without Ray, DuckDB, Spark, pandas) can read them, and the schema is the same whatever the frame count.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+VIDEOS = pa.schema([
+    ("video_id", pa.string()),
+    ("uri", pa.string()),
+    ("status", pa.string()),          # "ok" | "quarantined"
+    ("reason", pa.string()),          # short machine-readable cause when quarantined (rlaif.decode reasons)
+    ("error", pa.string()),           # human-readable detail
+    ("duration_s", pa.float64()),
+    ("fps", pa.float64()),
+    ("n_frames", pa.int64()),         # frames in the source video
+    ("width", pa.int32()),            # source size
+    ("height", pa.int32()),
+    ("codec", pa.string()),
+    ("frame_indices", pa.list_(pa.int32())),  # which source frames were sampled
+    ("frames_shape", pa.list_(pa.int32())),   # (T, H, W, 3)
+    ("frames", pa.large_binary()),            # raw uint8 RGB, C order
+])
+
+QUARANTINE_COLUMNS = ["video_id", "uri", "reason", "error"]
+QUARANTINE = pa.schema([VIDEOS.field(c) for c in QUARANTINE_COLUMNS])
+
+
+def frames_of(row: dict) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames of one videos.parquet row (as given by `Table.to_pylist()` or a Ray Data row)."""
+    return np.frombuffer(row["frames"], dtype=np.uint8).reshape(tuple(row["frames_shape"]))

@@ -1,0 +1,78 @@
+"""Turn an ingest `source` (folder, glob, Parquet manifest, list) into a sorted list of video URIs with stable ids."""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+from pathlib import Path
+
+MANIFEST_COLUMNS = ("uri", "path", "video")  # the first one present names the videos in a Parquet manifest
+
+
+def video_id_for(uri: str) -> str:
+    """Readable and stable: the file stem plus a hash of the full URI (two `clip.mp4` in different folders differ)."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(uri.rstrip("/")).stem)[:48] or "video"
+    return f"{stem}-{hashlib.sha1(uri.encode()).hexdigest()[:8]}"
+
+
+def _list_dir(folder: str, extensions: list[str] | None) -> list[str]:
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions) if extensions else None
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        # A directory whose name looks like a video is listed as an input so that it is quarantined, not skipped.
+        names = [f for f in files if not f.startswith(".")] + [d for d in dirs if exts and d.lower().endswith(exts)]
+        for name in names:
+            if exts is None or name.lower().endswith(exts):
+                out.append(os.path.join(root, name))
+    return out
+
+
+def read_manifest(path: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    for col in MANIFEST_COLUMNS:
+        if col in table.column_names:
+            return [str(u) for u in table.column(col).to_pylist() if u is not None]
+    raise ValueError(f"manifest {path} has none of the columns {MANIFEST_COLUMNS}; it has {table.column_names}")
+
+
+def list_video_uris(source: str | list[str], extensions: list[str] | None = None) -> list[str]:
+    """Every input named by `source`, sorted and de-duplicated. Paths that do not exist are kept (they are
+    quarantined as missing), except a glob or folder that matches nothing, which is an error."""
+    if isinstance(source, (list, tuple)):
+        uris = [str(s) for s in source]
+    elif "://" in source and not source.startswith("file://"):
+        uris = _list_remote(source, extensions)
+    elif source.endswith(".parquet") and os.path.isfile(source):
+        uris = read_manifest(source)
+    elif os.path.isdir(source):
+        uris = _list_dir(source, extensions)
+        if not uris:
+            raise ValueError(f"folder {source} holds no files" + (f" with suffixes {extensions}" if extensions else ""))
+    elif glob.has_magic(source):
+        uris = sorted(glob.glob(source, recursive=True))
+        if not uris:
+            raise ValueError(f"glob {source!r} matches nothing")
+    elif os.path.exists(source):
+        uris = [source]
+    else:
+        raise ValueError(f"ingest source {source!r} is not a folder, glob, Parquet manifest or existing file")
+    return sorted(dict.fromkeys(os.path.abspath(u) if "://" not in u else u for u in uris))
+
+
+def _list_remote(source: str, extensions: list[str] | None) -> list[str]:
+    import fsspec
+
+    fs, _, paths = fsspec.get_fs_token_paths(source)
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (list, tuple)) else fs.protocol
+    if source.endswith(".parquet"):
+        return read_manifest(source)
+    found = []
+    for p in paths:
+        found += fs.find(p) if fs.isdir(p) else [p]
+    if extensions:
+        found = [f for f in found if f.lower().endswith(tuple(extensions))]
+    return [f"{protocol}://{f}" for f in found]

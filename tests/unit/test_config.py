@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from rlaif.config import ConfigError, RunConfig, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_valid():
+    cfg = parse_config({})
+    assert cfg.ingest.num_frames == 8 and cfg.models.policy == "tiny-qwen2-vl"
+
+
+def test_every_shipped_config_parses():
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    assert configs, "configs/ should hold example run configs"
+    for path in configs:
+        assert isinstance(load_config(path), RunConfig)
+
+
+def test_unknown_key_names_its_path_and_suggests(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("ingest:\n  num_frame: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert "ingest.num_frame: unknown key (did you mean 'num_frames'?)" in str(err.value)
+
+
+def test_unknown_section(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("ingets: {}\n")
+    with pytest.raises(ConfigError, match="ingets: unknown key .*'ingest'"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("data, where", [
+    ({"ingest": {"num_frames": 0}}, "ingest.num_frames"),
+    ({"ingest": {"sampling": "random"}}, "ingest.sampling"),
+    ({"ingest": {"frame_height": 16}}, "frame_height"),
+    ({"name": "has space"}, "name"),
+    ({"ingest": {"decoder": "no_colon"}}, "ingest.decoder"),
+])
+def test_bad_values_are_reported(data, where):
+    with pytest.raises(ConfigError, match=where):
+        parse_config(data)
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"ingest": {"num_frames": -1, "batch_size": 0}})
+    assert "ingest.num_frames" in str(err.value) and "ingest.batch_size" in str(err.value)
+
+
+def test_not_yaml_and_not_mapping(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("ingest: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_and_hash(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("ingest:\n  num_frames: 4\n")
+    a = load_config(p)
+    b = load_config(p, {"ingest.num_frames": 6, "models.judge": "smollm2-135m-instruct"})
+    assert b.ingest.num_frames == 6 and b.models.judge == "smollm2-135m-instruct"
+    assert a.hash("ingest") != b.hash("ingest") and a.hash("models") != b.hash("models")
+    assert a.hash("demo") == b.hash("demo")

@@ -1,0 +1,54 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rlaif.sources import list_video_uris, video_id_for
+
+
+def _touch(p, data=b"x"):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+def test_folder_lists_every_visible_file_recursively(tmp_path):
+    a = _touch(tmp_path / "a.mp4")
+    b = _touch(tmp_path / "sub" / "b.MOV")
+    t = _touch(tmp_path / "notes.txt")
+    _touch(tmp_path / ".hidden.mp4")
+    assert list_video_uris(str(tmp_path)) == sorted(map(str, [a, b, t]))
+    assert list_video_uris(str(tmp_path), [".mp4", "mov"]) == sorted(map(str, [a, b]))
+
+
+def test_video_named_directory_is_listed_when_filtering_by_suffix(tmp_path):
+    (tmp_path / "x.mp4").mkdir()
+    assert list_video_uris(str(tmp_path), [".mp4"]) == [str(tmp_path / "x.mp4")]
+
+
+def test_glob_manifest_and_list(tmp_path):
+    a = _touch(tmp_path / "a.mp4")
+    b = _touch(tmp_path / "b.mp4")
+    assert list_video_uris(str(tmp_path / "*.mp4")) == [str(a), str(b)]
+    m = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"path": [str(b), str(a), str(a), str(tmp_path / "gone.mp4")]}), m)
+    assert list_video_uris(str(m)) == sorted([str(a), str(b), str(tmp_path / "gone.mp4")])  # missing kept, dups dropped
+    assert list_video_uris([str(b), str(a)]) == [str(a), str(b)]
+
+
+def test_bad_sources_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="matches nothing"):
+        list_video_uris(str(tmp_path / "*.mp4"))
+    with pytest.raises(ValueError, match="holds no files"):
+        list_video_uris(str(tmp_path))
+    with pytest.raises(ValueError, match="not a folder, glob"):
+        list_video_uris(str(tmp_path / "nothing-here"))
+    m = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"name": ["a"]}), m)
+    with pytest.raises(ValueError, match="none of the columns"):
+        list_video_uris(str(m))
+
+
+def test_video_ids_are_stable_readable_and_distinct():
+    assert video_id_for("/a/clip.mp4") == video_id_for("/a/clip.mp4")
+    assert video_id_for("/a/clip.mp4") != video_id_for("/b/clip.mp4")
+    assert video_id_for("/a/my clip!.mp4").startswith("my_clip_-")
