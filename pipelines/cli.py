@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 import time
@@ -24,14 +25,23 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
-def _config(args) -> RunConfig:
+def _config(args, defaults: dict | None = None) -> RunConfig:
     overrides = _overrides(args.set)
     if getattr(args, "config", None):
         return load_config(args.config, overrides)
-    data: dict = {}
+    data: dict = copy.deepcopy(defaults or {})
     for k, v in overrides.items():
         set_dotted(data, k, v)
     return parse_config(data, origin="defaults + --set")
+
+
+def _print_summary(manifest, run_dir: Path) -> None:
+    from pipelines.report import eval_table, stage_times
+
+    _print_ingest(manifest.stage("ingest"), run_dir)
+    if "loop" in manifest.data["stages"]:
+        print("\nstage times:\n" + stage_times(manifest))
+        print("\nper-round eval (held-out prompts):\n" + eval_table(run_dir))
 
 
 def _print_ingest(stage: dict, run_dir: Path) -> None:
@@ -43,22 +53,23 @@ def _print_ingest(stage: dict, run_dir: Path) -> None:
 
 
 def cmd_demo(args) -> int:
-    from pipelines.demo import make_demo_inputs
+    from pipelines.demo import DEMO_OVERRIDES, make_demo_inputs
     from pipelines.ray_env import init_ray
     from pipelines.runner import run_pipeline
     from rlaif.tiny_models import ensure_model
 
-    cfg = _config(args)
+    cfg = _config(args, DEMO_OVERRIDES)
     run_dir = Path(args.run or cfg.run_dir or "runs/demo")
     start = time.time()
     for role, name in (("policy", cfg.models.policy), ("judge", cfg.models.judge)):
         log.info("%s model: %s", role, ensure_model(name))
-    manifest_path = make_demo_inputs(cfg.demo, run_dir / "inputs")
+    manifest_path, questions = make_demo_inputs(cfg.demo, run_dir / "inputs")
+    if cfg.questions.source == "file" and not cfg.questions.file:
+        cfg.questions.file = str(questions)  # the synthetic clips' ground-truth questions
     init_ray(cfg.ray)
     manifest = run_pipeline(cfg, run_dir, resume=args.resume, source=str(manifest_path))
-    _print_ingest(manifest.stage("ingest"), run_dir)
+    _print_summary(manifest, run_dir)
     print(f"\ndemo finished in {time.time() - start:.1f} s; run folder: {run_dir}")
-    print("stages run: ingest (captioning, rollouts, judging and DPO rounds are not built yet)")
     return 0
 
 
@@ -70,7 +81,7 @@ def cmd_run(args) -> int:
     run_dir = Path(args.run or cfg.run_dir or f"runs/{cfg.name}")
     init_ray(cfg.ray)
     manifest = run_pipeline(cfg, run_dir, resume=args.resume)
-    _print_ingest(manifest.stage("ingest"), run_dir)
+    _print_summary(manifest, run_dir)
     return 0
 
 
@@ -81,7 +92,7 @@ def cmd_ingest(args) -> int:
     cfg = _config(args)
     run_dir = Path(args.run)
     init_ray(cfg.ray)
-    manifest = run_pipeline(cfg, run_dir, resume=args.resume, source=args.source)
+    manifest = run_pipeline(cfg, run_dir, resume=args.resume, source=args.source, loop=False)
     _print_ingest(manifest.stage("ingest"), run_dir)
     return 0
 

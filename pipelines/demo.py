@@ -17,9 +17,24 @@ from rlaif.synthetic_videos import write_synthetic_corpus
 
 log = logging.getLogger(__name__)
 
+# `rlaif demo` without --config: the defaults plus these (configs/demo.yaml spells out the same run).
+# Questions come from the synthetic clips' ground truth (the demo writes questions.parquet and points
+# questions.file at it); captions are written by the policy VLM; two DPO rounds.
+DEMO_OVERRIDES = {
+    "name": "demo",
+    "questions": {"source": "file", "max_per_video": 3, "eval_fraction": 0.25},
+    "rollout": {"samples_per_prompt": 4, "max_tokens": 16},
+    "caption": {"max_tokens": 48, "temperature": 1.0},  # a random-weight model's greedy caption is blank lines
+    # A random-weight judge is deterministic at temperature 0 (every answer gets the same score, so no pair has a
+    # preference); sampling its scores exercises every stage. The real SmolLM2 judge needs no such help.
+    "judge": {"max_tokens": 48, "temperature": 1.0},
+    "loop": {"rounds": 2, "eval_max_tokens": 16},
+}
 
-def make_demo_inputs(cfg: DemoConfig, inputs_dir: Path) -> Path:
-    """Writes the demo's videos under `inputs_dir` and a manifest listing them; returns the manifest path.
+
+def make_demo_inputs(cfg: DemoConfig, inputs_dir: Path) -> tuple[Path, Path]:
+    """Writes the demo's videos under `inputs_dir`, a manifest listing them, and the questions with reference
+    answers known from the synthetic clips' ground truth; returns (manifest, questions).
 
     The manifest also names the broken inputs (a missing path among them), so ingest's quarantine has something
     to show; synthetic clips carry their ground truth in `inputs_dir/synthetic/truth.parquet`.
@@ -56,6 +71,12 @@ def make_demo_inputs(cfg: DemoConfig, inputs_dir: Path) -> Path:
         kinds += [f"broken:{c.kind}" for c in picked]
     manifest = inputs_dir / "manifest.parquet"
     pq.write_table(pa.table({"uri": uris, "kind": kinds}), manifest)
-    log.info("demo inputs: %d synthetic, %d real, %d broken -> %s", len(synthetic),
-             kinds.count("real"), sum(k.startswith("broken") for k in kinds), manifest)
-    return manifest
+    questions = inputs_dir / "questions.parquet"
+    qa = [{"uri": str(v.path), "question": q["question"], "reference_answer": q["answer"], "kind": q["kind"]}
+          for v in synthetic for q in v.qa]
+    pq.write_table(pa.Table.from_pylist(qa, schema=pa.schema([("uri", pa.string()), ("question", pa.string()),
+                                                              ("reference_answer", pa.string()), ("kind", pa.string())])),
+                   questions)
+    log.info("demo inputs: %d synthetic, %d real, %d broken -> %s; %d questions", len(synthetic),
+             kinds.count("real"), sum(k.startswith("broken") for k in kinds), manifest, len(qa))
+    return manifest, questions

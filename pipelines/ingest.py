@@ -15,17 +15,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import ray.data
 
 from rlaif.config import IngestConfig
 from rlaif.decode import DecodeSpec
-from rlaif.manifest import publish, staging_path
 from rlaif.schemas import QUARANTINE, QUARANTINE_COLUMNS, VIDEOS
 from rlaif.sources import list_video_uris, video_id_for
 from rlaif.video_rows import VideoRowDecoder
+
+from pipelines.io import write_dataset
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,6 @@ def decode_spec(cfg: IngestConfig) -> DecodeSpec:
     return DecodeSpec(num_frames=cfg.num_frames, sampling=cfg.sampling, sample_fps=cfg.sample_fps,
                       height=cfg.frame_height, width=cfg.frame_width, max_file_bytes=cfg.max_file_bytes,
                       max_source_frames=cfg.max_source_frames)
-
-
-def _write(ds: ray.data.Dataset, final: Path, schema: pa.Schema) -> None:
-    staged = staging_path(final)
-    ds.write_parquet(str(staged))
-    if not any(staged.glob("*.parquet")):  # no rows: still leave a readable, typed, empty table
-        staged.mkdir(parents=True, exist_ok=True)
-        pq.write_table(schema.empty_table(), staged / "empty.parquet")
-    publish(staged, final)
 
 
 def run_ingest(cfg: IngestConfig, run_dir: Path, source: str | list[str] | None = None) -> IngestResult:
@@ -87,8 +78,8 @@ def run_ingest(cfg: IngestConfig, run_dir: Path, source: str | list[str] | None 
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     videos, quarantine = run_dir / VIDEOS_FILE, run_dir / QUARANTINE_FILE
-    _write(decoded.filter(expr="status == 'ok'"), videos, VIDEOS)
-    _write(decoded.filter(expr="status != 'ok'").select_columns(QUARANTINE_COLUMNS), quarantine, QUARANTINE)
+    write_dataset(decoded.filter(expr="status == 'ok'"), videos, VIDEOS)
+    write_dataset(decoded.filter(expr="status != 'ok'").select_columns(QUARANTINE_COLUMNS), quarantine, QUARANTINE)
 
     bad = pq.read_table(quarantine, columns=["reason"]).column("reason").to_pylist()
     n_ok = pq.ParquetDataset(videos).read(columns=["video_id"]).num_rows

@@ -22,6 +22,11 @@ WORKER_ENV = {
 }
 
 
+# A local Ray gets at least this many logical CPUs: engine actors hold their logical CPUs while idle between
+# stages, and Ray Data's read/write tasks each ask for a whole one; the stages themselves run one after another.
+MIN_LOCAL_CPUS = 4
+
+
 def init_ray(cfg: RayConfig) -> None:
     """Join the cluster in `cfg.address` (or the one `ray job submit` runs us in), else start a local one."""
     if ray.is_initialized():
@@ -30,6 +35,6 @@ def init_ray(cfg: RayConfig) -> None:
     if "RLAIF_CACHE" in os.environ:  # built test models are shared through the cache folder
         env["RLAIF_CACHE"] = os.environ["RLAIF_CACHE"]
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    kwargs = {} if address else {"num_cpus": cfg.num_cpus}
+    kwargs = {} if address else {"num_cpus": cfg.num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)}
     ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING, **kwargs)
     log.info("ray: %s", ray.cluster_resources())

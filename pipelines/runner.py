@@ -29,11 +29,16 @@ def ingest_stage(cfg: RunConfig, run_dir: Path, manifest: Manifest, resume: bool
     return manifest.stage("ingest")
 
 
-def run_pipeline(cfg: RunConfig, run_dir: Path, resume: bool = False, source=None) -> Manifest:
+def run_pipeline(cfg: RunConfig, run_dir: Path, resume: bool = False, source=None, loop: bool = True) -> Manifest:
+    """Ingest, then (unless `loop` is False) captions, questions and the DPO rounds."""
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(run_dir)
     if resume and (n := clean_partials(run_dir)):
         log.info("resume: removed %d partial outputs of an interrupted run", n)
     manifest.data.update(name=cfg.name, config=cfg.model_dump(mode="json"), started=manifest.data.get("started", time.time()))
     ingest_stage(cfg, run_dir, manifest, resume, source)
+    if loop:
+        from pipelines.loop import run_loop
+
+        run_loop(cfg, run_dir, manifest, resume)
     return manifest

@@ -55,9 +55,99 @@ class ModelsConfig(_Strict):
     judge: str = Field("tiny-judge", description="Text LLM scoring answers against the caption.")
 
 
+class EnginePoolConfig(_Strict):
+    """A pool of vLLM engine actors (one `vllm.LLM` each, started once, kept for the run)."""
+
+    replicas: int = Field(1, ge=1, le=1024, description="Engine actors in the pool.")
+    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs per engine (logical: an idle engine uses none).")
+    num_gpus: float = Field(0, ge=0, description="GPUs per engine (tensor_parallel_size GPUs for TP > 1).")
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    max_model_len: int = Field(2048, ge=128)
+    max_num_seqs: int = Field(64, ge=1, description="Sequences an engine batches together.")
+    batch_size: int = Field(16, ge=1, description="Requests per Ray Data batch forwarded to an engine.")
+
+
+class PoolsConfig(_Strict):
+    policy: EnginePoolConfig = EnginePoolConfig()
+    judge: EnginePoolConfig = EnginePoolConfig()
+    captioner: EnginePoolConfig | None = Field(None, description="None: the policy pool captions (saves an engine).")
+
+
+class CaptionConfig(_Strict):
+    """Detailed captions: the text proxy of each video that the judge uses as evidence (LLaVA-Hound)."""
+
+    source: Literal["model", "file"] = Field("model", description="model: the captioner VLM writes them; file: read them.")
+    file: str | None = Field(None, description="Parquet with `caption` and `uri` or `video_id` (source: file).")
+    max_tokens: int = Field(128, ge=1, le=8192)
+    temperature: float = Field(0.0, ge=0)
+
+
+class QuestionsConfig(_Strict):
+    source: Literal["generate", "file"] = Field(
+        "generate", description="generate: the judge LLM writes a question and answer from each caption; file: user QA.")
+    file: str | None = Field(None, description="Parquet with `question`, optional `reference_answer`, and `uri` or `video_id`.")
+    per_video: int = Field(1, ge=1, le=64, description="Questions generated per video (source: generate).")
+    max_per_video: int | None = Field(None, ge=1, description="Keep at most this many file questions per video.")
+    eval_fraction: float = Field(0.25, ge=0, lt=1, description="Share of videos held out for eval (split by video).")
+    max_tokens: int = Field(64, ge=8)
+
+
+class RolloutConfig(_Strict):
+    samples_per_prompt: int = Field(4, ge=2, le=64, description="K candidate answers per prompt.")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(32, ge=1, le=8192)
+
+
+class JudgeConfig(_Strict):
+    """LLaVA-Hound judge: explanation + `Score: 1..5` against the caption."""
+
+    max_tokens: int = Field(64, ge=8, le=4096)
+    temperature: float = Field(0.0, ge=0)
+    structured: bool = Field(True, description="Constrain replies with vLLM structured outputs so a score always parses.")
+    retries: int = Field(2, ge=0, le=10, description="Re-asks (with a new seed) for replies that do not parse.")
+    use_reference_answer: bool = Field(False, description="Show the reference answer to the judge too.")
+
+
+class PairsConfig(_Strict):
+    min_margin: float = Field(1.0, gt=0, description="Least score gap between chosen and rejected (ties carry no preference).")
+    max_length_ratio: float | None = Field(None, gt=1, description="Drop pairs whose chosen answer is this many times longer.")
+
+
+class TrainConfig(_Strict):
+    """Ray Train + DeepSpeed DPO of a LoRA on the policy's language model, one run per round."""
+
+    workers: int = Field(2, ge=1, le=4096, description="Ray Train workers (data parallel ranks).")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(0.5, gt=0)
+    zero_stage: Literal[2, 3] = 2
+    beta: float = Field(0.1, gt=0, description="DPO temperature β.")
+    loss_type: Literal["sigmoid", "robust", "ipo"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    sft_weight: float = Field(0.0, ge=0, description="γ of an NLL term on the chosen answer (RPO).")
+    lr: float = Field(1e-4, gt=0)
+    epochs: int = Field(1, ge=1)
+    micro_batch_size: int = Field(2, ge=1, description="Pairs per worker per step.")
+    grad_accum: int = Field(1, ge=1)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target: str = Field(r"^(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$",
+                             description="Regex of module names that get a LoRA (the language model, not the vision tower).")
+    reference: Literal["fixed", "refresh"] = Field(
+        "refresh", description="fixed: the starting policy (LLaVA-Hound); refresh: the policy at the start of each round.")
+    checkpoint_every: int = Field(20, ge=1, description="Steps between Ray Train checkpoints (each is a barrier).")
+
+
+class LoopConfig(_Strict):
+    rounds: int = Field(2, ge=1, le=1000)
+    eval_max_tokens: int = Field(32, ge=1)
+    sync_bucket_mb: int = Field(256, ge=1, description="Size of the weight buckets broadcast to the policy engines.")
+
+
 class RayConfig(_Strict):
     address: str | None = Field(None, description="Ray cluster address; None starts (or joins, under `ray job submit`) a local one.")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs for a locally started Ray (None: all).")
+    num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a locally started Ray (None: the machine's, at least 4).")
 
 
 class DemoConfig(_Strict):
@@ -75,6 +165,14 @@ class RunConfig(_Strict):
     seed: int = 0
     ingest: IngestConfig = IngestConfig()
     models: ModelsConfig = ModelsConfig()
+    pools: PoolsConfig = PoolsConfig()
+    caption: CaptionConfig = CaptionConfig()
+    questions: QuestionsConfig = QuestionsConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    judge: JudgeConfig = JudgeConfig()
+    pairs: PairsConfig = PairsConfig()
+    train: TrainConfig = TrainConfig()
+    loop: LoopConfig = LoopConfig()
     ray: RayConfig = RayConfig()
     demo: DemoConfig = DemoConfig()
 
@@ -85,9 +183,10 @@ class RunConfig(_Strict):
             raise ValueError("ingest.frame_height and frame_width must be at least 28 (Qwen2-VL's 2x2 merge of 14 px patches)")
         return self
 
-    def hash(self, section: str | None = None) -> str:
-        """Stable short hash of the whole config, or of one section: a stage is redone when its inputs change."""
-        data = self.model_dump(mode="json") if section is None else getattr(self, section).model_dump(mode="json")
+    def hash(self, *sections: str) -> str:
+        """Stable short hash of the whole config, or of some sections: a stage is redone when its inputs change."""
+        dump = self.model_dump(mode="json")
+        data = dump if not sections else {s: dump[s] for s in sections}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -7,6 +7,7 @@ raises `ChildCrashed` / `ChildTimeout`, the child is replaced, and the parent ca
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import traceback
 from typing import Any, Callable
@@ -33,7 +34,10 @@ class RemoteError(Exception):
     """An ordinary exception raised by the call in the child that could not be pickled back as itself."""
 
 
-def _serve(conn) -> None:
+def _serve(conn, quiet: bool) -> None:
+    if quiet:  # native decoders print a line per corrupt packet; the failure itself comes back as an exception
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
     while True:
         try:
             msg = conn.recv()
@@ -50,8 +54,9 @@ def _serve(conn) -> None:
 
 
 class IsolatedWorker:
-    def __init__(self, timeout_s: float = 60.0, start_method: str = "spawn"):
+    def __init__(self, timeout_s: float = 60.0, start_method: str = "spawn", quiet: bool = False):
         self.timeout_s = timeout_s
+        self.quiet = quiet
         self._ctx = mp.get_context(start_method)
         self._proc = None
         self._conn = None
@@ -59,7 +64,7 @@ class IsolatedWorker:
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=_serve, args=(child,), daemon=True, name="rlaif-isolated")
+        self._proc = self._ctx.Process(target=_serve, args=(child, self.quiet), daemon=True, name="rlaif-isolated")
         self._proc.start()
         child.close()
         self._conn = parent

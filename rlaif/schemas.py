@@ -32,3 +32,30 @@ QUARANTINE = pa.schema([VIDEOS.field(c) for c in QUARANTINE_COLUMNS])
 def frames_of(row: dict) -> np.ndarray:
     """(T, H, W, 3) uint8 frames of one videos.parquet row (as given by `Table.to_pylist()` or a Ray Data row)."""
     return np.frombuffer(row["frames"], dtype=np.uint8).reshape(tuple(row["frames_shape"]))
+
+
+CAPTIONS = pa.schema([("video_id", pa.string()), ("caption", pa.string()), ("model", pa.string()),
+                      ("prompt_version", pa.string())])
+
+PROMPTS = pa.schema([("prompt_id", pa.string()), ("video_id", pa.string()), ("question", pa.string()),
+                     ("reference_answer", pa.string()), ("split", pa.string()), ("source", pa.string())])
+
+ROLLOUTS = pa.schema([("prompt_id", pa.string()), ("sample_idx", pa.int32()), ("model", pa.string()),
+                      ("response", pa.string()), ("n_tokens", pa.int32()), ("finish_reason", pa.string()),
+                      ("round", pa.int32())])
+
+JUDGMENTS = pa.schema(list(ROLLOUTS) + [("score", pa.int32()), ("explanation", pa.string()), ("parse_ok", pa.bool_()),
+                                        ("attempts", pa.int32()), ("judge_model", pa.string())])
+
+PAIRS = pa.schema([("prompt_id", pa.string()), ("video_id", pa.string()), ("question", pa.string()),
+                   ("chosen", pa.string()), ("rejected", pa.string()),
+                   ("score_chosen", pa.float64()), ("score_rejected", pa.float64()),
+                   ("chosen_tokens", pa.int64()), ("rejected_tokens", pa.int64()),
+                   ("ref_logp_chosen", pa.float64()), ("ref_logp_rejected", pa.float64()), ("round", pa.int32())])
+
+
+def frames_fps(row: dict) -> float:
+    """The rate of the *sampled* frames (what the model sees), from the clip's duration; 2 fps when unknown."""
+    duration = row.get("duration_s")
+    n = row["frames_shape"][0]
+    return n / duration if duration and duration > 0 else 2.0

@@ -43,7 +43,7 @@ class VideoRowDecoder:
     def __init__(self, spec: DecodeSpec, timeout_s: float = 120.0, decoder: str = "rlaif.decode:decode_video"):
         self.spec = spec
         self.decode_fn = resolve(decoder)
-        self.worker = IsolatedWorker(timeout_s=timeout_s)
+        self.worker = IsolatedWorker(timeout_s=timeout_s, quiet=True)
 
     def decode_one(self, video_id: str, uri: str) -> dict:
         try:

@@ -72,3 +72,9 @@ def test_overrides_and_hash(tmp_path):
     assert b.ingest.num_frames == 6 and b.models.judge == "smollm2-135m-instruct"
     assert a.hash("ingest") != b.hash("ingest") and a.hash("models") != b.hash("models")
     assert a.hash("demo") == b.hash("demo")
+
+
+def test_demo_yaml_is_what_rlaif_demo_runs():
+    from pipelines.demo import DEMO_OVERRIDES
+
+    assert load_config(REPO / "configs" / "demo.yaml").model_dump() == parse_config(DEMO_OVERRIDES).model_dump()

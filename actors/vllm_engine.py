@@ -1,0 +1,93 @@
+"""One Ray actor = one vLLM engine, started once and kept for the whole run.
+
+Requests are chat messages (plus frames for a video LMM); the engine applies the model's own chat template, so the
+same code drives the captioner, the policy and the judge. The policy's engine also takes new weights in place
+(`load_weight_buckets`), so a round's rollouts always come from the latest policy without a restart.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import ray
+
+log = logging.getLogger(__name__)
+
+
+def video_input(frames: np.ndarray, fps: float = 2.0) -> tuple[np.ndarray, dict]:
+    """vLLM's video input: frames (T,H,W,3) uint8 plus metadata saying they are already sampled."""
+    t = len(frames)
+    return frames, {"total_num_frames": t, "fps": fps, "duration": t / fps, "video_backend": "opencv",
+                    "frames_indices": list(range(t)), "do_sample_frames": False}
+
+
+class VLLMEngine:
+    """A vLLM `LLM` with chat-in, samples-out methods. Used as a Ray actor (`EngineActor`) or in-process."""
+
+    def __init__(self, model: str, *, role: str = "policy", max_model_len: int = 2048, seed: int = 0,
+                 dtype: str = "float32", max_num_seqs: int = 64, video: bool = True, **engine_kwargs: Any):
+        from vllm import LLM
+
+        from rlaif.tiny_models import ensure_model
+
+        self.role = role
+        self.model_path = ensure_model(model)
+        kwargs = dict(dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=True,
+                      max_num_seqs=max_num_seqs, worker_extension_cls="actors.weight_receiver.WeightReceiver")
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+            kwargs["distributed_executor_backend"] = "uni"
+        if video:
+            kwargs["limit_mm_per_prompt"] = {"video": 1, "image": 0}
+        kwargs.update(engine_kwargs)
+        start = time.time()
+        self.llm = LLM(model=self.model_path, **kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.weights_version = 0
+        log.info("%s engine for %s ready in %.1f s", role, self.model_path, time.time() - start)
+
+    def _prompt(self, request: dict) -> dict:
+        text = self.tokenizer.apply_chat_template(request["messages"], tokenize=False, add_generation_prompt=True)
+        prompt: dict = {"prompt": text}
+        if request.get("frames") is not None:
+            prompt["multi_modal_data"] = {"video": video_input(request["frames"], request.get("fps", 2.0))}
+        return prompt
+
+    def generate(self, requests: list[dict], sampling: dict) -> list[list[dict]]:
+        """For each request, `sampling['n']` samples: {text, n_tokens, finish_reason}.
+
+        `sampling` holds vLLM SamplingParams fields; `regex` constrains the output (structured outputs).
+        """
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        sampling = dict(sampling)
+        regex = sampling.pop("regex", None)
+        if regex:
+            sampling["structured_outputs"] = StructuredOutputsParams(regex=regex)
+        params = SamplingParams(**sampling)
+        outputs = self.llm.generate([self._prompt(r) for r in requests], params, use_tqdm=False)
+        return [[{"text": c.text, "n_tokens": len(c.token_ids), "finish_reason": c.finish_reason}
+                 for c in out.outputs] for out in outputs]
+
+    def load_weight_buckets(self, *buckets) -> dict:
+        """New weights, in place: rlaif.weights.Bucket objects, passed as separate arguments so that Ray resolves
+        each ObjectRef (one object-store object per bucket, fetched once per node)."""
+        stats = self.llm.collective_rpc("load_weight_buckets", args=(list(buckets),))[0]
+        # Everything computed with the old weights must go: KV blocks, and the vision encoder's cached outputs
+        # (the scheduler's bookkeeping too, or it asks the worker for embeddings that no longer exist).
+        self.llm.reset_prefix_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_mm_cache()
+        self.weights_version += 1
+        return {**stats, "version": self.weights_version}
+
+    def health(self) -> dict:
+        return {"role": self.role, "model": self.model_path, "pid": os.getpid(), "weights_version": self.weights_version}
+
+
+# The actor form. Restarted by Ray if its process dies; calls in flight are retried on the new instance, so a
+# stage that forwards batches to it loses no rows (a restarted policy engine must be re-synced: see pools).
+EngineActor = ray.remote(max_restarts=-1, max_task_retries=-1)(VLLMEngine)

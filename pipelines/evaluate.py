@@ -1,0 +1,32 @@
+"""Eval stage: the policy answers the held-out prompts greedily, the judge scores the answers, figures go to eval.json."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from actors.pool import EnginePool
+from rlaif.config import RunConfig
+from rlaif.manifest import write_json_atomic
+from rlaif.metrics import eval_metrics
+
+from pipelines.io import read_table
+from pipelines.judge import judge_answers
+from pipelines.rollout import generate_answers
+
+log = logging.getLogger(__name__)
+
+
+def run_eval(cfg: RunConfig, run_dir: Path, out_dir: Path, policy: EnginePool, judge: EnginePool, round_idx: int) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sampling = {"n": 1, "temperature": 0.0, "max_tokens": cfg.loop.eval_max_tokens}
+    answers, judged = out_dir / "eval_answers.parquet", out_dir / "eval_judgments.parquet"
+    generate_answers(run_dir, policy, "eval", sampling, round_idx, answers)
+    judge_answers(run_dir, judge, cfg.judge, answers, judged)
+    rows = read_table(judged).to_pylist()
+    refs = dict(zip(*read_table(run_dir / "prompts.parquet", ["prompt_id", "reference_answer"]).to_pydict().values()))
+    for r in rows:
+        r["reference_answer"] = refs.get(r["prompt_id"])
+    metrics = {"round": round_idx, **eval_metrics(rows)}
+    write_json_atomic(out_dir / "eval.json", metrics)
+    log.info("eval round %s: %s", round_idx, metrics)
+    return metrics

@@ -1,0 +1,36 @@
+"""Human-readable summaries of a run folder: stage times and the per-round eval table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlaif.manifest import Manifest
+
+EVAL_COLUMNS = ["round", "answers", "accuracy", "mean_score", "parse_failure_rate", "mean_tokens", "reference_match"]
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def eval_rows(run_dir: Path) -> list[dict]:
+    paths = [run_dir / "round_base" / "eval.json"] + sorted(run_dir.glob("round_[0-9]*/eval.json"),
+                                                            key=lambda p: int(p.parent.name.split("_")[1]))
+    return [json.loads(p.read_text()) for p in paths if p.exists()]
+
+
+def eval_table(run_dir: Path) -> str:
+    rows = eval_rows(run_dir)
+    lines = ["| " + " | ".join(EVAL_COLUMNS) + " |", "|" + "---|" * len(EVAL_COLUMNS)]
+    for r in rows:
+        r = {**r, "round": "base" if r["round"] == -1 else r["round"]}
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in EVAL_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def stage_times(manifest: Manifest) -> str:
+    lines = ["| stage | seconds | rows |", "|---|---|---|"]
+    for name, s in manifest.data["stages"].items():
+        if "seconds" in s:
+            lines.append(f"| {name} | {s['seconds']} | {s.get('rows', s.get('rows_in', s.get('pairs', '-')))} |")
+    return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""Rollout stage: the policy pool (current weights) answers every prompt K times, with the video in view."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray.data
+
+from actors.pool import EngineClient, EnginePool
+from rlaif.prompts import video_question_messages
+from rlaif.schemas import ROLLOUTS, frames_fps, frames_of
+
+from pipelines.frames_join import rows_with_frames
+from pipelines.io import read_table, write_dataset
+
+log = logging.getLogger(__name__)
+
+
+class AnswerPrompts(EngineClient):
+    def __init__(self, engines: list, sampling: dict, model: str, round_idx: int):
+        super().__init__(engines)
+        self.sampling, self.model, self.round_idx = sampling, model, round_idx
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        requests = [{"messages": video_question_messages(r["question"]), "frames": frames_of(r), "fps": frames_fps(r)}
+                    for r in rows]
+        outs = self.call(requests, self.sampling)
+        return pa.Table.from_pylist(
+            [{"prompt_id": r["prompt_id"], "sample_idx": k, "model": self.model, "response": s["text"].strip(),
+              "n_tokens": s["n_tokens"], "finish_reason": s["finish_reason"], "round": self.round_idx}
+             for r, samples in zip(rows, outs) for k, s in enumerate(samples)], schema=ROLLOUTS)
+
+
+def generate_answers(run_dir: Path, pool: EnginePool, split: str, sampling: dict, round_idx: int, out: Path) -> int:
+    prompts = read_table(run_dir / "prompts.parquet")
+    prompts = prompts.filter(pc.equal(prompts.column("split"), split)).select(["prompt_id", "video_id", "question"])
+    ds = rows_with_frames(run_dir / "videos.parquet", prompts).map_batches(
+        AnswerPrompts, fn_constructor_kwargs={"engines": pool.actors, "sampling": sampling, "model": pool.model_path,
+                                              "round_idx": round_idx},
+        batch_size=pool.cfg.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1)
+    write_dataset(ds, out, ROLLOUTS)
+    return read_table(out, ["prompt_id"]).num_rows

@@ -1,0 +1,47 @@
+"""Loading the policy with transformers, and scoring (video, question, answer) pairs with it: the shared piece of
+the reference stage, the DPO trainer and the tests that check vLLM against transformers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from rlaif.logprobs import sequence_logps
+from rlaif.schemas import frames_of
+from rlaif.vlm_inputs import collate, encode_example, model_inputs
+
+
+def is_video_model(path: str) -> bool:
+    return "vision_config" in json.loads((Path(path) / "config.json").read_text())
+
+
+def load_policy(path: str, dtype: torch.dtype = torch.float32):
+    """(model, processor): a video LMM with its processor, or a text LM with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    if is_video_model(path):
+        return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype), AutoProcessor.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
+
+
+def pad_id(processor) -> int:
+    tok = getattr(processor, "tokenizer", processor)
+    return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+
+def pair_batch(processor, rows: list[dict], video: bool) -> dict[str, torch.Tensor]:
+    """2B sequences: the chosen answers of `rows`, then their rejected answers."""
+    def frames(r):
+        return frames_of(r) if video else None
+
+    examples = [encode_example(processor, r["question"], r["chosen"], frames(r)) for r in rows]
+    examples += [encode_example(processor, r["question"], r["rejected"], frames(r)) for r in rows]
+    return collate(examples, pad_id(processor))
+
+
+def answer_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence: (sum, mean) of answer-token log-probs, from one forward pass."""
+    logits = model(**model_inputs(batch)).logits
+    total = sequence_logps(logits, batch["input_ids"], batch["answer_mask"])
+    return total, total / batch["answer_mask"][:, 1:].sum(-1).clamp(min=1)

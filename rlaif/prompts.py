@@ -1,0 +1,57 @@
+"""Prompt texts, versioned: a prompt change changes `PROMPT_VERSION`, which is stored next to every output it made.
+
+The judge follows LLaVA-Hound-DPO's shape (a detailed caption stands in for the video; the judge scores a candidate
+answer 1–5 against it, with a short explanation) and VLM-RLAIF's context-aware judging (the caption is the context
+of the reward, not the judge's own guess about the video).
+"""
+from __future__ import annotations
+
+PROMPT_VERSION = "v1"
+
+CAPTION_REQUEST = (
+    "Describe this video in detail: the background, every object with its shape and colour, how many of each "
+    "there are, and how each one moves."
+)
+
+QUESTION_FROM_CAPTION = (
+    "Here is a detailed description of a video:\n{caption}\n\n"
+    "Write one short question about the video that the description answers, then its answer.\n"
+    "Reply exactly as:\nQuestion: <question>\nAnswer: <answer>"
+)
+
+JUDGE_SYSTEM = (
+    "You evaluate answers to questions about a video. You cannot see the video; a detailed description of it is "
+    "your evidence. Judge only against that evidence."
+)
+
+JUDGE_REQUEST = (
+    "Video description (evidence):\n{caption}\n\n"
+    "Question: {question}\n"
+    "{reference}"
+    "Candidate answer: {answer}\n\n"
+    "Rate the candidate answer from 1 to 5 for factual consistency with the description, relevance, accuracy, "
+    "clarity and completeness: 1 = wrong or unrelated, 3 = partly correct, 5 = fully correct and consistent with "
+    "the description. Reply with one short sentence of explanation, then a last line \"Score: N\"."
+)
+
+def judge_output_regex(max_tokens: int) -> str:
+    """vLLM structured outputs constrain the judge to this shape, so a score always parses (rlaif.judging still
+    checks). The explanation is bounded so that the score fits in `max_tokens` even at one token per character."""
+    return rf"Explanation: [^\n]{{1,{max(1, max_tokens - 8)}}}\nScore: [1-5]"
+
+
+def judge_messages(caption: str, question: str, answer: str, reference: str | None = None) -> list[dict]:
+    ref = f"Reference answer: {reference}\n" if reference else ""
+    return [
+        {"role": "system", "content": JUDGE_SYSTEM},
+        {"role": "user", "content": JUDGE_REQUEST.format(caption=caption, question=question, reference=ref, answer=answer)},
+    ]
+
+
+def video_question_messages(question: str) -> list[dict]:
+    """The policy's view: the video, then the question (Qwen2-VL chat format)."""
+    return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+
+
+def question_messages(caption: str) -> list[dict]:
+    return [{"role": "user", "content": QUESTION_FROM_CAPTION.format(caption=caption)}]

@@ -1,0 +1,66 @@
+"""Packing a model's weights into a few large contiguous buckets, and unpacking them on the receiving side.
+
+Weight sync sends one control message per sync: each bucket is one flat byte buffer (one object-store object, or
+one collective broadcast) plus a small index, instead of one RPC per parameter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    name: str
+    dtype: str  # torch dtype name, e.g. "float32"
+    shape: tuple[int, ...]
+    offset: int  # bytes into the bucket
+    nbytes: int
+
+
+@dataclass
+class Bucket:
+    data: torch.Tensor  # uint8, 1-D, contiguous
+    slots: list[TensorSlot]
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def pack_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int = 512 << 20,
+                 dtype: torch.dtype | None = None) -> list[Bucket]:
+    """Groups tensors (in order) into buckets of at most `bucket_bytes` (a bigger tensor gets a bucket of its own).
+    `dtype` casts floating-point tensors first (e.g. bfloat16 halves the bytes sent)."""
+    groups: list[list[tuple[str, torch.Tensor]]] = [[]]
+    size = 0
+    for name, t in named:
+        t = t.detach().cpu()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        if groups[-1] and size + t.nbytes > bucket_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, t))
+        size += t.nbytes
+    buckets = []
+    for group in groups:
+        if not group:
+            continue
+        data = torch.empty(sum(t.nbytes for _, t in group), dtype=torch.uint8)
+        slots, offset = [], 0
+        for name, t in group:
+            data[offset: offset + t.nbytes] = _as_bytes(t)
+            slots.append(TensorSlot(name, str(t.dtype).removeprefix("torch."), tuple(t.shape), offset, t.nbytes))
+            offset += t.nbytes
+        buckets.append(Bucket(data, slots))
+    return buckets
+
+
+def unpack_bucket(bucket: Bucket) -> Iterator[tuple[str, torch.Tensor]]:
+    """Views into the bucket's buffer (no copy): (name, tensor) in packing order."""
+    for s in bucket.slots:
+        raw = bucket.data[s.offset: s.offset + s.nbytes]
+        yield s.name, raw.view(getattr(torch, s.dtype)).reshape(s.shape)

@@ -1,0 +1,49 @@
+import re
+
+import pytest
+
+from rlaif.judging import is_correct, parse_judgment
+from rlaif.prompts import judge_messages, judge_output_regex
+
+
+@pytest.mark.parametrize("text, score", [
+    ("Explanation: matches the description.\nScore: 4", 4),
+    ("The answer is right. **Score:** 5", 5),
+    ("score = 2 because it names the wrong colour", 2),
+    ("Score: 3/5", 3),
+    ("Score: 1 at first glance... on reflection Score: 4", 4),  # the last score wins
+    ("Rating 4 out of 5. Score: 4 out of 5", 4),
+])
+def test_scores_parse(text, score):
+    j = parse_judgment(text)
+    assert j.parse_ok and j.score == score
+
+
+def test_explanation_is_kept():
+    j = parse_judgment("Explanation: the square is red, not blue.\nScore: 1")
+    assert j.explanation == "the square is red, not blue."
+
+
+@pytest.mark.parametrize("text", [None, "", "   ", "It is a good answer.", "Score: 7", "Score: 0", "Score: -3", "Score: five"])
+def test_failures_are_never_scored(text):
+    j = parse_judgment(text)
+    assert not j.parse_ok and j.score is None
+
+
+def test_structured_output_shape_always_parses():
+    sample = "Explanation: consistent with the caption.\nScore: 3"
+    assert re.fullmatch(judge_output_regex(64), sample)
+    assert not re.fullmatch(judge_output_regex(12), sample)  # the bound keeps the score inside max_tokens
+    assert parse_judgment(sample).score == 3
+
+
+def test_correct_threshold():
+    assert is_correct(3) and is_correct(5) and not is_correct(2) and not is_correct(None)
+
+
+def test_judge_messages_carry_the_caption_as_evidence():
+    msgs = judge_messages("A red circle moves left.", "What colour?", "red", reference="red")
+    assert msgs[0]["role"] == "system"
+    body = msgs[1]["content"]
+    assert "A red circle moves left." in body and "Candidate answer: red" in body and "Reference answer: red" in body
+    assert "Reference answer" not in judge_messages("c", "q", "a")[1]["content"]
