@@ -35,10 +35,6 @@ class EnginePool:
         self.model_path = health[0]["model"]
         log.info("%s pool: %d engine(s) for %s ready in %.1f s", role, len(self.actors), self.model_path, time.time() - start)
 
-    def broadcast_weights(self, bucket_refs: list) -> list[dict]:
-        """One call per engine, each bucket an object-store ref fetched by the engine (once per node)."""
-        return ray.get([a.load_weight_buckets.remote(*bucket_refs) for a in self.actors])
-
     def generate(self, requests: list[dict], sampling: dict) -> list[list[dict]]:
         """Small direct calls (a handful of requests) without Ray Data."""
         return ray.get(self.actors[0].generate.remote(requests, sampling))

@@ -17,7 +17,7 @@ from rlaif.judging import parse_judgment
 from rlaif.prompts import judge_messages, judge_output_regex
 from rlaif.schemas import JUDGMENTS, ROLLOUTS
 
-from pipelines.io import read_table, write_dataset
+from pipelines.io import read_table, write_dataset, write_table
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ def judge_answers(run_dir: Path, pool: EnginePool, cfg: JudgeConfig, answers: Pa
     rollouts = read_table(answers)
     prompts = read_table(run_dir / "prompts.parquet", ["prompt_id", "video_id", "question", "reference_answer"])
     captions = read_table(run_dir / "captions.parquet", ["video_id", "caption"])
+    if rollouts.num_rows == 0:
+        write_table(JUDGMENTS.empty_table(), out)
+        return {"rows": 0, "parse_failures": 0, "retried": 0}
     table = rollouts.join(prompts, "prompt_id").join(captions, "video_id")
     if table.num_rows != rollouts.num_rows:
         raise RuntimeError(f"{rollouts.num_rows - table.num_rows} answers have no prompt or caption to judge against")

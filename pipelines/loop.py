@@ -9,20 +9,16 @@ are brought to the policy that stage expects (after a resume, from the saved rou
 """
 from __future__ import annotations
 
-import glob
 import logging
 import time
 from pathlib import Path
 from typing import Callable
 
-import ray
-import torch
-
 from actors.pool import EnginePool
+from actors.weight_sync import broadcast_weights, saved_weights
 from rlaif.config import RunConfig
 from rlaif.manifest import Manifest
 from rlaif.tiny_models import ensure_model
-from rlaif.weights import pack_buckets
 
 from pipelines.caption import run_caption
 from pipelines.evaluate import run_eval
@@ -64,17 +60,6 @@ class Stages:
         return self.manifest.stage(name)
 
 
-def sync_from_folder(pool: EnginePool, folder: str, bucket_mb: int) -> None:
-    """Loads a saved policy (safetensors) into the engines: used when a resumed run skips the training that made it."""
-    from safetensors.torch import load_file
-
-    state: dict[str, torch.Tensor] = {}
-    for f in sorted(glob.glob(str(Path(folder) / "*.safetensors"))):
-        state.update(load_file(f))
-    refs = [ray.put(b) for b in pack_buckets(state.items(), bucket_bytes=bucket_mb << 20)]
-    pool.broadcast_weights(refs)
-
-
 def start_pools(cfg: RunConfig) -> dict[str, EnginePool]:
     pools = {"policy": EnginePool("policy", cfg.models.policy, cfg.pools.policy, video=True, seed=cfg.seed),
              "judge": EnginePool("judge", cfg.models.judge, cfg.pools.judge, video=False, seed=cfg.seed)}
@@ -97,8 +82,9 @@ def run_loop(cfg: RunConfig, run_dir: Path, manifest: Manifest, resume: bool) ->
     def serve(path: str) -> None:
         nonlocal engines_hold
         if path != engines_hold:
+            # e.g. a resumed run whose training (which broadcasts itself) was skipped
             log.info("policy engines: loading %s", path)
-            sync_from_folder(policy, path, cfg.loop.sync_bucket_mb)
+            broadcast_weights(policy.actors, saved_weights(path).items(), cfg.loop.sync_bucket_mb)
             engines_hold = path
 
     stages.run("caption", DEPENDS["caption"], lambda: run_caption(cfg, run_dir, pools["captioner"]))

@@ -2,9 +2,7 @@
 caption, split into train and eval by video (eval videos are never trained on)."""
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,31 +11,14 @@ import pyarrow.parquet as pq
 from actors.pool import EnginePool
 from rlaif.config import QuestionsConfig, RunConfig
 from rlaif.prompts import question_messages
+from rlaif.questions import assign_splits, parse_qa, qa_regex
 from rlaif.schemas import PROMPTS
 
 from pipelines.io import read_table, write_table
 
 log = logging.getLogger(__name__)
 
-def qa_regex(max_tokens: int) -> str:
-    """The reply shape, bounded so it fits in max_tokens even at one token per character."""
-    room = max(8, max_tokens - 8)
-    return rf"Question: [^\n]{{3,{room * 2 // 3}}}\nAnswer: [^\n]{{1,{max(1, room // 3)}}}"
-_QA = re.compile(r"Question:\s*(.+?)\s*\n\s*Answer:\s*(.+)", re.IGNORECASE)
-
-
-def split_for(video_id: str, eval_fraction: float, seed: int) -> str:
-    """Deterministic by video: the same video is always in the same split, whatever else is in the corpus."""
-    h = int(hashlib.sha256(f"{seed}:{video_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "eval" if h < eval_fraction else "train"
-
-
-def parse_qa(text: str) -> tuple[str, str] | None:
-    m = _QA.search(text or "")
-    return (m.group(1).strip(), m.group(2).strip()) if m else None
-
-
-def prompts_from_file(q: QuestionsConfig, videos: pa.Table, seed: int) -> list[dict]:
+def prompts_from_file(q: QuestionsConfig, videos: pa.Table) -> list[dict]:
     if not q.file:
         raise ValueError("questions.source is 'file' but questions.file is not set")
     given = pq.read_table(q.file)
@@ -55,12 +36,11 @@ def prompts_from_file(q: QuestionsConfig, videos: pa.Table, seed: int) -> list[d
             continue
         count[vid] = j + 1
         rows.append({"prompt_id": f"{vid}-q{j}", "video_id": vid, "question": r["question"],
-                     "reference_answer": r.get("reference_answer") or r.get("answer"),
-                     "split": split_for(vid, q.eval_fraction, seed), "source": "file"})
+                     "reference_answer": r.get("reference_answer") or r.get("answer"), "source": "file"})
     return rows
 
 
-def prompts_from_captions(q: QuestionsConfig, captions: pa.Table, pool: EnginePool, seed: int) -> tuple[list[dict], int]:
+def prompts_from_captions(q: QuestionsConfig, captions: pa.Table, pool: EnginePool) -> tuple[list[dict], int]:
     rows, failures = [], 0
     caps = captions.to_pylist()
     requests = [{"messages": question_messages(c["caption"])} for c in caps]
@@ -73,8 +53,7 @@ def prompts_from_captions(q: QuestionsConfig, captions: pa.Table, pool: EnginePo
                 failures += 1
                 continue
             rows.append({"prompt_id": f"{c['video_id']}-g{j}", "video_id": c["video_id"], "question": qa[0],
-                         "reference_answer": qa[1], "split": split_for(c["video_id"], q.eval_fraction, seed),
-                         "source": "generated"})
+                         "reference_answer": qa[1], "source": "generated"})
     return rows, failures
 
 
@@ -82,9 +61,12 @@ def run_questions(cfg: RunConfig, run_dir: Path, pool: EnginePool | None) -> dic
     q = cfg.questions
     failures = 0
     if q.source == "file":
-        rows = prompts_from_file(q, read_table(run_dir / "videos.parquet", ["video_id", "uri"]), cfg.seed)
+        rows = prompts_from_file(q, read_table(run_dir / "videos.parquet", ["video_id", "uri"]))
     else:
-        rows, failures = prompts_from_captions(q, read_table(run_dir / "captions.parquet"), pool, cfg.seed)
+        rows, failures = prompts_from_captions(q, read_table(run_dir / "captions.parquet"), pool)
+    splits = assign_splits([r["video_id"] for r in rows], q.eval_fraction, cfg.seed)
+    for r in rows:
+        r["split"] = splits[r["video_id"]]
     table = pa.Table.from_pylist(rows, schema=PROMPTS)
     write_table(table, run_dir / "prompts.parquet")
     n_eval = sum(r["split"] == "eval" for r in rows)

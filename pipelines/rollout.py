@@ -13,7 +13,7 @@ from rlaif.prompts import video_question_messages
 from rlaif.schemas import ROLLOUTS, frames_fps, frames_of
 
 from pipelines.frames_join import rows_with_frames
-from pipelines.io import read_table, write_dataset
+from pipelines.io import read_table, write_dataset, write_table
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ class AnswerPrompts(EngineClient):
 def generate_answers(run_dir: Path, pool: EnginePool, split: str, sampling: dict, round_idx: int, out: Path) -> int:
     prompts = read_table(run_dir / "prompts.parquet")
     prompts = prompts.filter(pc.equal(prompts.column("split"), split)).select(["prompt_id", "video_id", "question"])
+    if prompts.num_rows == 0:
+        write_table(ROLLOUTS.empty_table(), out)
+        return 0
     ds = rows_with_frames(run_dir / "videos.parquet", prompts).map_batches(
         AnswerPrompts, fn_constructor_kwargs={"engines": pool.actors, "sampling": sampling, "model": pool.model_path,
                                               "round_idx": round_idx},

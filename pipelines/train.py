@@ -58,12 +58,11 @@ def export_and_sync(engine, t: TrainConfig, policy_in: str, policy_out: str, eng
     """All ranks: gather the LoRA (ZeRO-3 shards it). Rank 0: merge it into a fresh copy of the round's starting
     weights, save the new policy (merged, plus the adapter), and broadcast the merged weights to the engines."""
     import deepspeed
-    import torch
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
+    from actors.weight_sync import broadcast_weights
     from rlaif.manifest import publish, staging_path
     from rlaif.policy_model import load_policy
-    from rlaif.weights import pack_buckets
 
     lora = [p for n, p in engine.module.named_parameters() if "lora_" in n]
     with deepspeed.zero.GatheredParameters(lora, modifier_rank=None, enabled=t.zero_stage == 3):
@@ -81,14 +80,7 @@ def export_and_sync(engine, t: TrainConfig, policy_in: str, policy_out: str, eng
     merged.save_pretrained(staged)
     processor.save_pretrained(staged)
     publish(staged, final)
-    saved = time.time()
-    with torch.no_grad():
-        buckets = pack_buckets(merged.state_dict().items(), bucket_bytes=bucket_mb << 20)
-    refs = [ray.put(b) for b in buckets]
-    stats = ray.get([e.load_weight_buckets.remote(*refs) for e in engines])
-    return {"save_s": saved - start, "sync_s": time.time() - saved, "sync_buckets": len(buckets),
-            "sync_bytes": sum(b.data.numel() for b in buckets), "engines_synced": len(stats),
-            "engine_weights_version": [s["version"] for s in stats]}
+    return {"save_s": time.time() - start, **broadcast_weights(engines, merged.state_dict().items(), bucket_mb)}
 
 
 def dpo_worker(config: dict) -> None:
