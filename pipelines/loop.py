@@ -3,21 +3,18 @@
     caption → questions → eval of the starting policy
     for each round r:  rollout → judge → pairs (+ reference log-probs) → train (+ weight broadcast) → eval
 
-Every stage is recorded in manifest.json with a hash of the config it depends on; `--resume` skips stages that
-finished with the same hash. Engines are started once; before a stage that generates with the policy, the engines
+Every stage is recorded in manifest.json with a hash of the config it depends on (pipelines.stages); `--resume`
+skips stages that finished with the same hash. Engines are started once; before a stage that generates with the policy, the engines
 are brought to the policy that stage expects (after a resume, from the saved round folder).
 """
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
-from typing import Callable
 
 from actors.pool import EnginePool
 from actors.weight_sync import broadcast_weights, saved_weights
 from rlaif.config import RunConfig
-from rlaif.manifest import Manifest
 from rlaif.tiny_models import ensure_model
 
 from pipelines.caption import run_caption
@@ -26,6 +23,7 @@ from pipelines.judge import judge_answers
 from pipelines.pairs import run_pairs
 from pipelines.questions import run_questions
 from pipelines.rollout import generate_answers
+from pipelines.stages import Stages
 from pipelines.train import run_train
 
 log = logging.getLogger(__name__)
@@ -36,28 +34,6 @@ DEPENDS = {
     "questions": ("ingest", "models", "caption", "questions"),
     "round": ("ingest", "models", "caption", "questions", "rollout", "judge", "pairs", "train", "loop", "seed"),
 }
-
-
-class Stages:
-    """Runs named stages once, recording them in the manifest."""
-
-    def __init__(self, cfg: RunConfig, manifest: Manifest, resume: bool):
-        self.cfg, self.manifest, self.resume = cfg, manifest, resume
-        self.ran_now: set[str] = set()  # stages executed by this process (not skipped on resume)
-
-    def run(self, name: str, depends: tuple[str, ...], fn: Callable[[], dict | int]) -> dict:
-        key = self.cfg.hash(*depends)
-        if self.resume and self.manifest.is_done(name, key):
-            log.info("%s: done already, skipping", name)
-            return self.manifest.stage(name)
-        self.manifest.record(name, "running", key)
-        start = time.time()
-        info = fn()
-        info = info if isinstance(info, dict) else {"rows": info}
-        self.ran_now.add(name)
-        self.manifest.record(name, "done", key, **{**info, "seconds": round(time.time() - start, 2)})
-        log.info("%s: done in %.1f s", name, time.time() - start)
-        return self.manifest.stage(name)
 
 
 def start_pools(cfg: RunConfig) -> dict[str, EnginePool]:
@@ -72,8 +48,8 @@ def start_pools(cfg: RunConfig) -> dict[str, EnginePool]:
     return pools
 
 
-def run_loop(cfg: RunConfig, run_dir: Path, manifest: Manifest, resume: bool) -> list[dict]:
-    stages = Stages(cfg, manifest, resume)
+def run_loop(cfg: RunConfig, run_dir: Path, stages: Stages) -> list[dict]:
+    manifest = stages.manifest
     pools = start_pools(cfg)
     policy, judge = pools["policy"], pools["judge"]
     start_path = ensure_model(cfg.models.policy)

@@ -1,4 +1,3 @@
-import pytest
 
 from rlaif.questions import assign_splits, parse_qa, qa_regex
 
