@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +38,6 @@ class IngestResult:
     n_ok: int
     n_quarantined: int
     reasons: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
     videos_path: str = ""
     quarantine_path: str = ""
 
@@ -51,7 +49,6 @@ def decode_spec(cfg: IngestConfig) -> DecodeSpec:
 
 
 def run_ingest(cfg: IngestConfig, run_dir: Path, source: str | list[str] | None = None) -> IngestResult:
-    start = time.time()
     source = source if source is not None else cfg.source
     if source is None:
         raise ValueError("ingest needs a source: set ingest.source in the config or pass SOURCE")
@@ -84,7 +81,7 @@ def run_ingest(cfg: IngestConfig, run_dir: Path, source: str | list[str] | None 
     bad = pq.read_table(quarantine, columns=["reason"]).column("reason").to_pylist()
     n_ok = pq.ParquetDataset(videos).read(columns=["video_id"]).num_rows
     result = IngestResult(n_inputs=len(items), n_ok=n_ok, n_quarantined=len(bad),
-                          reasons=dict(sorted(collections.Counter(bad).items())), seconds=time.time() - start,
+                          reasons=dict(sorted(collections.Counter(bad).items())),
                           videos_path=str(videos), quarantine_path=str(quarantine))
     if result.n_ok + result.n_quarantined != result.n_inputs:
         raise RuntimeError(f"ingest lost rows: {result.n_inputs} in, {result.n_ok} ok + {result.n_quarantined} quarantined")

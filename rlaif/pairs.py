@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import pyarrow as pa
 
-PAIRS = pa.schema([
+SELECTED_PAIRS = pa.schema([  # the selection; pipelines.pairs adds video, question and reference log-probs (schemas.PAIRS)
     ("prompt_id", pa.string()),
     ("chosen", pa.string()),
     ("rejected", pa.string()),
@@ -23,7 +23,7 @@ PAIRS = pa.schema([
 
 
 def select_pairs(judged: pa.Table, min_margin: float = 1.0, max_length_ratio: float | None = None) -> pa.Table:
-    """`judged` has prompt_id, response, score, parse_ok, n_tokens. Returns one row per kept prompt (PAIRS schema)."""
+    """`judged` has prompt_id, response, score, parse_ok, n_tokens. Returns one row per kept prompt (SELECTED_PAIRS schema)."""
     if min_margin <= 0:
         raise ValueError("min_margin must be positive: a tie is not a preference")
     groups: dict[str, list[dict]] = defaultdict(list)
@@ -42,4 +42,4 @@ def select_pairs(judged: pa.Table, min_margin: float = 1.0, max_length_ratio: fl
         out.append({"prompt_id": prompt_id, "chosen": best["response"], "rejected": worst["response"],
                     "score_chosen": float(best["score"]), "score_rejected": float(worst["score"]),
                     "chosen_tokens": best["n_tokens"], "rejected_tokens": worst["n_tokens"]})
-    return pa.Table.from_pylist(out, schema=PAIRS)
+    return pa.Table.from_pylist(out, schema=SELECTED_PAIRS)
