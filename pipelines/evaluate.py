@@ -1,4 +1,6 @@
-"""Eval stage: the policy answers the held-out prompts greedily, the judge scores the answers, figures go to eval.json."""
+"""Eval stage: the policy answers the held-out prompts greedily, the judge scores the answers (against the run's
+captions, the same evidence every round so rounds compare), figures go to eval.json; with eval.caption_metrics the
+policy's captions of the held-out videos are checked against the reference captions too (pipelines.caption_eval)."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +11,7 @@ from rlaif.config import RunConfig
 from rlaif.manifest import write_json_atomic
 from rlaif.metrics import eval_metrics
 
+from pipelines.caption_eval import run_caption_eval
 from pipelines.io import read_table
 from pipelines.judge import judge_answers
 from pipelines.rollout import generate_answers
@@ -16,7 +19,8 @@ from pipelines.rollout import generate_answers
 log = logging.getLogger(__name__)
 
 
-def run_eval(cfg: RunConfig, run_dir: Path, out_dir: Path, policy: EnginePool, judge: EnginePool, round_idx: int) -> dict:
+def run_eval(cfg: RunConfig, run_dir: Path, out_dir: Path, policy: EnginePool, judge: EnginePool | None,
+             round_idx: int) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     sampling = {"n": 1, "temperature": 0.0, "max_tokens": cfg.loop.eval_max_tokens}
     answers, judged = out_dir / "eval_answers.parquet", out_dir / "eval_judgments.parquet"
@@ -27,6 +31,8 @@ def run_eval(cfg: RunConfig, run_dir: Path, out_dir: Path, policy: EnginePool, j
     for r in rows:
         r["reference_answer"] = refs.get(r["prompt_id"])
     metrics = {"round": round_idx, **eval_metrics(rows)}
+    if cfg.eval.caption_metrics:
+        metrics.update(run_caption_eval(cfg, run_dir, out_dir, policy, judge))
     write_json_atomic(out_dir / "eval.json", metrics)
     log.info("eval round %s: %s", round_idx, metrics)
     return metrics

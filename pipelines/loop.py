@@ -1,11 +1,14 @@
 """The RLAIF loop (shared/design.md §1) after ingest:
 
     caption → questions → eval of the starting policy
-    for each round r:  rollout → judge → pairs (+ reference log-probs) → train (+ weight broadcast) → eval
+    for each round r:  [describe] → rollout → judge → pairs (+ reference log-probs) → train (+ weight broadcast) → eval
+    [rebirth]
 
-Every stage is recorded in manifest.json with a hash of the config it depends on (pipelines.stages); `--resume`
-skips stages that finished with the same hash. Engines are started once; before a stage that generates with the policy, the engines
-are brought to the policy that stage expects (after a resume, from the saved round folder).
+`describe` is i-SRT's self-retrospection (caption.self_retrospection); `rebirth` is video-SALMONN 2's rebirth tuning
+(rebirth.enabled). Every stage is recorded in manifest.json with a hash of the config it depends on
+(pipelines.stages); `--resume` skips stages that finished with the same hash. Engines are started once; before a
+stage that generates with the policy, the engines are brought to the policy that stage expects (after a resume,
+from the saved round folder).
 """
 from __future__ import annotations
 
@@ -14,17 +17,19 @@ from pathlib import Path
 
 from actors.pool import EnginePool
 from actors.weight_sync import broadcast_weights, saved_weights
-from rlaif.config import RunConfig
+from rlaif.config import POLICY_AS_JUDGE, RunConfig
 from rlaif.tiny_models import ensure_model
 
 from pipelines.caption import run_caption
+from pipelines.describe import run_describe
 from pipelines.evaluate import run_eval
 from pipelines.judge import judge_answers
 from pipelines.pairs import run_pairs
 from pipelines.questions import run_questions
+from pipelines.rebirth import run_rebirth
 from pipelines.rollout import generate_answers
 from pipelines.stages import Stages
-from pipelines.train import run_train
+from pipelines.train import train_round
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +37,36 @@ log = logging.getLogger(__name__)
 DEPENDS = {
     "caption": ("ingest", "models", "caption"),
     "questions": ("ingest", "models", "caption", "questions"),
-    "round": ("ingest", "models", "caption", "questions", "rollout", "judge", "pairs", "train", "loop", "seed"),
+    "round": ("ingest", "models", "caption", "questions", "rollout", "judge", "pairs", "train", "loop", "eval", "seed"),
+    "rebirth": ("ingest", "models", "caption", "questions", "rollout", "judge", "pairs", "train", "loop", "eval",
+                "rebirth", "seed"),
 }
 
 
-def start_pools(cfg: RunConfig) -> dict[str, EnginePool]:
-    pools = {"policy": EnginePool("policy", cfg.models.policy, cfg.pools.policy, video=True, seed=cfg.seed),
-             "judge": EnginePool("judge", cfg.models.judge, cfg.pools.judge, video=False, seed=cfg.seed)}
+def needs_judge_llm(cfg: RunConfig) -> bool:
+    return (cfg.judge.kind != "function" or cfg.eval.caption_metrics or
+            (cfg.questions.source == "generate"))
+
+
+def start_pools(cfg: RunConfig) -> dict[str, EnginePool | None]:
+    """policy, judge (the policy pool itself when models.judge is 'policy'; None when no LLM judges), captioner,
+    and one pool per extra responder (extra:<model>)."""
+    policy = EnginePool("policy", cfg.models.policy, cfg.pools.policy, video=True, seed=cfg.seed)
+    pools: dict[str, EnginePool | None] = {"policy": policy}
+    if cfg.models.judge == POLICY_AS_JUDGE:
+        pools["judge"] = policy  # i-SRT: the policy judges with its current weights
+    elif needs_judge_llm(cfg):
+        pools["judge"] = EnginePool("judge", cfg.models.judge, cfg.pools.judge, video=False, seed=cfg.seed)
+    else:
+        pools["judge"] = None
     captioner = cfg.models.captioner or cfg.models.policy
     if cfg.caption.source == "model" and (captioner != cfg.models.policy or cfg.pools.captioner is not None):
         pools["captioner"] = EnginePool("captioner", captioner, cfg.pools.captioner or cfg.pools.policy, video=True,
                                         seed=cfg.seed)
     else:
-        pools["captioner"] = pools["policy"]  # captions come before any training: the starting policy writes them
+        pools["captioner"] = policy  # captions come before any training: the starting policy writes them
+    for i, model in enumerate(cfg.models.extra_responders):
+        pools[f"extra:{model}"] = EnginePool(f"extra{i}", model, cfg.pools.extra, video=True, seed=cfg.seed + 100 * (i + 1))
     return pools
 
 
@@ -52,6 +74,7 @@ def run_loop(cfg: RunConfig, run_dir: Path, stages: Stages) -> list[dict]:
     manifest = stages.manifest
     pools = start_pools(cfg)
     policy, judge = pools["policy"], pools["judge"]
+    responders = [policy] + [p for k, p in pools.items() if k.startswith("extra:")]
     start_path = ensure_model(cfg.models.policy)
     engines_hold = start_path  # which policy folder the policy engines currently serve
 
@@ -63,36 +86,57 @@ def run_loop(cfg: RunConfig, run_dir: Path, stages: Stages) -> list[dict]:
             broadcast_weights(policy.actors, saved_weights(path).items(), cfg.loop.sync_bucket_mb)
             engines_hold = path
 
+    def trained_policy(result: dict, stage: str, folder: Path, current: str) -> str:
+        nonlocal engines_hold
+        if result.get("skipped") or not folder.exists():
+            return current
+        if stage in stages.ran_now and result.get("engines_synced"):
+            engines_hold = str(folder)  # the trainer broadcast the new weights itself
+        return str(folder)
+
     stages.run("caption", DEPENDS["caption"], lambda: run_caption(cfg, run_dir, pools["captioner"]))
     stages.run("questions", DEPENDS["questions"], lambda: run_questions(cfg, run_dir, judge))
     evals = [stages.run("round_base/eval", DEPENDS["round"],
                         lambda: run_eval(cfg, run_dir, run_dir / "round_base", policy, judge, -1))]
 
-    current = start_path
+    current, adapter = start_path, None
     for r in range(cfg.loop.rounds):
         rd = run_dir / f"round_{r}"
         rd.mkdir(parents=True, exist_ok=True)
-        policy_in = current
+        policy_in, adapter_in = current, adapter
         reference = start_path if cfg.train.reference == "fixed" else policy_in
         serve(policy_in)
+        evidence = None
+        if cfg.caption.self_retrospection:
+            stages.run(f"round_{r}/describe", DEPENDS["round"], lambda: run_describe(cfg, run_dir, rd, r, policy))
+            evidence = rd / "captions.parquet"
         sampling = {"n": cfg.rollout.samples_per_prompt, "temperature": cfg.rollout.temperature,
                     "top_p": cfg.rollout.top_p, "max_tokens": cfg.rollout.max_tokens}
         stages.run(f"round_{r}/rollout", DEPENDS["round"],
-                   lambda: generate_answers(run_dir, policy, "train", sampling, r, rd / "rollouts.parquet"))
+                   lambda: generate_answers(run_dir, responders, "train", sampling, r, rd / "rollouts.parquet"))
         stages.run(f"round_{r}/judge", DEPENDS["round"],
-                   lambda: judge_answers(run_dir, judge, cfg.judge, rd / "rollouts.parquet", rd / "judgments.parquet"))
+                   lambda: judge_answers(run_dir, judge, cfg.judge, rd / "rollouts.parquet", rd / "judgments.parquet",
+                                         evidence))
         stages.run(f"round_{r}/pairs", DEPENDS["round"], lambda: run_pairs(cfg, run_dir, rd, r, reference))
         trained = stages.run(f"round_{r}/train", DEPENDS["round"],
-                             lambda: run_train(cfg, run_dir, rd, policy_in, policy.actors))
-        if not trained.get("skipped") and (rd / "policy").exists():
-            current = str(rd / "policy")
-            if f"round_{r}/train" in stages.ran_now and trained.get("engines_synced"):
-                engines_hold = current  # the trainer broadcast the new weights itself
+                             lambda: train_round(cfg, run_dir, rd, policy_in=policy_in, start=start_path,
+                                                 reference=reference, engines=policy.actors,
+                                                 previous_adapter=adapter_in))
+        current = trained_policy(trained, f"round_{r}/train", rd / "policy", current)
+        if current == str(rd / "policy") and (rd / "policy" / "adapter").exists():
+            adapter = str(rd / "policy" / "adapter")
         serve(current)
         evals.append(stages.run(f"round_{r}/eval", DEPENDS["round"],
                                 lambda: run_eval(cfg, run_dir, rd, policy, judge, r)))
     manifest.data["final_policy"] = current
     manifest.record("loop", "done", cfg.hash(*DEPENDS["round"]), rounds=cfg.loop.rounds, final_policy=current)
-    for p in {id(p): p for p in pools.values()}.values():
+    if cfg.rebirth.enabled:
+        rb = run_dir / "rebirth"
+        reborn = stages.run("rebirth/train", DEPENDS["rebirth"], lambda: run_rebirth(cfg, run_dir, rb, policy, start_path))
+        manifest.data["reborn_policy"] = trained_policy(reborn, "rebirth/train", rb / "policy", current)
+        serve(manifest.data["reborn_policy"])
+        evals.append(stages.run("rebirth/eval", DEPENDS["rebirth"],
+                                lambda: run_eval(cfg, run_dir, rb, policy, judge, cfg.loop.rounds)))
+    for p in {id(p): p for p in pools.values() if p is not None}.values():
         p.shutdown()
     return evals

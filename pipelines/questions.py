@@ -19,8 +19,6 @@ from pipelines.io import read_table, write_table
 log = logging.getLogger(__name__)
 
 def prompts_from_file(q: QuestionsConfig, videos: pa.Table) -> list[dict]:
-    if not q.file:
-        raise ValueError("questions.source is 'file' but questions.file is not set")
     given = pq.read_table(q.file)
     key = "video_id" if "video_id" in given.column_names else "uri"
     if key not in given.column_names or "question" not in given.column_names:

@@ -7,6 +7,7 @@ from pathlib import Path
 from rlaif.manifest import Manifest
 
 EVAL_COLUMNS = ["round", "answers", "accuracy", "mean_score", "parse_failure_rate", "mean_tokens", "reference_match"]
+CAPTION_COLUMNS = ["caption_missing_rate", "caption_contradiction_rate", "caption_repetition_rate"]
 
 
 def _fmt(v) -> str:
@@ -16,15 +17,20 @@ def _fmt(v) -> str:
 def eval_rows(run_dir: Path) -> list[dict]:
     paths = [run_dir / "round_base" / "eval.json"] + sorted(run_dir.glob("round_[0-9]*/eval.json"),
                                                             key=lambda p: int(p.parent.name.split("_")[1]))
-    return [json.loads(p.read_text()) for p in paths if p.exists()]
+    rows = [json.loads(p.read_text()) for p in paths if p.exists()]
+    rebirth = run_dir / "rebirth" / "eval.json"
+    if rebirth.exists():
+        rows.append({**json.loads(rebirth.read_text()), "round": "rebirth"})
+    return rows
 
 
 def eval_table(run_dir: Path) -> str:
     rows = eval_rows(run_dir)
-    lines = ["| " + " | ".join(EVAL_COLUMNS) + " |", "|" + "---|" * len(EVAL_COLUMNS)]
+    columns = EVAL_COLUMNS + (CAPTION_COLUMNS if any(CAPTION_COLUMNS[0] in r for r in rows) else [])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         r = {**r, "round": "base" if r["round"] == -1 else r["round"]}
-        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in EVAL_COLUMNS) + " |")
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
     return "\n".join(lines)
 
 

@@ -1,4 +1,6 @@
-"""Rollout stage: the policy pool (current weights) answers every prompt K times, with the video in view."""
+"""Rollout stage: the policy pool (current weights) answers every prompt K times, with the video in view; with
+models.extra_responders (MMAIP-V's response set) every other pool answers K times too, in the same table (the
+`model` column says who answered)."""
 from __future__ import annotations
 
 import logging
@@ -19,9 +21,10 @@ log = logging.getLogger(__name__)
 
 
 class AnswerPrompts(EngineClient):
-    def __init__(self, engines: list, sampling: dict, model: str, round_idx: int):
+    def __init__(self, engines: list, sampling: dict, model: str, round_idx: int, sample_offset: int = 0):
         super().__init__(engines)
         self.sampling, self.model, self.round_idx = sampling, model, round_idx
+        self.sample_offset = sample_offset  # keeps (prompt_id, sample_idx) unique across the pools of one rollout
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -29,21 +32,24 @@ class AnswerPrompts(EngineClient):
                     for r in rows]
         outs = self.call(requests, self.sampling)
         return pa.Table.from_pylist(
-            [{"prompt_id": r["prompt_id"], "sample_idx": k, "model": self.model, "response": s["text"].strip(),
+            [{"prompt_id": r["prompt_id"], "sample_idx": self.sample_offset + k, "model": self.model, "response": s["text"].strip(),
               "n_tokens": s["n_tokens"], "finish_reason": s["finish_reason"], "round": self.round_idx}
              for r, samples in zip(rows, outs) for k, s in enumerate(samples)], schema=ROLLOUTS)
 
 
-def generate_answers(run_dir: Path, pool: EnginePool, split: str, sampling: dict, round_idx: int, out: Path) -> int:
+def generate_answers(run_dir: Path, pools: EnginePool | list[EnginePool], split: str, sampling: dict, round_idx: int,
+                     out: Path) -> int:
+    """Every prompt of `split` answered `sampling['n']` times by each pool; returns the number of answers."""
+    pools = pools if isinstance(pools, list) else [pools]
     prompts = read_table(run_dir / "prompts.parquet")
     prompts = prompts.filter(pc.equal(prompts.column("split"), split)).select(["prompt_id", "video_id", "question"])
     if prompts.num_rows == 0:
         write_table(ROLLOUTS.empty_table(), out)
         return 0
-    ds = rows_with_frames(run_dir / "videos.parquet", prompts).map_batches(
+    parts = [rows_with_frames(run_dir / "videos.parquet", prompts).map_batches(
         AnswerPrompts, fn_constructor_kwargs={"engines": pool.actors, "sampling": sampling, "model": pool.model_path,
-                                              "round_idx": round_idx},
+                                              "round_idx": round_idx, "sample_offset": i * sampling["n"]},
         batch_size=pool.cfg.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1)
-    write_dataset(ds, out, ROLLOUTS)
+        compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1) for i, pool in enumerate(pools)]
+    write_dataset(parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0], out, ROLLOUTS)
     return read_table(out, ["prompt_id"]).num_rows

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 def run_pipeline(cfg: RunConfig, run_dir: Path, resume: bool = False, source=None, loop: bool = True) -> Manifest:
     """Ingest, then (unless `loop` is False) captions, questions and the DPO rounds."""
+    if loop:
+        cfg.check_inputs()  # before anything starts: a missing input file fails now, not after ingest
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(run_dir)
     if resume and (n := clean_partials(run_dir)):

@@ -1,9 +1,11 @@
-"""Train stage: one DPO round with Ray Train workers running DeepSpeed (ZeRO-2 or ZeRO-3) on a LoRA of the policy.
+"""Train stage: Ray Train workers running DeepSpeed (ZeRO-2 or ZeRO-3) on a LoRA of the policy.
 
-    driver: pairs.parquet + frames → Ray Data → TorchTrainer(dpo_worker) → round_r/policy/ (merged HF folder)
-    worker: load policy_in, attach a fresh LoRA, DeepSpeed steps on its data shard, checkpoints via ray.train;
-            at the end rank 0 merges the LoRA into the weights, saves the new policy, and broadcasts the merged
-            weights in a few buckets (one object-store put each) to every policy engine: one control call per engine.
+    driver: pairs.parquet + frames → Ray Data → TorchTrainer(train_worker) → round_r/policy/ (merged HF folder)
+    worker: load the LoRA's base, attach a fresh LoRA (or the previous round's), DeepSpeed steps on its data shard
+            (rlaif.objectives: DPO family + SFT terms, or plain SFT for rebirth tuning), checkpoints via ray.train;
+            at the end rank 0 merges the LoRA into the weights, extrapolates them if configured, saves the new
+            policy, and broadcasts the merged weights in a few buckets (one object-store put each) to every policy
+            engine: one control call per engine.
 
 Reference log-probs come with the pairs (pipelines.pairs), so no reference model is held here.
 """
@@ -13,6 +15,7 @@ import logging
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -54,13 +57,15 @@ def lora_config(t: TrainConfig):
                       bias="none")
 
 
-def export_and_sync(engine, t: TrainConfig, policy_in: str, policy_out: str, engines: list, bucket_mb: int) -> dict:
-    """All ranks: gather the LoRA (ZeRO-3 shards it). Rank 0: merge it into a fresh copy of the round's starting
-    weights, save the new policy (merged, plus the adapter), and broadcast the merged weights to the engines."""
+def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
+    """All ranks: gather the LoRA (ZeRO-3 shards it). Rank 0: put it on a fresh copy of the LoRA's base weights,
+    merge, extrapolate when asked (MMAIP-V), save the new policy (merged, plus the adapter), and broadcast the
+    merged weights to the engines."""
     import deepspeed
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     from actors.weight_sync import broadcast_weights
+    from rlaif.extrapolate import extrapolate
     from rlaif.manifest import publish, staging_path
     from rlaif.policy_model import load_policy
 
@@ -70,38 +75,52 @@ def export_and_sync(engine, t: TrainConfig, policy_in: str, policy_out: str, eng
     if ray.train.get_context().get_world_rank() != 0:
         return {}
     start = time.time()
-    base, processor = load_policy(policy_in)
+    base, processor = load_policy(config["lora_base"])
+    alpha = config.get("extrapolation_alpha")
+    if alpha and config["reference"] != config["lora_base"]:
+        reference = load_policy(config["reference"])[0].state_dict()
+    elif alpha:
+        reference = {k: v.clone() for k, v in base.state_dict().items()}  # merging below changes `base` in place
     peft_model = get_peft_model(base, lora_config(t))
     set_peft_model_state_dict(peft_model, state)
-    final = Path(policy_out)
+    final = Path(config["policy_out"])
     staged = staging_path(final)
-    peft_model.save_pretrained(staged / "adapter")
+    # An extrapolated policy is no longer base + adapter: its adapter is kept under another name (θ_dpo's record).
+    peft_model.save_pretrained(staged / ("dpo_adapter" if alpha else "adapter"))
     merged = peft_model.merge_and_unload()
+    if alpha:
+        merged.load_state_dict(extrapolate(reference, merged.state_dict(), alpha))
     merged.save_pretrained(staged)
     processor.save_pretrained(staged)
     publish(staged, final)
-    return {"save_s": time.time() - start, **broadcast_weights(engines, merged.state_dict().items(), bucket_mb)}
+    synced = broadcast_weights(config["engines"], merged.state_dict().items(), config["bucket_mb"]) if config["engines"] else {}
+    return {"save_s": time.time() - start, **synced}
 
 
-def dpo_worker(config: dict) -> None:
+def train_worker(config: dict) -> None:
+    """One Ray Train worker: DPO (objective "dpo", rows are pairs) or SFT (objective "sft", rows are prompt/target)
+    of a LoRA under DeepSpeed, checkpointed through ray.train, exported and broadcast at the end."""
     import tempfile
 
     import deepspeed
     import torch
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
     from ray.train import Checkpoint
 
-    from rlaif.dpo import dpo_loss
-    from rlaif.policy_model import answer_logps, is_video_model, load_policy, pair_batch
+    from rlaif.objectives import preference_loss, sft_loss
+    from rlaif.policy_model import is_video_model, load_policy
 
     t = TrainConfig(**config["train"])
     if not t.use_gpu:
         _skip_deepspeed_shm_build()
     torch.manual_seed(config["seed"])
     ctx = ray.train.get_context()
-    model, processor = load_policy(config["policy_in"])
-    video = is_video_model(config["policy_in"])
-    model = get_peft_model(model, lora_config(t))
+    model, processor = load_policy(config["lora_base"])
+    video = is_video_model(config["lora_base"])
+    if config.get("lora_init"):  # merge_each_round=False: the LoRA of the previous round keeps training
+        model = PeftModel.from_pretrained(model, config["lora_init"], is_trainable=True)
+    else:
+        model = get_peft_model(model, lora_config(t))
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                       config=deepspeed_config(t))
     start_step = 0
@@ -117,7 +136,6 @@ def dpo_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
     shard = ray.train.get_dataset_shard("train")
-    average = t.loss_type == "ipo"
     step, history = 0, []
     for _ in range(t.epochs):
         for batch in shard.iter_batches(batch_size=t.micro_batch_size, batch_format="pyarrow"):
@@ -125,47 +143,43 @@ def dpo_worker(config: dict) -> None:
                 step += 1
                 continue
             rows = batch.to_pylist()
-            n = len(rows)
-            total, mean = answer_logps(engine, pair_batch(processor, rows, video))
-            policy = mean if average else total
-            ref_c = torch.tensor([r["ref_logp_chosen"] for r in rows])
-            ref_r = torch.tensor([r["ref_logp_rejected"] for r in rows])
-            out = dpo_loss(policy[:n], policy[n:], ref_c, ref_r, beta=t.beta, loss_type=t.loss_type,
-                           label_smoothing=t.label_smoothing)
-            loss = out.loss
-            if t.sft_weight:
-                loss = loss + t.sft_weight * -mean[:n].mean()
+            if config["objective"] == "sft":
+                loss, metrics = sft_loss(engine, processor, rows, video)
+            else:
+                loss, metrics = preference_loss(engine, processor, rows, t, video)
             engine.backward(loss)
             engine.step()
             step += 1
-            history.append({"step": step, "loss": float(loss), "dpo_loss": float(out.loss),
-                            "reward_margin": float(out.margin), "reward_accuracy": float(out.accuracy)})
+            history.append({"step": step, **metrics})
             if step % t.checkpoint_every == 0:
                 save({"step": step, **history[-1]}, step)
-    sync = export_and_sync(engine, t, config["policy_in"], config["policy_out"], config["engines"], config["bucket_mb"])
+    sync = export_and_sync(engine, t, config)
     final = {"step": step, "history": history if ctx.get_world_rank() == 0 else [], **sync}
     save(final, step)
 
 
-def run_train(cfg: RlaifConfig, run_dir: Path, round_dir: Path, policy_in: str, engines: list) -> dict:
-    pairs = read_table(round_dir / "pairs.parquet")
-    t = cfg.train
-    workers = min(t.workers, pairs.num_rows)
+def run_train(cfg: RlaifConfig, run_dir: Path, out_dir: Path, data: pa.Table, *, engines: list, lora_base: str,
+              reference: str, objective: str = "dpo", train: TrainConfig | None = None,
+              lora_init: str | None = None) -> dict:
+    """Trains a LoRA on `lora_base` (starting from the adapter `lora_init` when given) over `data` (rows with a
+    video_id), writes out_dir/policy, and broadcasts it to `engines`. `reference` is θ_ref of the extrapolation."""
+    t = train or cfg.train
+    workers = min(t.workers, data.num_rows)
     if workers == 0:
-        log.warning("train: no preference pairs this round; the policy stays as it is")
-        return {"steps": 0, "skipped": "no pairs"}
+        log.warning("train: no training rows; the policy stays as it is")
+        return {"steps": 0, "skipped": "no rows"}
     if workers < t.workers:
-        log.warning("train: only %d pairs, using %d worker(s) instead of %d", pairs.num_rows, workers, t.workers)
-    dataset = rows_with_frames(run_dir / "videos.parquet", pairs)
+        log.warning("train: only %d rows, using %d worker(s) instead of %d", data.num_rows, workers, t.workers)
     trainer = TorchTrainer(
-        dpo_worker,
-        train_loop_config={"train": t.model_dump(), "seed": cfg.seed, "policy_in": policy_in,
-                           "policy_out": str(round_dir / "policy"), "engines": engines,
-                           "bucket_mb": cfg.loop.sync_bucket_mb},
+        train_worker,
+        train_loop_config={"train": t.model_dump(), "seed": cfg.seed, "objective": objective, "lora_base": lora_base,
+                           "lora_init": lora_init, "reference": reference, "policy_out": str(out_dir / "policy"),
+                           "extrapolation_alpha": t.extrapolation_alpha if objective == "dpo" else None,
+                           "engines": engines, "bucket_mb": cfg.loop.sync_bucket_mb},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        datasets={"train": dataset},
-        run_config=RunConfig(name=f"{cfg.name}-{round_dir.name}", storage_path=str((run_dir / "ray_train").resolve()),
+        datasets={"train": rows_with_frames(run_dir / "videos.parquet", data)},
+        run_config=RunConfig(name=f"{cfg.name}-{out_dir.name}", storage_path=str((run_dir / "ray_train").resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=1), failure_config=FailureConfig(max_failures=2)),
     )
     start = time.time()
@@ -173,8 +187,28 @@ def run_train(cfg: RlaifConfig, run_dir: Path, round_dir: Path, policy_in: str, 
     metrics = dict(result.metrics)
     history = metrics.pop("history", [])
     if history:
-        log.info("train: %d steps, loss %.4f -> %.4f, reward margin %.4f -> %.4f, sync %.2f s (%d buckets, %d bytes)",
-                 len(history), history[0]["loss"], history[-1]["loss"], history[0]["reward_margin"],
-                 history[-1]["reward_margin"], metrics.get("sync_s", 0), metrics.get("sync_buckets", 0),
-                 metrics.get("sync_bytes", 0))
-    return {"fit_seconds": round(time.time() - start, 2), "workers": workers, "pairs": pairs.num_rows, "history": history, **metrics}
+        log.info("train (%s): %d steps, loss %.4f -> %.4f, sync %.2f s (%d buckets, %d bytes)", objective,
+                 len(history), history[0]["loss"], history[-1]["loss"], metrics.get("sync_s", 0),
+                 metrics.get("sync_buckets", 0), metrics.get("sync_bytes", 0))
+    return {"fit_seconds": round(time.time() - start, 2), "workers": workers, "rows": data.num_rows,
+            "history": history, **metrics}
+
+
+def train_round(cfg: RlaifConfig, run_dir: Path, round_dir: Path, *, policy_in: str, start: str, reference: str,
+                engines: list, previous_adapter: str | None) -> dict:
+    """One DPO round on round_dir/pairs.parquet. With merge_each_round the LoRA is fresh on the round's starting
+    policy (mrDPO); without it the previous round's adapter keeps training on the starting model. With
+    train.caption_sft_weight each pair also carries its video's ground-truth caption."""
+    from pipelines.caption import reference_captions
+
+    pairs = read_table(round_dir / "pairs.parquet")
+    if cfg.train.caption_sft_weight and pairs.num_rows:
+        truth = reference_captions(cfg, run_dir)
+        pairs = pairs.append_column("gt_caption", pa.array([truth.get(v) for v in pairs.column("video_id").to_pylist()],
+                                                           pa.string()))
+    if cfg.train.merge_each_round:
+        lora_base, lora_init = policy_in, None
+    else:
+        lora_base, lora_init = start, previous_adapter
+    return run_train(cfg, run_dir, round_dir, pairs, engines=engines, lora_base=lora_base, lora_init=lora_init,
+                     reference=reference)

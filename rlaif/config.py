@@ -47,12 +47,20 @@ class IngestConfig(_Strict):
                                      "another decoder, or rlaif.faults:decode_with_faults to inject crashes in tests.")
 
 
+POLICY_AS_JUDGE = "policy"
+
+
 class ModelsConfig(_Strict):
-    """Models by built-in name (built locally: tiny-qwen2-vl, tiny-judge, smollm2-135m-instruct), local path, or hub id."""
+    """Models by built-in name (built locally: tiny-qwen2-vl, tiny-qwen2-vl-b, tiny-judge, smollm2-135m-instruct),
+    local path, or hub id."""
 
     policy: str = Field("tiny-qwen2-vl", description="The video LMM being aligned (also the captioner unless `captioner` is set).")
     captioner: str | None = Field(None, description="VLM writing the detailed captions; defaults to the policy.")
-    judge: str = Field("tiny-judge", description="Text LLM scoring answers against the caption.")
+    judge: str = Field("tiny-judge", description="Text LLM scoring answers against the caption; 'policy' makes the "
+                                                 "policy its own judge, with its current weights (i-SRT).")
+    extra_responders: list[str] = Field(
+        [], description="Other VLMs whose answers join the policy's in every rollout (MMAIP-V's response set); "
+                        "each gets its own engine pool (pools.extra) and `rollout.samples_per_prompt` samples.")
 
 
 class EnginePoolConfig(_Strict):
@@ -71,6 +79,7 @@ class PoolsConfig(_Strict):
     policy: EnginePoolConfig = EnginePoolConfig()
     judge: EnginePoolConfig = EnginePoolConfig()
     captioner: EnginePoolConfig | None = Field(None, description="None: the policy pool captions (saves an engine).")
+    extra: EnginePoolConfig = Field(EnginePoolConfig(), description="Pool of each of models.extra_responders.")
 
 
 class CaptionConfig(_Strict):
@@ -80,6 +89,12 @@ class CaptionConfig(_Strict):
     file: str | None = Field(None, description="Parquet with `caption` and `uri` or `video_id` (source: file).")
     max_tokens: int = Field(128, ge=1, le=8192)
     temperature: float = Field(0.0, ge=0)
+    reference_file: str | None = Field(
+        None, description="Ground-truth captions (Parquet: `caption` and `uri` or `video_id`), never shown to the judge: "
+                          "the target of train.caption_sft_weight and the reference of eval.caption_metrics.")
+    self_retrospection: bool = Field(
+        False, description="i-SRT: before each round's rollouts the policy re-describes every training video given its "
+                           "previous description (round 0: the caption), and that description is the judge's evidence.")
 
 
 class QuestionsConfig(_Strict):
@@ -100,13 +115,25 @@ class RolloutConfig(_Strict):
 
 
 class JudgeConfig(_Strict):
-    """LLaVA-Hound judge: explanation + `Score: 1..5` against the caption."""
+    """How each answer gets its score, always with the video's caption as the evidence.
 
+    kind: `score` is LLaVA-Hound-DPO's judge (a short explanation, then `Score: 1..5`); `aspects` is VLM-RLAIF's
+    context-aware judge (accurate, helpful, natural and concise, each 1..5, averaged); `function` calls an external
+    scoring function instead of an LLM (MMAIP-V scores its response set with an external scorer).
+    A length penalty (VLM-RLAIF, i-SRT) then subtracts `length_penalty` points per answer token beyond `length_budget`.
+    """
+
+    kind: Literal["score", "aspects", "function"] = "score"
+    function: str = Field("rlaif.scorers:CaptionSimilarity", pattern=r"^[\w.]+:\w+$",
+                          description="kind=function: 'module:Class' built once per worker, called with lists of "
+                                      "captions, questions and answers, returning one score in [1, 5] per answer.")
     max_tokens: int = Field(64, ge=8, le=4096)
     temperature: float = Field(0.0, ge=0)
     structured: bool = Field(True, description="Constrain replies with vLLM structured outputs so a score always parses.")
     retries: int = Field(2, ge=0, le=10, description="Re-asks (with a new seed) for replies that do not parse.")
     use_reference_answer: bool = Field(False, description="Show the reference answer to the judge too.")
+    length_penalty: float = Field(0.0, ge=0, description="Points subtracted per answer token beyond length_budget.")
+    length_budget: int = Field(32, ge=1, description="Answer tokens that cost nothing under the length penalty.")
 
 
 class PairsConfig(_Strict):
@@ -115,7 +142,12 @@ class PairsConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Ray Train + DeepSpeed DPO of a LoRA on the policy's language model, one run per round."""
+    """Ray Train + DeepSpeed DPO of a LoRA on the policy's language model, one run per round.
+
+    Losses (rlaif/dpo.py, numerically TRL's DPOTrainer): `sigmoid` is DPO (Rafailov et al. 2023), with
+    `label_smoothing` ε > 0 conservative DPO (cDPO); `robust` is rDPO (Chowdhury et al. 2024, ε = the flip rate);
+    `ipo` is IPO (Azar et al. 2023) on length-normalised log-ratios, β being its τ.
+    """
 
     workers: int = Field(2, ge=1, le=4096, description="Ray Train workers (data parallel ranks).")
     use_gpu: bool = False
@@ -124,7 +156,10 @@ class TrainConfig(_Strict):
     beta: float = Field(0.1, gt=0, description="DPO temperature β.")
     loss_type: Literal["sigmoid", "robust", "ipo"] = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    sft_weight: float = Field(0.0, ge=0, description="γ of an NLL term on the chosen answer (RPO).")
+    sft_weight: float = Field(0.0, ge=0, description="γ of an NLL term on the chosen answer (RPO; TRL's 'sft' loss).")
+    caption_sft_weight: float = Field(
+        0.0, ge=0, description="γ of a cross-entropy term on each video's ground-truth caption (caption.reference_file), "
+                               "keeping the captioning skill while DPO trains answers (video-SALMONN 2 uses 0.1).")
     lr: float = Field(1e-4, gt=0)
     epochs: int = Field(1, ge=1)
     micro_batch_size: int = Field(2, ge=1, description="Pairs per worker per step.")
@@ -135,14 +170,51 @@ class TrainConfig(_Strict):
     lora_target: str = Field(r"^(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$",
                              description="Regex of module names that get a LoRA (the language model, not the vision tower).")
     reference: Literal["fixed", "refresh"] = Field(
-        "refresh", description="fixed: the starting policy (LLaVA-Hound); refresh: the policy at the start of each round.")
+        "refresh", description="fixed: the starting policy (LLaVA-Hound); refresh: the policy at the start of each round "
+                               "(iterative DPO, i-SRT, MMAIP-V, video-SALMONN 2's mrDPO).")
+    merge_each_round: bool = Field(
+        True, description="video-SALMONN 2's mrDPO: after each round the LoRA is merged into the weights and the next "
+                          "round trains a fresh LoRA on the merged model. False: one LoRA over the starting model "
+                          "keeps training across rounds.")
+    extrapolation_alpha: float | None = Field(
+        None, gt=0, description="MMAIP-V's weak-to-strong step (ExPO): after each round θ ← θ_ref + α·(θ_dpo − θ_ref), "
+                                "α > 1 extrapolates past the trained weights; None leaves them as trained.")
     checkpoint_every: int = Field(20, ge=1, description="Steps between Ray Train checkpoints (each is a barrier).")
+
+    @model_validator(mode="after")
+    def _extrapolate_merged_only(self) -> "TrainConfig":
+        if self.extrapolation_alpha is not None and not self.merge_each_round:
+            raise ValueError("extrapolation_alpha needs merge_each_round: a LoRA that carries over cannot hold "
+                             "extrapolated weights")
+        return self
 
 
 class LoopConfig(_Strict):
     rounds: int = Field(2, ge=1, le=1000)
     eval_max_tokens: int = Field(32, ge=1)
     sync_bucket_mb: int = Field(256, ge=1, description="Size of the weight buckets broadcast to the policy engines.")
+
+
+class EvalConfig(_Strict):
+    """Extra per-round evaluation beyond the held-out answers."""
+
+    caption_metrics: bool = Field(
+        False, description="video-SALMONN 2's caption evaluation: the policy captions the held-out videos, the judge "
+                           "checks every fact of the reference caption (caption.reference_file) as covered, missing "
+                           "or contradicted; eval.json gets the missing and contradiction rates and the repetition rate.")
+    caption_max_tokens: int = Field(64, ge=1, le=8192)
+
+
+class RebirthConfig(_Strict):
+    """video-SALMONN 2's rebirth tuning: after the last round, the *starting* model is fine-tuned (SFT, LoRA) on the
+    final policy's own outputs (its answers to the training prompts and its captions of the training videos), which
+    recovers abilities the DPO rounds wore down. Its eval goes to rebirth/eval.json."""
+
+    enabled: bool = False
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    max_tokens: int = Field(48, ge=1, description="Length of the final policy's outputs used as targets.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature of those outputs (0: greedy).")
 
 
 class RayConfig(_Strict):
@@ -173,6 +245,8 @@ class RunConfig(_Strict):
     pairs: PairsConfig = PairsConfig()
     train: TrainConfig = TrainConfig()
     loop: LoopConfig = LoopConfig()
+    eval: EvalConfig = EvalConfig()
+    rebirth: RebirthConfig = RebirthConfig()
     ray: RayConfig = RayConfig()
     demo: DemoConfig = DemoConfig()
 
@@ -182,6 +256,19 @@ class RunConfig(_Strict):
         if min(self.ingest.frame_height, self.ingest.frame_width) < 28:
             raise ValueError("ingest.frame_height and frame_width must be at least 28 (Qwen2-VL's 2x2 merge of 14 px patches)")
         return self
+
+    def check_inputs(self) -> None:
+        """Files that a run needs, checked before its first stage (the demo fills some of them in after parsing)."""
+        problems = []
+        if (self.train.caption_sft_weight or self.eval.caption_metrics) and not self.caption.reference_file:
+            problems.append("train.caption_sft_weight and eval.caption_metrics need ground-truth captions: "
+                            "set caption.reference_file")
+        if self.caption.source == "file" and not self.caption.file:
+            problems.append("caption.source is 'file' but caption.file is not set")
+        if self.questions.source == "file" and not self.questions.file:
+            problems.append("questions.source is 'file' but questions.file is not set")
+        if problems:
+            raise ConfigError("config cannot run:\n" + "\n".join(problems))
 
     def hash(self, *sections: str) -> str:
         """Stable short hash of the whole config, or of some sections: a stage is redone when its inputs change."""

@@ -5,8 +5,8 @@ With Δ = [log πθ(y_w|x) − log π_ref(y_w|x)] − [log πθ(y_l|x) − log �
       −(1−ε)·log σ(βΔ) − ε·log σ(−βΔ)
 - robust (rDPO, Chowdhury et al. 2024): (−(1−ε)·log σ(βΔ) + ε·log σ(−βΔ)) / (1 − 2ε)
 - ipo (IPO, Azar et al. 2023), on length-normalised log-probs: (Δ − 1/(2β))²
-An SFT term γ·NLL can be added on the chosen answer (RPO) or on a ground-truth caption (video-SALMONN 2, γ = 0.1);
-the caller computes that NLL and adds it.
+An SFT term γ·NLL (`sft_nll`, TRL's "sft" loss: the mean over all target tokens of the batch) can be added on the
+chosen answer (RPO) or on a ground-truth caption (video-SALMONN 2, γ = 0.1); rlaif.objectives combines them.
 """
 from __future__ import annotations
 
@@ -53,3 +53,10 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     chosen_rewards = beta * (policy_chosen - ref_chosen).detach()
     rejected_rewards = beta * (policy_rejected - ref_rejected).detach()
     return DPOOutput(losses.mean(), losses, chosen_rewards, rejected_rewards)
+
+
+def sft_nll(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over every masked token of the batch (not a mean of per-sequence means, so a
+    long target weighs by its length, as in TRL's "sft" loss). `token_logps` and `mask` are (B, T)."""
+    mask = mask.to(token_logps.dtype)
+    return -(token_logps * mask).sum() / mask.sum().clamp(min=1)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from rlaif.logprobs import sequence_logps
+from rlaif.logprobs import sequence_logps, token_logps
 from rlaif.schemas import frames_of
 from rlaif.vlm_inputs import collate, encode_example, model_inputs
 
@@ -40,8 +40,18 @@ def pair_batch(processor, rows: list[dict], video: bool) -> dict[str, torch.Tens
     return collate(examples, pad_id(processor))
 
 
+def answer_token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob of each predicted token, mask of the answer tokens among them), both (B, T-1), from one forward."""
+    return token_logps(model(**model_inputs(batch)).logits, batch["input_ids"], batch["answer_mask"])
+
+
 def answer_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sequence: (sum, mean) of answer-token log-probs, from one forward pass."""
-    logits = model(**model_inputs(batch)).logits
-    total = sequence_logps(logits, batch["input_ids"], batch["answer_mask"])
-    return total, total / batch["answer_mask"][:, 1:].sum(-1).clamp(min=1)
+    lp, mask = answer_token_logps(model, batch)
+    return sequence_logps(lp, mask), sequence_logps(lp, mask, average=True)
+
+
+def target_batch(processor, rows: list[dict], video: bool, prompt_key: str, target_key: str) -> dict[str, torch.Tensor]:
+    """One sequence per row: (video,) row[prompt_key] as the user turn, row[target_key] as the answer to learn."""
+    examples = [encode_example(processor, r[prompt_key], r[target_key], frames_of(r) if video else None) for r in rows]
+    return collate(examples, pad_id(processor))

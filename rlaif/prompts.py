@@ -6,7 +6,7 @@ of the reward, not the judge's own guess about the video).
 """
 from __future__ import annotations
 
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"
 
 CAPTION_REQUEST = (
     "Describe this video in detail: the background, every object with its shape and colour, how many of each "
@@ -40,12 +40,69 @@ def judge_output_regex(max_tokens: int) -> str:
     return rf"Explanation: [^\n]{{1,{max(1, max_tokens - 8)}}}\nScore: [1-5]"
 
 
-def judge_messages(caption: str, question: str, answer: str, reference: str | None = None) -> list[dict]:
+# VLM-RLAIF's context-aware judge: the caption is the context, four aspects are rated separately (their mean is the score).
+ASPECT_JUDGE_REQUEST = (
+    "Video description (evidence):\n{caption}\n\n"
+    "Question: {question}\n"
+    "{reference}"
+    "Candidate answer: {answer}\n\n"
+    "Rate the candidate answer from 1 to 5 on each aspect, judging only against the description:\n"
+    "Accurate: consistent with the description, nothing invented.\n"
+    "Helpful: answers what was asked.\n"
+    "Natural: fluent, reads like a person wrote it.\n"
+    "Concise: no padding or repetition.\n"
+    "Reply with one short sentence of explanation, then four lines \"Accurate: N\", \"Helpful: N\", "
+    "\"Natural: N\", \"Concise: N\"."
+)
+
+
+def aspect_output_regex(max_tokens: int) -> str:
+    return (rf"Explanation: [^\n]{{1,{max(1, max_tokens - 24)}}}\n"
+            r"Accurate: [1-5]\nHelpful: [1-5]\nNatural: [1-5]\nConcise: [1-5]")
+
+
+def judge_messages(caption: str, question: str, answer: str, reference: str | None = None,
+                   aspects: bool = False) -> list[dict]:
     ref = f"Reference answer: {reference}\n" if reference else ""
+    request = ASPECT_JUDGE_REQUEST if aspects else JUDGE_REQUEST
     return [
         {"role": "system", "content": JUDGE_SYSTEM},
-        {"role": "user", "content": JUDGE_REQUEST.format(caption=caption, question=question, reference=ref, answer=answer)},
+        {"role": "user", "content": request.format(caption=caption, question=question, reference=ref, answer=answer)},
     ]
+
+
+# i-SRT's self-retrospection: the policy improves its own previous description while looking at the video again.
+RETROSPECT_REQUEST = (
+    "Here is a description of this video written earlier:\n{previous}\n\n"
+    "Watch the video again and write an improved detailed description: correct what is wrong, add what is "
+    "missing, and leave out anything that cannot be seen."
+)
+
+
+def retrospect_messages(previous: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "video"},
+                                         {"type": "text", "text": RETROSPECT_REQUEST.format(previous=previous)}]}]
+
+
+def caption_messages() -> list[dict]:
+    return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": CAPTION_REQUEST}]}]
+
+
+# video-SALMONN 2's caption evaluation: each fact of the reference caption is checked against the model's caption.
+FACT_VERDICTS = ("covered", "missing", "contradicted")
+FACT_CHECK_REQUEST = (
+    "Description of a video written by a model:\n{caption}\n\n"
+    "Fact about the video: {fact}\n\n"
+    "Does the description state this fact (covered), not mention it (missing), or state something that conflicts "
+    "with it (contradicted)? Reply exactly as \"Verdict: covered\", \"Verdict: missing\" or \"Verdict: contradicted\"."
+)
+FACT_CHECK_SYSTEM = "You check descriptions of videos against facts known to be true about the video."
+FACT_CHECK_REGEX = r"Verdict: (covered|missing|contradicted)"
+
+
+def fact_check_messages(caption: str, fact: str) -> list[dict]:
+    return [{"role": "system", "content": FACT_CHECK_SYSTEM},
+            {"role": "user", "content": FACT_CHECK_REQUEST.format(caption=caption, fact=fact)}]
 
 
 def video_question_messages(question: str) -> list[dict]:

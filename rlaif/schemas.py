@@ -37,6 +37,10 @@ def frames_of(row: dict) -> np.ndarray:
 CAPTIONS = pa.schema([("video_id", pa.string()), ("caption", pa.string()), ("model", pa.string()),
                       ("prompt_version", pa.string())])
 
+# Caption evaluation: one row per (held-out video, fact of its reference caption), judged against the policy's caption.
+CAPTION_FACTS = pa.schema([("video_id", pa.string()), ("fact_idx", pa.int32()), ("fact", pa.string()),
+                           ("verdict", pa.string()), ("parse_ok", pa.bool_())])
+
 PROMPTS = pa.schema([("prompt_id", pa.string()), ("video_id", pa.string()), ("question", pa.string()),
                      ("reference_answer", pa.string()), ("split", pa.string()), ("source", pa.string())])
 
@@ -44,7 +48,10 @@ ROLLOUTS = pa.schema([("prompt_id", pa.string()), ("sample_idx", pa.int32()), ("
                       ("response", pa.string()), ("n_tokens", pa.int32()), ("finish_reason", pa.string()),
                       ("round", pa.int32())])
 
-JUDGMENTS = pa.schema(list(ROLLOUTS) + [("score", pa.int32()), ("explanation", pa.string()), ("parse_ok", pa.bool_()),
+# score: what pairs and eval use (raw_score after the length penalty); raw_score: the judge's own (the mean of the
+# aspects for the aspect judge); aspects: JSON of the aspect ratings, or null.
+JUDGMENTS = pa.schema(list(ROLLOUTS) + [("score", pa.float64()), ("raw_score", pa.float64()), ("aspects", pa.string()),
+                                        ("explanation", pa.string()), ("parse_ok", pa.bool_()),
                                         ("attempts", pa.int32()), ("judge_model", pa.string())])
 
 PAIRS = pa.schema([("prompt_id", pa.string()), ("video_id", pa.string()), ("question", pa.string()),

@@ -274,6 +274,8 @@ def _build_smollm2(out_dir: Path) -> Path:
 # name -> builder(out_dir). A builder writes a complete model folder into out_dir (an empty, fresh folder).
 MODEL_BUILDERS: dict[str, Callable[[Path], object]] = {
     "tiny-qwen2-vl": build_tiny_qwen2_vl,
+    # Same architecture, other weights: a second responder for MMAIP-V's multi-model response set.
+    "tiny-qwen2-vl-b": lambda out: build_tiny_qwen2_vl(out, seed=1),
     "tiny-judge": build_tiny_judge,
     "smollm2-135m-instruct": _build_smollm2,
 }

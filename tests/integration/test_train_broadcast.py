@@ -13,7 +13,7 @@ from actors.vllm_engine import EngineActor
 from actors.weight_sync import broadcast_weights, saved_weights
 from pipelines.ingest import run_ingest
 from pipelines.io import write_table
-from pipelines.train import run_train
+from pipelines.train import train_round
 from rlaif.config import IngestConfig, parse_config
 from rlaif.policy_model import answer_logps, load_policy, pair_batch
 from rlaif.prompts import video_question_messages
@@ -86,7 +86,8 @@ def test_round_trains_and_reaches_the_live_engine(videos, policy_engine, tmp_pat
     round_dir.mkdir()
     write_table(_pairs(rows, start), round_dir / "pairs.parquet")
     shutil.copytree(root / "videos.parquet", tmp_path / "videos.parquet")
-    result = run_train(cfg, tmp_path, round_dir, start, [policy_engine])
+    result = train_round(cfg, tmp_path, round_dir, policy_in=start, start=start, reference=start,
+                         engines=[policy_engine], previous_adapter=None)
 
     assert result["engines_synced"] == 1 and result["sync_buckets"] >= 1 and result["step"] == 6
     history = result["history"]

@@ -78,3 +78,29 @@ def test_demo_yaml_is_what_rlaif_demo_runs():
     from pipelines.demo import DEMO_OVERRIDES
 
     assert load_config(REPO / "configs" / "demo.yaml").model_dump() == parse_config(DEMO_OVERRIDES).model_dump()
+
+
+def test_one_config_per_paper_selects_its_algorithm():
+    cfgs = {p.stem: load_config(p) for p in (REPO / "configs").glob("*.yaml")}
+    assert {"llava_hound", "vlm_rlaif", "isrt", "video_salmonn2", "mmaipv"} <= set(cfgs)
+    assert cfgs["llava_hound"].train.reference == "fixed" and cfgs["llava_hound"].judge.kind == "score"
+    assert cfgs["vlm_rlaif"].judge.kind == "aspects" and cfgs["vlm_rlaif"].judge.length_penalty > 0
+    assert cfgs["isrt"].caption.self_retrospection and cfgs["isrt"].models.judge == "policy"
+    s2 = cfgs["video_salmonn2"]
+    assert s2.train.merge_each_round and s2.train.caption_sft_weight == 0.1 and s2.rebirth.enabled
+    assert s2.eval.caption_metrics and s2.train.reference == "refresh"
+    m = cfgs["mmaipv"]
+    assert m.models.extra_responders and m.judge.kind == "function" and m.train.extrapolation_alpha > 1
+
+
+def test_extrapolation_needs_merged_rounds():
+    with pytest.raises(ConfigError, match="extrapolation_alpha needs merge_each_round"):
+        parse_config({"train": {"extrapolation_alpha": 1.5, "merge_each_round": False}})
+
+
+def test_missing_input_files_are_reported_before_a_run():
+    cfg = parse_config({"train": {"caption_sft_weight": 0.1}, "questions": {"source": "file"}})
+    with pytest.raises(ConfigError) as err:
+        cfg.check_inputs()
+    assert "set caption.reference_file" in str(err.value) and "questions.file is not set" in str(err.value)
+    parse_config({}).check_inputs()  # the defaults need no file

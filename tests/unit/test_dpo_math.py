@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from rlaif.dpo import dpo_loss
-from rlaif.logprobs import sequence_logps
+from rlaif.dpo import dpo_loss, sft_nll
+from rlaif.logprobs import sequence_logps, token_logps
 from rlaif.weights import pack_buckets, unpack_bucket
 
 
@@ -44,9 +44,16 @@ def test_sequence_logps_counts_only_answer_tokens():
     lp = torch.log_softmax(logits, -1)
     want0 = lp[0, 1, ids[0, 2]] + lp[0, 2, ids[0, 3]]
     want1 = lp[1, 2, ids[1, 3]] + lp[1, 3, ids[1, 4]]
-    got = sequence_logps(logits, ids, mask)
+    token_lp, answer = token_logps(logits, ids, mask)
+    got = sequence_logps(token_lp, answer)
     assert torch.allclose(got, torch.stack([want0, want1]))
-    assert torch.allclose(sequence_logps(logits, ids, mask, average=True), got / 2)
+    assert torch.allclose(sequence_logps(token_lp, answer, average=True), got / 2)
+
+
+def test_sft_nll_is_the_mean_over_all_target_tokens():
+    lp = torch.tensor([[-1.0, -2.0, -9.0], [-4.0, -9.0, -9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert sft_nll(lp, mask).item() == pytest.approx((1 + 2 + 4) / 3)  # not the mean of (1.5, 4)
 
 
 def test_buckets_round_trip_exactly_and_respect_the_size():

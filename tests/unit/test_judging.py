@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from rlaif.judging import is_correct, parse_judgment
-from rlaif.prompts import judge_messages, judge_output_regex
+from rlaif.judging import is_correct, length_penalised, parse_aspects, parse_judgment
+from rlaif.prompts import aspect_output_regex, judge_messages, judge_output_regex
 
 
 @pytest.mark.parametrize("text, score", [
@@ -47,3 +47,29 @@ def test_judge_messages_carry_the_caption_as_evidence():
     body = msgs[1]["content"]
     assert "A red circle moves left." in body and "Candidate answer: red" in body and "Reference answer: red" in body
     assert "Reference answer" not in judge_messages("c", "q", "a")[1]["content"]
+
+
+def test_aspect_ratings_parse_to_their_mean():
+    j = parse_aspects("Explanation: right colour, a bit long.\nAccurate: 5\nHelpful: 4\nNatural: 4\nConcise: 2")
+    assert j.parse_ok and j.score == pytest.approx(3.75)
+    assert j.aspects == {"accurate": 5, "helpful": 4, "natural": 4, "concise": 2}
+    assert j.explanation == "right colour, a bit long."
+
+
+@pytest.mark.parametrize("text", [None, "", "Accurate: 5\nHelpful: 4\nNatural: 4",  # one aspect missing
+                                  "Accurate: 5\nHelpful: 4\nNatural: 4\nConcise: 9"])
+def test_incomplete_aspects_are_never_scored(text):
+    j = parse_aspects(text)
+    assert not j.parse_ok and j.score is None
+
+
+def test_structured_aspect_output_always_parses():
+    reply = "Explanation: fine\nAccurate: 1\nHelpful: 2\nNatural: 3\nConcise: 4"
+    assert re.fullmatch(aspect_output_regex(48), reply)
+    assert parse_aspects(reply).score == pytest.approx(2.5)
+    assert "Concise" in judge_messages("cap", "q?", "a", aspects=True)[1]["content"]
+
+
+@pytest.mark.parametrize("score, tokens, expected", [(5, 10, 5), (5, 14, 4), (4.5, 30, 1.0), (2, 11, 1.75)])
+def test_length_penalty_costs_tokens_beyond_the_budget(score, tokens, expected):
+    assert length_penalised(score, tokens, penalty=0.25, budget=10) == pytest.approx(expected)

@@ -1,0 +1,43 @@
+import pytest
+
+from rlaif.caption_eval import caption_metrics, parse_verdict, reference_facts, repetition_rate
+from rlaif.prompts import FACT_CHECK_REGEX, fact_check_messages
+
+
+def test_reference_caption_splits_into_sentence_facts():
+    caption = "A blue background with two objects. A green square moves to the right. A magenta circle stays still."
+    assert reference_facts(caption) == ["A blue background with two objects.", "A green square moves to the right.",
+                                         "A magenta circle stays still."]
+    assert reference_facts("") == [] and reference_facts("  .  ") == []
+
+
+@pytest.mark.parametrize("text, verdict", [("Verdict: covered", "covered"), ("verdict: MISSING", "missing"),
+                                           ("Verdict: covered... no, Verdict: contradicted", "contradicted"),
+                                           ("It is there.", None), ("", None), (None, None)])
+def test_verdicts_parse_or_fail(text, verdict):
+    assert parse_verdict(text) == verdict
+
+
+def test_fact_check_prompt_and_regex():
+    import re
+
+    assert all(re.fullmatch(FACT_CHECK_REGEX, f"Verdict: {v}") for v in ("covered", "missing", "contradicted"))
+    content = fact_check_messages("a red circle", "The circle is red.")[1]["content"]
+    assert "a red circle" in content and "The circle is red." in content
+
+
+def test_repetition_rate():
+    assert repetition_rate("a red circle moves left") == 0
+    assert repetition_rate("") == 0 and repetition_rate("two words") == 0
+    # 8 trigrams, of which the last 4 repeat the first ones
+    assert repetition_rate("the red circle moves the red circle moves the red") == pytest.approx(4 / 8)
+
+
+def test_metrics_count_unparsed_checks_apart():
+    m = caption_metrics(["covered", "missing", "missing", "contradicted", None], ["a b c a b c", "x y"])
+    assert m["caption_facts"] == 5 and m["caption_unparsed_checks"] == 1
+    assert m["caption_missing_rate"] == 0.5 and m["caption_contradiction_rate"] == 0.25
+    assert m["caption_covered_rate"] == 0.25
+    assert m["caption_repetition_rate"] == pytest.approx((1 / 4 + 0) / 2)  # "a b c" recurs once of 4
+    empty = caption_metrics([], [])
+    assert empty["caption_missing_rate"] is None and empty["caption_repetition_rate"] is None
