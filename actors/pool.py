@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from typing import Any, Callable
 
 import ray
 
@@ -56,3 +57,22 @@ class EngineClient:
         engine = self.engines[self._turn % len(self.engines)]
         self._turn += 1
         return ray.get(engine.generate.remote(requests, sampling))
+
+    def call_parsed(self, requests: list[dict], sampling: dict, parse: Callable[[str], Any],
+                    ok: Callable[[Any], bool], retries: int) -> tuple[list[Any], list[int]]:
+        """One sample per request, parsed; requests whose reply does not parse are asked again, up to `retries`
+        times, sampling at temperature >= 0.7 so that a retry can come out differently. Returns (parsed values,
+        attempts per request); a value that never parsed is the last failed parse, for the caller to count."""
+        values: list[Any] = [None] * len(requests)
+        attempts = [0] * len(requests)
+        todo = list(range(len(requests)))
+        for attempt in range(retries + 1):
+            params = sampling if attempt == 0 else {**sampling, "temperature": max(sampling.get("temperature", 0), 0.7)}
+            outs = self.call([requests[i] for i in todo], {**params, "n": 1})
+            for i, out in zip(todo, outs):
+                values[i] = parse(out[0]["text"])
+                attempts[i] = attempt + 1
+            todo = [i for i in todo if not ok(values[i])]
+            if not todo:
+                break
+        return values, attempts

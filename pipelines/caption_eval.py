@@ -32,20 +32,18 @@ class CheckFacts(EngineClient):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        verdicts: list[str | None] = [None] * len(rows)
-        todo = list(range(len(rows)))
-        for attempt in range(self.retries + 1):
-            # Room for the longest verdict in any tokenizer (the tiny test tokenizer spends a token per few bytes).
-            sampling = {"n": 1, "max_tokens": 32, "temperature": 0.0 if attempt == 0 else 0.7}
-            if self.structured:
-                sampling["regex"] = FACT_CHECK_REGEX
-            outs = self.call([{"messages": fact_check_messages(rows[i]["caption"], rows[i]["fact"])} for i in todo],
-                             sampling)
-            for i, out in zip(todo, outs):
-                verdicts[i] = parse_verdict(out[0]["text"])
-            todo = [i for i in todo if verdicts[i] is None]
-            if not todo:
-                break
+        # Room for the longest verdict in any tokenizer (the tiny test tokenizer spends a token per few bytes).
+        sampling = {"max_tokens": 32, "temperature": 0.0}
+        if self.structured:
+            sampling["regex"] = FACT_CHECK_REGEX
+        # A caption with no words states nothing: each of its facts is missing, with no judge to get that wrong.
+        ask = [i for i, r in enumerate(rows) if r["caption"].strip()]
+        verdicts: list[str | None] = ["missing"] * len(rows)
+        if ask:
+            requests = [{"messages": fact_check_messages(rows[i]["caption"], rows[i]["fact"])} for i in ask]
+            answers, _ = self.call_parsed(requests, sampling, parse_verdict, lambda v: v is not None, self.retries)
+            for i, verdict in zip(ask, answers):
+                verdicts[i] = verdict
         return pa.Table.from_pylist([{"video_id": r["video_id"], "fact_idx": r["fact_idx"], "fact": r["fact"],
                                       "verdict": v, "parse_ok": v is not None} for r, v in zip(rows, verdicts)],
                                     schema=CAPTION_FACTS)
@@ -58,7 +56,8 @@ def run_caption_eval(cfg: RunConfig, run_dir: Path, out_dir: Path, policy: Engin
     if not references:
         log.warning("caption eval: no held-out video has a reference caption")
         return caption_metrics([], [])
-    sampling = {"n": 1, "temperature": 0.0, "max_tokens": cfg.eval.caption_max_tokens}
+    sampling = {"n": 1, "temperature": cfg.eval.caption_temperature, "max_tokens": cfg.eval.caption_max_tokens,
+                "seed": cfg.seed}
     captions_path = out_dir / "eval_captions.parquet"
     caption_videos(run_dir, policy, sampling, captions_path, sorted(references))
     captions = dict(zip(*read_table(captions_path, ["video_id", "caption"]).to_pydict().values()))

@@ -54,22 +54,10 @@ class JudgeAnswers(EngineClient):
                                                 r["reference_answer"] if self.cfg.use_reference_answer else None,
                                                 aspects=self.cfg.kind == "aspects")}
                     for r in rows]
-        verdicts = [None] * len(rows)
-        attempts = [0] * len(rows)
-        todo = list(range(len(rows)))
-        for attempt in range(self.cfg.retries + 1):
-            # A retry samples (temperature > 0) so that it can come out differently.
-            sampling = {"n": 1, "max_tokens": self.cfg.max_tokens,
-                        "temperature": self.cfg.temperature if attempt == 0 else max(self.cfg.temperature, 0.7)}
-            if self.regex:
-                sampling["regex"] = self.regex
-            outs = self.call([requests[i] for i in todo], sampling)
-            for i, out in zip(todo, outs):
-                verdicts[i] = self.parse(out[0]["text"])
-                attempts[i] = attempt + 1
-            todo = [i for i in todo if not verdicts[i].parse_ok]
-            if not todo:
-                break
+        sampling = {"max_tokens": self.cfg.max_tokens, "temperature": self.cfg.temperature}
+        if self.regex:
+            sampling["regex"] = self.regex
+        verdicts, attempts = self.call_parsed(requests, sampling, self.parse, lambda v: v.parse_ok, self.cfg.retries)
         return pa.Table.from_pylist([judgment_row(r, v, a, self.model, self.cfg)
                                      for r, v, a in zip(rows, verdicts, attempts)], schema=JUDGMENTS)
 

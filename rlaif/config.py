@@ -203,6 +203,7 @@ class EvalConfig(_Strict):
                            "checks every fact of the reference caption (caption.reference_file) as covered, missing "
                            "or contradicted; eval.json gets the missing and contradiction rates and the repetition rate.")
     caption_max_tokens: int = Field(64, ge=1, le=8192)
+    caption_temperature: float = Field(0.0, ge=0, description="Sampling temperature of those captions (0: greedy).")
 
 
 class RebirthConfig(_Strict):

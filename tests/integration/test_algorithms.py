@@ -99,6 +99,8 @@ def test_video_salmonn2_mrdpo_caption_term_caption_eval_and_rebirth(ray_local, t
         assert metrics["caption_facts"] > 0 and metrics["caption_unparsed_checks"] == 0
         rates = [metrics[k] for k in ("caption_missing_rate", "caption_contradiction_rate", "caption_covered_rate")]
         assert sum(rates) == pytest.approx(1.0) and 0 <= metrics["caption_repetition_rate"] <= 1
+        captions = read_table(run_dir / r / "eval_captions.parquet").column("caption").to_pylist()
+        assert any(c.strip() for c in captions)  # sampled captions with words: the judge checked their facts
         facts = read_table(run_dir / r / "caption_facts.parquet").to_pylist()
         assert len(facts) == metrics["caption_facts"]
         assert {f["verdict"] for f in facts} <= {"covered", "missing", "contradicted"}

@@ -41,3 +41,17 @@ def test_metrics_count_unparsed_checks_apart():
     assert m["caption_repetition_rate"] == pytest.approx((1 / 4 + 0) / 2)  # "a b c" recurs once of 4
     empty = caption_metrics([], [])
     assert empty["caption_missing_rate"] is None and empty["caption_repetition_rate"] is None
+
+
+def test_facts_of_an_empty_caption_are_missing_without_asking_a_judge():
+    import pyarrow as pa
+
+    from pipelines.caption_eval import CheckFacts
+
+    class NoEngines(CheckFacts):
+        def call(self, requests, sampling):
+            raise AssertionError("an empty caption needs no judge")
+
+    rows = [{"video_id": "v", "fact_idx": i, "fact": f"fact {i}", "caption": " \n"} for i in range(3)]
+    out = NoEngines([object()], structured=True, retries=1)(pa.Table.from_pylist(rows)).to_pylist()
+    assert [r["verdict"] for r in out] == ["missing"] * 3 and all(r["parse_ok"] for r in out)
