@@ -6,9 +6,11 @@ same code drives the captioner, the policy and the judge. The policy's engine al
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,8 @@ class VLLMEngine:
     """A vLLM `LLM` with chat-in, samples-out methods. Used as a Ray actor (`EngineActor`) or in-process."""
 
     def __init__(self, model: str, *, role: str = "policy", max_model_len: int = 2048, seed: int = 0,
-                 dtype: str = "float32", max_num_seqs: int = 64, video: bool = True, **engine_kwargs: Any):
+                 dtype: str = "float32", max_num_seqs: int = 64, video: bool = True, lora_path: str | None = None,
+                 **engine_kwargs: Any):
         from vllm import LLM
 
         from rlaif.tiny_models import ensure_model
@@ -41,6 +44,14 @@ class VLLMEngine:
             kwargs["distributed_executor_backend"] = "uni"
         if video:
             kwargs["limit_mm_per_prompt"] = {"video": 1, "image": 0}
+        self.lora_request = None
+        if lora_path:  # base + LoRA adapter (peft folder), applied to every request of this engine
+            from vllm.lora.request import LoRARequest
+
+            rank = json.loads((Path(lora_path) / "adapter_config.json").read_text())["r"]
+            # vLLM takes ranks of 8, 16, 32, ...: the next one up holds this adapter.
+            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=1 << max(3, (rank - 1).bit_length()))
+            self.lora_request = LoRARequest("policy", 1, lora_path)
         kwargs.update(engine_kwargs)
         start = time.time()
         self.llm = LLM(model=self.model_path, **kwargs)
@@ -55,11 +66,21 @@ class VLLMEngine:
             prompt["multi_modal_data"] = {"video": video_input(request["frames"], request.get("fps", 2.0))}
         return prompt
 
-    def generate(self, requests: list[dict], sampling: dict) -> list[list[dict]]:
-        """For each request, `sampling['n']` samples: {text, n_tokens, finish_reason}.
+    def generate(self, requests: list[dict], sampling: dict | list[dict]) -> list[list[dict]]:
+        """For each request, `sampling['n']` samples: {text, n_tokens, finish_reason, prompt_tokens}.
 
-        `sampling` holds vLLM SamplingParams fields; `regex` constrains the output (structured outputs).
+        `sampling` holds vLLM SamplingParams fields (one dict for all requests, or one per request); `regex`
+        constrains the output (structured outputs).
         """
+        samplings = sampling if isinstance(sampling, list) else [sampling] * len(requests)
+        params = [self._params(s) for s in samplings]
+        outputs = self.llm.generate([self._prompt(r) for r in requests], params, use_tqdm=False,
+                                    lora_request=self.lora_request)
+        return [[{"text": c.text, "n_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
+                  "prompt_tokens": len(out.prompt_token_ids or [])} for c in out.outputs] for out in outputs]
+
+    @staticmethod
+    def _params(sampling: dict):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
@@ -67,10 +88,7 @@ class VLLMEngine:
         regex = sampling.pop("regex", None)
         if regex:
             sampling["structured_outputs"] = StructuredOutputsParams(regex=regex)
-        params = SamplingParams(**sampling)
-        outputs = self.llm.generate([self._prompt(r) for r in requests], params, use_tqdm=False)
-        return [[{"text": c.text, "n_tokens": len(c.token_ids), "finish_reason": c.finish_reason}
-                 for c in out.outputs] for out in outputs]
+        return SamplingParams(**sampling)
 
     def load_weight_buckets(self, *buckets) -> dict:
         """New weights, in place: rlaif.weights.Bucket objects, passed as separate arguments so that Ray resolves

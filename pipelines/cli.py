@@ -95,6 +95,36 @@ def cmd_ingest(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import json
+    import signal
+
+    from serve.target import resolve_target
+
+    if args.openapi:
+        from serve.app import openapi_schema
+
+        Path(args.openapi).write_text(json.dumps(openapi_schema(), indent=2, sort_keys=True) + "\n")
+        print(f"OpenAPI schema written to {args.openapi}")
+        return 0
+    if not args.target:
+        raise ConfigError("rlaif serve needs a run folder, model folder, adapter folder or built-in model name")
+    from pipelines.ray_env import init_ray
+    from serve.app import start
+
+    cfg = _config(args)
+    target = resolve_target(args.target, use_adapter=args.adapter, model_id=cfg.serve.model_name)
+    init_ray(cfg.ray)
+    url = start(target, cfg.serve)
+    print(f"serving {target.model}{' + adapter ' + target.adapter if target.adapter else ''} as "
+          f"{target.model_id!r} at {url}/v1 (OpenAPI: {url}/openapi.json); Ctrl-C stops", flush=True)
+    signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    from ray import serve
+
+    serve.shutdown()
+    return 0
+
+
 def cmd_models(args) -> int:
     from rlaif.tiny_models import ensure_model
 
@@ -144,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--run", required=True, help="run folder")
     common(i)
     i.set_defaults(fn=cmd_ingest)
+
+    s = sub.add_parser("serve", help="serve an aligned policy: OpenAI-compatible /v1/chat/completions on Ray Serve")
+    s.add_argument("target", nargs="?", help="run folder (its final policy), model folder, adapter folder, or "
+                                             "built-in model name")
+    s.add_argument("--adapter", action="store_true", help="serve a run's final policy as base + LoRA adapter")
+    s.add_argument("--openapi", metavar="FILE", help="write the OpenAPI schema to FILE and exit")
+    s.add_argument("--config", help="config (YAML) whose `serve` section is used; defaults otherwise")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. serve.port=8001")
+    s.set_defaults(fn=cmd_serve)
 
     m = sub.add_parser("models", help="build (once, cached) and print the local test models")
     m.add_argument("names", nargs="*", default=["tiny-qwen2-vl", "tiny-judge", "smollm2-135m-instruct"])

@@ -218,6 +218,48 @@ class RebirthConfig(_Strict):
     temperature: float = Field(0.0, ge=0, description="Sampling temperature of those outputs (0: greedy).")
 
 
+class ServeConfig(_Strict):
+    """`rlaif serve`: the Ray Serve endpoint for an aligned policy (OpenAI-compatible /v1/chat/completions)."""
+
+    host: str = Field("127.0.0.1", description="Bind address of Ray Serve's HTTP proxy (0.0.0.0 to expose it).")
+    port: int = Field(8000, ge=1, le=65535)
+    model_name: str | None = Field(None, max_length=200, description="The id in /v1/models; default: the run's name "
+                                                                     "or the model folder's name.")
+    token_env: str = Field("RLAIF_SERVE_TOKEN", description="Environment variable holding the bearer token.")
+    token: str | None = Field(None, min_length=16, description="The bearer token, when not given by token_env "
+                                                               "(the environment wins). No token: the server refuses to start.")
+    min_replicas: int = Field(1, ge=0, le=1024, description="Engine replicas (autoscaled between min and max).")
+    max_replicas: int = Field(1, ge=1, le=1024)
+    target_ongoing_requests: float = Field(4, gt=0, description="Autoscaling target per engine replica.")
+    max_ongoing_requests: int = Field(16, ge=1, description="Requests an engine replica holds at once; more queue.")
+    ingress_replicas: int = Field(1, ge=1, le=1024, description="HTTP/decode replicas in front of the engines.")
+    engine_cpus: float = Field(1, ge=0)
+    engine_gpus: float = Field(0, ge=0)
+    max_model_len: int = Field(2048, ge=128)
+    max_tokens_limit: int = Field(512, ge=1, le=32768, description="Requests asking for more are refused (4xx).")
+    default_max_tokens: int = Field(64, ge=1)
+    num_frames: int = Field(8, ge=1, le=512, description="Frames sampled from a video unless the request says.")
+    max_frames: int = Field(32, ge=1, le=512, description="Requests asking for more frames are refused.")
+    frame_height: int = Field(112, ge=28, le=4096)
+    frame_width: int = Field(112, ge=28, le=4096)
+    max_video_bytes: int = Field(64 << 20, ge=1, description="Larger videos are refused (413).")
+    max_source_frames: int = Field(100_000, ge=1, description="Videos declaring more frames are refused.")
+    decode_timeout_s: float = Field(30, gt=0, description="A decode taking longer is killed; the request gets a 4xx.")
+    allowed_video_root: str | None = Field(None, description="Local folder whose files requests may name "
+                                                             "(file:// or a path); None: no local files.")
+    allowed_url_prefixes: list[str] = Field([], description="URL prefixes requests may name (fetched by the "
+                                                            "server); empty: no fetching.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ServeConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("serve.min_replicas must not exceed serve.max_replicas")
+        if self.num_frames > self.max_frames or self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("serve defaults must lie within their limits (num_frames <= max_frames, "
+                             "default_max_tokens <= max_tokens_limit)")
+        return self
+
+
 class RayConfig(_Strict):
     address: str | None = Field(None, description="Ray cluster address; None starts (or joins, under `ray job submit`) a local one.")
     num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a locally started Ray (None: the machine's, at least 4).")
@@ -248,6 +290,7 @@ class RunConfig(_Strict):
     loop: LoopConfig = LoopConfig()
     eval: EvalConfig = EvalConfig()
     rebirth: RebirthConfig = RebirthConfig()
+    serve: ServeConfig = ServeConfig()
     ray: RayConfig = RayConfig()
     demo: DemoConfig = DemoConfig()
 

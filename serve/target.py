@@ -1,0 +1,45 @@
+"""What `rlaif serve TARGET` serves: a run folder (its final policy: the reborn one if rebirth ran), a model folder
+(merged weights), a peft adapter folder (base + LoRA, the base named in its adapter_config.json), or a built-in
+model name."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlaif.tiny_models import MODEL_BUILDERS, ensure_model
+
+
+@dataclass(frozen=True)
+class ServeTarget:
+    model: str  # the weights the engine loads (the base, in adapter mode)
+    adapter: str | None  # a peft LoRA folder applied on top, or None for merged weights
+    model_id: str  # the id clients see in /v1/models and send as `model`
+
+
+def resolve_target(target: str, use_adapter: bool = False, model_id: str | None = None) -> ServeTarget:
+    """`use_adapter` serves a run's final policy as base + adapter instead of its merged weights."""
+    if target in MODEL_BUILDERS:
+        return ServeTarget(ensure_model(target), None, model_id or target)
+    path = Path(target)
+    if (path / "manifest.json").exists():
+        manifest = json.loads((path / "manifest.json").read_text())
+        final = manifest.get("reborn_policy") or manifest.get("final_policy")
+        if not final:
+            raise ValueError(f"{target}: the run has no final policy yet (its loop has not finished)")
+        name = model_id or manifest.get("name") or path.name
+        if use_adapter:
+            adapter = Path(final) / "adapter"
+            if not (adapter / "adapter_config.json").exists():
+                raise ValueError(f"{final} has no LoRA adapter (an extrapolated or untrained policy): serve it merged")
+            return resolve_target(str(adapter), model_id=name)
+        return ServeTarget(ensure_model(final), None, name)
+    if (path / "adapter_config.json").exists():
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base or not (Path(base) / "config.json").exists():
+            raise ValueError(f"{target}: the adapter's base model {base!r} is not a local model folder")
+        return ServeTarget(base, str(path.resolve()), model_id or path.resolve().parent.name)
+    if (path / "config.json").exists():
+        return ServeTarget(str(path.resolve()), None, model_id or path.resolve().name)
+    raise ValueError(f"{target}: not a run folder, a model folder, an adapter folder or a built-in model "
+                     f"({', '.join(sorted(MODEL_BUILDERS))})")
