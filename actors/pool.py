@@ -24,7 +24,9 @@ class EnginePool:
         self.role = role
         self.cfg = cfg
         opts = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus * cfg.tensor_parallel_size if cfg.num_gpus else 0}
-        engine_kwargs = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
+        engine_kwargs: dict = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
+        if cfg.gpu_memory_utilization is not None:
+            engine_kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         start = time.time()
         self.actors = [
             EngineActor.options(**opts, name=None).remote(

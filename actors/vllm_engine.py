@@ -40,8 +40,8 @@ class VLLMEngine:
         self.model_path = ensure_model(model)
         kwargs = dict(dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=True,
                       max_num_seqs=max_num_seqs, worker_extension_cls="actors.weight_receiver.WeightReceiver")
-        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
-            kwargs["distributed_executor_backend"] = "uni"
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" and engine_kwargs.get("tensor_parallel_size", 1) == 1:
+            kwargs["distributed_executor_backend"] = "uni"  # in-process; tensor parallelism needs vLLM's workers
         if video:
             kwargs["limit_mm_per_prompt"] = {"video": 1, "image": 0}
         self.lora_request = None

@@ -125,6 +125,17 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from rlaif.placement import describe, pack, run_actors
+
+    cfg = _config(args)
+    plan = pack(run_actors(cfg), args.nodes, args.cpus_per_node, args.gpus_per_node)
+    print(f"placement plan of {args.config} on {args.nodes} node(s) x ({args.cpus_per_node:g} CPUs, "
+          f"{args.gpus_per_node} GPUs):\n")
+    print(describe(cfg, plan))
+    return 0 if plan.fits else 1
+
+
 def cmd_models(args) -> int:
     from rlaif.tiny_models import ensure_model
 
@@ -183,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="config (YAML) whose `serve` section is used; defaults otherwise")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. serve.port=8001")
     s.set_defaults(fn=cmd_serve)
+
+    pl = sub.add_parser("plan", help="dry run: resolve a config's actors and pack them onto a cluster shape")
+    pl.add_argument("config", help="run config (YAML)")
+    pl.add_argument("--nodes", type=int, default=1)
+    pl.add_argument("--cpus-per-node", type=float, default=96)
+    pl.add_argument("--gpus-per-node", type=int, default=8)
+    pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    pl.set_defaults(fn=cmd_plan)
 
     m = sub.add_parser("models", help="build (once, cached) and print the local test models")
     m.add_argument("names", nargs="*", default=["tiny-qwen2-vl", "tiny-judge", "smollm2-135m-instruct"])

@@ -43,11 +43,6 @@ DEPENDS = {
 }
 
 
-def needs_judge_llm(cfg: RunConfig) -> bool:
-    return (cfg.judge.kind != "function" or cfg.eval.caption_metrics or
-            (cfg.questions.source == "generate"))
-
-
 def start_pools(cfg: RunConfig) -> dict[str, EnginePool | None]:
     """policy, judge (the policy pool itself when models.judge is 'policy'; None when no LLM judges), captioner,
     and one pool per extra responder (extra:<model>)."""
@@ -55,7 +50,7 @@ def start_pools(cfg: RunConfig) -> dict[str, EnginePool | None]:
     pools: dict[str, EnginePool | None] = {"policy": policy}
     if cfg.models.judge == POLICY_AS_JUDGE:
         pools["judge"] = policy  # i-SRT: the policy judges with its current weights
-    elif needs_judge_llm(cfg):
+    elif cfg.needs_judge_engine():
         pools["judge"] = EnginePool("judge", cfg.models.judge, cfg.pools.judge, video=False, seed=cfg.seed)
     else:
         pools["judge"] = None

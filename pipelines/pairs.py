@@ -55,7 +55,7 @@ def run_pairs(cfg: RunConfig, run_dir: Path, round_dir: Path, round_idx: int, re
     ds = rows_with_frames(run_dir / "videos.parquet", selected).map_batches(
         ReferenceLogps, fn_constructor_kwargs={"reference_path": reference_path, "average": cfg.train.loss_type == "ipo"},
         batch_size=8, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=cfg.train.cpus_per_worker, num_gpus=1 if cfg.train.use_gpu else 0)
+        num_cpus=cfg.train.cpus_per_worker, num_gpus=cfg.train.gpus_per_worker if cfg.train.use_gpu else 0)
     write_dataset(ds, round_dir / "pairs.parquet", PAIRS)
     n = read_table(round_dir / "pairs.parquet", ["prompt_id"]).num_rows
     prompts_judged = len(set(judged.column("prompt_id").to_pylist())) if judged.num_rows else 0

@@ -72,6 +72,9 @@ class EnginePoolConfig(_Strict):
     tensor_parallel_size: int = Field(1, ge=1, le=64)
     max_model_len: int = Field(2048, ge=128)
     max_num_seqs: int = Field(64, ge=1, description="Sequences an engine batches together.")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="Share of each GPU's memory vLLM may take (None: vLLM's default, 0.9); lower "
+                                      "it when the engine shares its GPU (num_gpus < 1) with trainer workers.")
     batch_size: int = Field(16, ge=1, description="Requests per Ray Data batch forwarded to an engine.")
 
 
@@ -152,6 +155,8 @@ class TrainConfig(_Strict):
     workers: int = Field(2, ge=1, le=4096, description="Ray Train workers (data parallel ranks).")
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0, le=1, description="GPU share of each worker (use_gpu); below 1 the "
+                                                                 "workers share GPUs with engine pools.")
     zero_stage: Literal[2, 3] = 2
     beta: float = Field(0.1, gt=0, description="DPO temperature β.")
     loss_type: Literal["sigmoid", "robust", "ipo"] = "sigmoid"
@@ -300,6 +305,13 @@ class RunConfig(_Strict):
         if min(self.ingest.frame_height, self.ingest.frame_width) < 28:
             raise ValueError("ingest.frame_height and frame_width must be at least 28 (Qwen2-VL's 2x2 merge of 14 px patches)")
         return self
+
+    def needs_judge_engine(self) -> bool:
+        """Whether a separate judge LLM pool is started: not when the policy judges itself, nor when an external
+        scorer judges and no LLM is needed for questions or caption checks."""
+        if self.models.judge == POLICY_AS_JUDGE:
+            return False
+        return (self.judge.kind != "function" or self.eval.caption_metrics or self.questions.source == "generate")
 
     def check_inputs(self) -> None:
         """Files that a run needs, checked before its first stage (the demo fills some of them in after parsing)."""

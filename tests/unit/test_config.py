@@ -13,7 +13,7 @@ def test_defaults_are_valid():
 
 
 def test_every_shipped_config_parses():
-    configs = sorted((REPO / "configs").glob("*.yaml"))
+    configs = sorted((REPO / "configs").rglob("*.yaml"))
     assert configs, "configs/ should hold example run configs"
     for path in configs:
         assert isinstance(load_config(path), RunConfig)
