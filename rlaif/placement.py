@@ -120,6 +120,10 @@ def describe(cfg: RunConfig, plan: Plan) -> str:
     lines.append("")
     lines.append(f"total: {len(actors)} actors, {sum(a.cpus for a in actors):g} CPUs, {total_gpus:g} GPUs; "
                  f"ZeRO-{cfg.train.zero_stage}, {cfg.train.workers} trainer worker(s)")
+    ref_gpus = cfg.train.gpus_per_worker if cfg.train.use_gpu else 0
+    lines.append(f"transient, not packed: {cfg.ingest.decoders} ingest decoder(s) (before the engines start), "
+                 f"1 reference log-prob actor ({cfg.train.cpus_per_worker:g} CPU, {ref_gpus:g} GPU; in the pairs "
+                 f"stage, on the trainer's resources)")
     lines.append("fits" if plan.fits else "DOES NOT FIT: " + ", ".join(f"{a.component}#{a.index} "
                                                                        f"({a.cpus:g} CPU, {a.gpus:g} GPU)"
                                                                        for a in plan.unplaced))

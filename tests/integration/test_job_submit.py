@@ -3,6 +3,7 @@ demo sent with cluster/submit.sh, the job waited for, the run folder checked, an
 its own processes (never a bare `ray stop`, which would stop every Ray on the machine)."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,6 +63,7 @@ def cluster(tmp_path_factory):
         _, alive = psutil.wait_procs(procs, timeout=20)
         for p in alive:
             _signal(p, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _children(p: psutil.Process) -> list[psutil.Process]:
