@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import ray
 
@@ -36,5 +37,15 @@ def init_ray(cfg: RayConfig) -> None:
         env["RLAIF_CACHE"] = os.environ["RLAIF_CACHE"]
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs = {} if address else {"num_cpus": cfg.num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)}
-    ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING, **kwargs)
+    for attempt in (1, 2):
+        try:
+            ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING, **kwargs)
+            break
+        except Exception as err:  # Ray raises a bare Exception when a local node is slow to start
+            # Seen right after another local run exits on a loaded 2-core machine: its processes still hold the CPU.
+            if address or attempt == 2 or "timed out during startup" not in str(err):
+                raise
+            log.warning("local Ray did not start in time (%s); retrying once", err)
+            ray.shutdown()
+            time.sleep(10)
     log.info("ray: %s", ray.cluster_resources())

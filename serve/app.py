@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 
 from rlaif.config import ConfigError, ServeConfig
 from rlaif.serve_api import (ChatCompletionRequest, ChatCompletionResponse, ErrorResponse, ModelCard, ModelList,
-                             RequestError, completion_response, prompt_messages, video_parts)
+                             RequestError, VideoPart, completion_response, prompt_messages, video_parts)
 
 from serve.target import ServeTarget
 
@@ -147,7 +147,8 @@ class ChatIngress:
         videos = video_parts(body)
         if len(videos) > 1:
             raise RequestError(422, "at most one video per request")
-        if any(m.role != "user" and not isinstance(m.content, str) for m in body.messages):
+        if any(m.role != "user" and isinstance(m.content, list) and any(isinstance(p, VideoPart) for p in m.content)
+               for m in body.messages):
             raise RequestError(422, "videos may only be sent in user messages")
         request: dict = {"messages": prompt_messages(body)}
         if videos:

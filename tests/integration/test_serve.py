@@ -119,7 +119,7 @@ def test_text_only_chat(server):
     "no_token", "wrong_token", "bad_json", "unknown_field", "unknown_part_field", "too_many_frames",
     "video_too_large", "body_too_large", "undecodable_video", "not_base64", "max_tokens_zero",
     "max_tokens_over_limit", "path_outside_root", "path_escape", "missing_file", "url_not_allowed",
-    "wrong_model", "stream", "two_videos", "empty_messages", "prompt_too_long"])
+    "wrong_model", "stream", "two_videos", "video_from_assistant", "empty_messages", "prompt_too_long"])
 def test_bad_requests_get_a_clear_4xx(server, media, case):
     url, cfg = server
     base, clips, web = media
@@ -146,6 +146,8 @@ def test_bad_requests_get_a_clear_4xx(server, media, case):
         "stream": (422, lambda: post(url, chat(stream=True))),
         "two_videos": (422, lambda: post(url, {"messages": [{"role": "user", "content": [
             {"type": "video_url", "video_url": {"url": good}}, {"type": "video_url", "video_url": {"url": good}}]}]})),
+        "video_from_assistant": (422, lambda: post(url, {"messages": [{"role": "assistant", "content": [
+            {"type": "video_url", "video_url": {"url": good}}]}, {"role": "user", "content": "and?"}]})),
         "empty_messages": (422, lambda: post(url, {"messages": []})),
         "prompt_too_long": (400, lambda: post(url, {"messages": [{"role": "user", "content": "word " * 4000}]})),
     }[case]
