@@ -48,6 +48,10 @@ class VLLMEngine:
         if lora_path:  # base + LoRA adapter (peft folder), applied to every request of this engine
             from vllm.lora.request import LoRARequest
 
+            from rlaif.storage import local_folder
+
+            lora_path = local_folder(lora_path)
+
             rank = json.loads((Path(lora_path) / "adapter_config.json").read_text())["r"]
             # vLLM takes ranks of 8, 16, 32, ...: the next one up holds this adapter.
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=1 << max(3, (rank - 1).bit_length()))

@@ -14,6 +14,7 @@ from typing import Iterable
 import ray
 import torch
 
+from rlaif.storage import local_folder
 from rlaif.weights import pack_buckets
 
 
@@ -33,7 +34,7 @@ def saved_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}
-    for f in sorted(glob.glob(str(Path(folder) / "*.safetensors"))):
+    for f in sorted(glob.glob(str(Path(local_folder(str(folder))) / "*.safetensors"))):
         state.update(load_file(f))
     if not state:
         raise FileNotFoundError(f"no *.safetensors weights in {folder}")

@@ -3,7 +3,7 @@
 # without .venv/, runs/ and .git/), the cluster's nodes provide the stack (cluster/install.sh in their image or setup
 # commands), and the run folder should be on storage every node sees (a mounted path, or s3://...).
 #
-#   RAY_ADDRESS=http://HEAD:8265 bash cluster/submit.sh run configs/gpu/qwen25vl7b_judge7b_8gpu.yaml --run /mnt/shared/runs/q7b
+#   RAY_ADDRESS=http://HEAD:8265 bash cluster/submit.sh run configs/gpu/qwen25vl7b_judge7b_8gpu.yaml --run s3://BUCKET/runs/q7b
 #   RAY_ADDRESS=http://127.0.0.1:8265 bash cluster/submit.sh demo --run /tmp/runs/demo --set loop.rounds=1
 #
 # Options (environment): SUBMIT_NO_WAIT=1 returns after submission (follow with `ray job logs -f ID`);

@@ -5,7 +5,6 @@ evaluation checks (pipelines.caption_eval)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,6 +15,7 @@ from actors.pool import EngineClient, EnginePool
 from rlaif.config import RunConfig
 from rlaif.prompts import PROMPT_VERSION, caption_messages, retrospect_messages
 from rlaif.schemas import CAPTIONS, frames_fps, frames_of
+from rlaif.storage import RunPath
 
 from pipelines.frames_join import FRAME_COLUMNS
 from pipelines.io import read_table, write_dataset, write_table
@@ -41,7 +41,7 @@ class CaptionVideos(EngineClient):
                                       "prompt_version": version} for r, o in zip(rows, outs)], schema=CAPTIONS)
 
 
-def caption_videos(run_dir: Path, pool: EnginePool, sampling: dict, out: Path, video_ids: list[str] | None = None,
+def caption_videos(run_dir: RunPath, pool: EnginePool, sampling: dict, out: RunPath, video_ids: list[str] | None = None,
                    previous: dict[str, str] | None = None) -> int:
     """Captions (or, with `previous`, re-describes) the ingested videos, or those of `video_ids`, into `out`."""
     ds = ray.data.read_parquet(str(run_dir / "videos.parquet"), columns=FRAME_COLUMNS)
@@ -71,7 +71,7 @@ def captions_from_file(path: str, videos: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=CAPTIONS)
 
 
-def reference_captions(cfg: RunConfig, run_dir: Path) -> dict[str, str]:
+def reference_captions(cfg: RunConfig, run_dir: RunPath) -> dict[str, str]:
     """{video_id: ground-truth caption} from caption.reference_file, for the ingested videos it covers."""
     if not cfg.caption.reference_file:
         return {}
@@ -79,7 +79,7 @@ def reference_captions(cfg: RunConfig, run_dir: Path) -> dict[str, str]:
     return dict(zip(table.column("video_id").to_pylist(), table.column("caption").to_pylist()))
 
 
-def run_caption(cfg: RunConfig, run_dir: Path, pool: EnginePool | None) -> int:
+def run_caption(cfg: RunConfig, run_dir: RunPath, pool: EnginePool | None) -> int:
     out = run_dir / "captions.parquet"
     if cfg.caption.source == "file":
         table = captions_from_file(cfg.caption.file, read_table(run_dir / "videos.parquet", ["video_id", "uri"]))

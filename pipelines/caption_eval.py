@@ -7,7 +7,6 @@ every fact of each video's reference caption against it, and the rates go into t
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,6 +17,7 @@ from rlaif.caption_eval import caption_metrics, parse_verdict, reference_facts
 from rlaif.config import RunConfig
 from rlaif.prompts import FACT_CHECK_REGEX, fact_check_messages
 from rlaif.schemas import CAPTION_FACTS
+from rlaif.storage import RunPath
 
 from pipelines.caption import caption_videos, reference_captions
 from pipelines.io import read_table, write_dataset
@@ -49,7 +49,7 @@ class CheckFacts(EngineClient):
                                     schema=CAPTION_FACTS)
 
 
-def run_caption_eval(cfg: RunConfig, run_dir: Path, out_dir: Path, policy: EnginePool, judge: EnginePool) -> dict:
+def run_caption_eval(cfg: RunConfig, run_dir: RunPath, out_dir: RunPath, policy: EnginePool, judge: EnginePool) -> dict:
     prompts = read_table(run_dir / "prompts.parquet", ["video_id", "split"])
     held_out = set(prompts.filter(pc.equal(prompts.column("split"), "eval")).column("video_id").to_pylist())
     references = {v: c for v, c in reference_captions(cfg, run_dir).items() if v in held_out}

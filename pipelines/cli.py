@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from rlaif.config import ConfigError, RunConfig, load_config, parse_config, set_dotted
+from rlaif.storage import RunPath
 
 log = logging.getLogger("rlaif")
 
@@ -35,7 +36,7 @@ def _config(args, defaults: dict | None = None) -> RunConfig:
     return parse_config(data, origin="defaults + --set")
 
 
-def _print_summary(manifest, run_dir: Path) -> None:
+def _print_summary(manifest, run_dir: RunPath) -> None:
     from pipelines.report import eval_table, stage_times
 
     _print_ingest(manifest.stage("ingest"), run_dir)
@@ -44,7 +45,7 @@ def _print_summary(manifest, run_dir: Path) -> None:
         print("\nper-round eval (held-out prompts):\n" + eval_table(run_dir))
 
 
-def _print_ingest(stage: dict, run_dir: Path) -> None:
+def _print_ingest(stage: dict, run_dir: RunPath) -> None:
     print(f"\ningest: {stage['rows_in']} inputs -> {stage['rows_ok']} videos kept, "
           f"{stage['rows_quarantined']} quarantined ({stage['seconds']} s)")
     for reason, n in stage.get("reasons", {}).items():
@@ -59,13 +60,13 @@ def cmd_demo(args) -> int:
     from rlaif.tiny_models import ensure_model
 
     cfg = _config(args, DEMO_OVERRIDES)
-    run_dir = Path(args.run or cfg.run_dir or "runs/demo")
+    run_dir = RunPath.of(args.run or cfg.run_dir or "runs/demo")
     start = time.time()
     for role, name in (("policy", cfg.models.policy), ("judge", cfg.models.judge)):
         log.info("%s model: %s", role, ensure_model(name))
     manifest_path = prepare_demo(cfg, run_dir)
     init_ray(cfg.ray)
-    manifest = run_pipeline(cfg, run_dir, resume=args.resume, source=str(manifest_path))
+    manifest = run_pipeline(cfg, run_dir, resume=args.resume, source=manifest_path)
     _print_summary(manifest, run_dir)
     print(f"\ndemo finished in {time.time() - start:.1f} s; run folder: {run_dir}")
     return 0
@@ -76,7 +77,7 @@ def cmd_run(args) -> int:
     from pipelines.runner import run_pipeline
 
     cfg = _config(args)
-    run_dir = Path(args.run or cfg.run_dir or f"runs/{cfg.name}")
+    run_dir = RunPath.of(args.run or cfg.run_dir or f"runs/{cfg.name}")
     init_ray(cfg.ray)
     manifest = run_pipeline(cfg, run_dir, resume=args.resume)
     _print_summary(manifest, run_dir)
@@ -88,7 +89,7 @@ def cmd_ingest(args) -> int:
     from pipelines.runner import run_pipeline
 
     cfg = _config(args)
-    run_dir = Path(args.run)
+    run_dir = RunPath.of(args.run)
     init_ray(cfg.ray)
     manifest = run_pipeline(cfg, run_dir, resume=args.resume, source=args.source, loop=False)
     _print_ingest(manifest.stage("ingest"), run_dir)

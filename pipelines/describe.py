@@ -4,23 +4,23 @@ description is that round's evidence for the judge (round_r/captions.parquet), s
 the policy instead of staying the starting captioner's."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pyarrow.compute as pc
 
 from actors.pool import EnginePool
 from rlaif.config import RunConfig
+from rlaif.storage import RunPath
 
 from pipelines.caption import caption_videos
 from pipelines.io import read_table
 
 
-def previous_descriptions(run_dir: Path, round_idx: int) -> Path:
+def previous_descriptions(run_dir: RunPath, round_idx: int) -> RunPath:
     earlier = run_dir / f"round_{round_idx - 1}" / "captions.parquet"
     return earlier if round_idx > 0 and earlier.exists() else run_dir / "captions.parquet"
 
 
-def run_describe(cfg: RunConfig, run_dir: Path, round_dir: Path, round_idx: int, policy: EnginePool) -> dict:
+def run_describe(cfg: RunConfig, run_dir: RunPath, round_dir: RunPath, round_idx: int, policy: EnginePool) -> dict:
     prompts = read_table(run_dir / "prompts.parquet", ["video_id", "split"])
     train_videos = set(prompts.filter(pc.equal(prompts.column("split"), "train")).column("video_id").to_pylist())
     source = previous_descriptions(run_dir, round_idx)

@@ -4,12 +4,11 @@ policy's captions of the held-out videos are checked against the reference capti
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from actors.pool import EnginePool
 from rlaif.config import RunConfig
-from rlaif.manifest import write_json_atomic
 from rlaif.metrics import eval_metrics
+from rlaif.storage import RunPath
 
 from pipelines.caption_eval import run_caption_eval
 from pipelines.io import read_table
@@ -19,9 +18,9 @@ from pipelines.rollout import generate_answers
 log = logging.getLogger(__name__)
 
 
-def run_eval(cfg: RunConfig, run_dir: Path, out_dir: Path, policy: EnginePool, judge: EnginePool | None,
+def run_eval(cfg: RunConfig, run_dir: RunPath, out_dir: RunPath, policy: EnginePool, judge: EnginePool | None,
              round_idx: int) -> dict:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir()
     sampling = {"n": 1, "temperature": 0.0, "max_tokens": cfg.loop.eval_max_tokens}
     answers, judged = out_dir / "eval_answers.parquet", out_dir / "eval_judgments.parquet"
     generate_answers(run_dir, policy, "eval", sampling, round_idx, answers)
@@ -33,6 +32,6 @@ def run_eval(cfg: RunConfig, run_dir: Path, out_dir: Path, policy: EnginePool, j
     metrics = {"round": round_idx, **eval_metrics(rows)}
     if cfg.eval.caption_metrics:
         metrics.update(run_caption_eval(cfg, run_dir, out_dir, policy, judge))
-    write_json_atomic(out_dir / "eval.json", metrics)
+    (out_dir / "eval.json").write_json(metrics)
     log.info("eval round %s: %s", round_idx, metrics)
     return metrics

@@ -6,10 +6,11 @@ Ray Data: each video row is read once and expanded into its prompt (or pair) row
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import pyarrow as pa
 import ray.data
+
+from rlaif.storage import RunPath
 
 FRAME_COLUMNS = ["video_id", "frames", "frames_shape", "duration_s"]
 
@@ -20,7 +21,7 @@ def expand_by_video(batch: pa.Table, items_by_video: dict[str, list[dict]]) -> p
     return pa.Table.from_pylist(rows) if rows else pa.table({})
 
 
-def rows_with_frames(videos_path: Path, items: pa.Table) -> ray.data.Dataset:
+def rows_with_frames(videos_path: RunPath, items: pa.Table) -> ray.data.Dataset:
     """`items` (with a video_id column) joined to their videos' frames; videos without items are dropped."""
     by_video: dict[str, list[dict]] = defaultdict(list)
     for item in items.to_pylist():

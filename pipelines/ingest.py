@@ -12,9 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import ray
 import ray.data
 
@@ -23,8 +21,9 @@ from rlaif.decode import DecodeSpec
 from rlaif.schemas import QUARANTINE, QUARANTINE_COLUMNS, VIDEOS
 from rlaif.sources import list_video_uris, video_id_for
 from rlaif.video_rows import VideoRowDecoder
+from rlaif.storage import RunPath
 
-from pipelines.io import write_dataset
+from pipelines.io import read_table, write_dataset
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,8 @@ def decode_spec(cfg: IngestConfig) -> DecodeSpec:
                       max_source_frames=cfg.max_source_frames)
 
 
-def run_ingest(cfg: IngestConfig, run_dir: Path, source: str | list[str] | None = None) -> IngestResult:
+def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str] | None = None) -> IngestResult:
+    run_dir = RunPath.of(run_dir)
     source = source if source is not None else cfg.source
     if source is None:
         raise ValueError("ingest needs a source: set ingest.source in the config or pass SOURCE")
@@ -73,13 +73,13 @@ def run_ingest(cfg: IngestConfig, run_dir: Path, source: str | list[str] | None 
         )
         .materialize()
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir()
     videos, quarantine = run_dir / VIDEOS_FILE, run_dir / QUARANTINE_FILE
     write_dataset(decoded.filter(expr="status == 'ok'"), videos, VIDEOS)
     write_dataset(decoded.filter(expr="status != 'ok'").select_columns(QUARANTINE_COLUMNS), quarantine, QUARANTINE)
 
-    bad = pq.read_table(quarantine, columns=["reason"]).column("reason").to_pylist()
-    n_ok = pq.ParquetDataset(videos).read(columns=["video_id"]).num_rows
+    bad = read_table(quarantine, ["reason"]).column("reason").to_pylist()
+    n_ok = read_table(videos, ["video_id"]).num_rows
     result = IngestResult(n_inputs=len(items), n_ok=n_ok, n_quarantined=len(bad),
                           reasons=dict(sorted(collections.Counter(bad).items())),
                           videos_path=str(videos), quarantine_path=str(quarantine))

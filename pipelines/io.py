@@ -1,35 +1,36 @@
-"""Reading and writing the run folder's tables. Every output is written to a hidden staging sibling and renamed
-into place when complete (rlaif.manifest.publish), whether Ray Data workers or the driver write it."""
+"""Reading and writing the run folder's tables, on a local disk or an object store (rlaif.storage). Every output
+is written to a hidden staging sibling and published when complete, whether Ray Data workers or the driver write it."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
-from rlaif.manifest import publish, staging_path
+from rlaif.storage import RunPath, publish, staging_path
 
 
-def write_dataset(ds: ray.data.Dataset, final: Path, schema: pa.Schema | None = None) -> None:
+def write_dataset(ds: ray.data.Dataset, final: RunPath | str, schema: pa.Schema | None = None) -> None:
     """Ray Data writes the shards; an empty result still leaves a readable table (typed when `schema` is given)."""
+    final = RunPath.of(final)
     staged = staging_path(final)
     ds.write_parquet(str(staged))
-    if not any(staged.glob("*.parquet")):
-        staged.mkdir(parents=True, exist_ok=True)
-        if schema is not None:
-            pq.write_table(schema.empty_table(), staged / "empty.parquet")
+    if not staged.glob("*.parquet"):
+        staged.mkdir()
+        pq.write_table((schema or pa.schema([])).empty_table(), str(staged / "empty.parquet"), filesystem=staged.fs)
     publish(staged, final)
 
 
-def write_table(table: pa.Table, final: Path) -> None:
+def write_table(table: pa.Table, final: RunPath | str) -> None:
+    final = RunPath.of(final)
     staged = staging_path(final)
-    staged.mkdir(parents=True)
-    pq.write_table(table, staged / "part-0.parquet")
+    staged.mkdir()
+    pq.write_table(table, (staged / "part-0.parquet").path, filesystem=staged.fs)
     publish(staged, final)
 
 
-def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
-    if not any(Path(path).glob("*.parquet")):
+def read_table(path: RunPath | str, columns: list[str] | None = None) -> pa.Table:
+    path = RunPath.of(path)
+    files = [p for p in path.glob("*.parquet")]
+    if not files:
         return pa.table({})
-    return pq.ParquetDataset(path).read(columns=columns)
+    return pq.ParquetDataset(path.path, filesystem=path.fs).read(columns=columns)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from pathlib import Path
 
 import pyarrow as pa
 import ray.data
@@ -23,6 +22,7 @@ from rlaif.config import JudgeConfig
 from rlaif.judging import Judgment, length_penalised, parse_aspects, parse_judgment
 from rlaif.prompts import aspect_output_regex, judge_messages, judge_output_regex
 from rlaif.schemas import JUDGMENTS, ROLLOUTS
+from rlaif.storage import RunPath
 
 from pipelines.io import read_table, write_dataset, write_table
 
@@ -80,8 +80,8 @@ class ScoreAnswers:
                                     schema=JUDGMENTS)
 
 
-def judge_answers(run_dir: Path, pool: EnginePool | None, cfg: JudgeConfig, answers: Path, out: Path,
-                  captions: Path | None = None) -> dict:
+def judge_answers(run_dir: RunPath, pool: EnginePool | None, cfg: JudgeConfig, answers: RunPath, out: RunPath,
+                  captions: RunPath | None = None) -> dict:
     """Joins answers with their question and evidence caption (small text tables, in the driver) and judges them.
     `captions` defaults to the run's captions.parquet (i-SRT passes the round's re-descriptions)."""
     rollouts = read_table(answers)

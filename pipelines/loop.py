@@ -13,12 +13,12 @@ from the saved round folder).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from actors.pool import EnginePool
 from actors.weight_sync import broadcast_weights, saved_weights
 from rlaif.config import POLICY_AS_JUDGE, RunConfig
 from rlaif.tiny_models import ensure_model
+from rlaif.storage import RunPath
 
 from pipelines.caption import run_caption
 from pipelines.describe import run_describe
@@ -65,7 +65,7 @@ def start_pools(cfg: RunConfig) -> dict[str, EnginePool | None]:
     return pools
 
 
-def run_loop(cfg: RunConfig, run_dir: Path, stages: Stages) -> list[dict]:
+def run_loop(cfg: RunConfig, run_dir: RunPath, stages: Stages) -> list[dict]:
     manifest = stages.manifest
     pools = start_pools(cfg)
     policy, judge = pools["policy"], pools["judge"]
@@ -81,7 +81,7 @@ def run_loop(cfg: RunConfig, run_dir: Path, stages: Stages) -> list[dict]:
             broadcast_weights(policy.actors, saved_weights(path).items(), cfg.loop.sync_bucket_mb)
             engines_hold = path
 
-    def trained_policy(result: dict, stage: str, folder: Path, current: str) -> str:
+    def trained_policy(result: dict, stage: str, folder: RunPath, current: str) -> str:
         nonlocal engines_hold
         if result.get("skipped") or not folder.exists():
             return current
@@ -97,7 +97,7 @@ def run_loop(cfg: RunConfig, run_dir: Path, stages: Stages) -> list[dict]:
     current, adapter = start_path, None
     for r in range(cfg.loop.rounds):
         rd = run_dir / f"round_{r}"
-        rd.mkdir(parents=True, exist_ok=True)
+        rd.mkdir()
         policy_in, adapter_in = current, adapter
         reference = start_path if cfg.train.reference == "fixed" else policy_in
         serve(policy_in)

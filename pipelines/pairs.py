@@ -3,7 +3,6 @@ once per round with transformers and stored with the pairs, so training holds no
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pyarrow as pa
 import ray.data
@@ -13,6 +12,7 @@ from rlaif.config import RunConfig
 from rlaif.pairs import select_pairs
 from rlaif.policy_model import answer_logps, is_video_model, load_policy, pair_batch
 from rlaif.schemas import PAIRS
+from rlaif.storage import RunPath
 
 from pipelines.frames_join import rows_with_frames
 from pipelines.io import read_table, write_dataset
@@ -46,7 +46,7 @@ class ReferenceLogps:
         return pa.Table.from_pylist(out, schema=PAIRS)
 
 
-def run_pairs(cfg: RunConfig, run_dir: Path, round_dir: Path, round_idx: int, reference_path: str) -> dict:
+def run_pairs(cfg: RunConfig, run_dir: RunPath, round_dir: RunPath, round_idx: int, reference_path: str) -> dict:
     judged = read_table(round_dir / "judgments.parquet")
     selected = select_pairs(judged, cfg.pairs.min_margin, cfg.pairs.max_length_ratio)
     prompts = read_table(run_dir / "prompts.parquet", ["prompt_id", "video_id", "question"])

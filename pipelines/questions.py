@@ -3,7 +3,6 @@ caption, split into train and eval by video (eval videos are never trained on)."
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,6 +12,7 @@ from rlaif.config import QuestionsConfig, RunConfig
 from rlaif.prompts import question_messages
 from rlaif.questions import assign_splits, parse_qa, qa_regex
 from rlaif.schemas import PROMPTS
+from rlaif.storage import RunPath
 
 from pipelines.io import read_table, write_table
 
@@ -55,7 +55,7 @@ def prompts_from_captions(q: QuestionsConfig, captions: pa.Table, pool: EnginePo
     return rows, failures
 
 
-def run_questions(cfg: RunConfig, run_dir: Path, pool: EnginePool | None) -> dict:
+def run_questions(cfg: RunConfig, run_dir: RunPath, pool: EnginePool | None) -> dict:
     q = cfg.questions
     failures = 0
     if q.source == "file":

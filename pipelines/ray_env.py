@@ -23,6 +23,8 @@ WORKER_ENV = {
 }
 
 
+OBJECT_STORE_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION")
+
 # A local Ray gets at least this many logical CPUs: engine actors hold their logical CPUs while idle between
 # stages, and Ray Data's read/write tasks each ask for a whole one; the stages themselves run one after another.
 MIN_LOCAL_CPUS = 4
@@ -35,6 +37,10 @@ def init_ray(cfg: RayConfig) -> None:
     env = {k: v for k, v in WORKER_ENV.items()}
     if "RLAIF_CACHE" in os.environ:  # built test models are shared through the cache folder
         env["RLAIF_CACHE"] = os.environ["RLAIF_CACHE"]
+    # Where the object store is (a custom endpoint such as MinIO's, the region) reaches every worker of an s3:// run
+    # folder. Credentials are not forwarded (runtime_env is visible in the dashboard): nodes get them from their
+    # instance role or their own environment; a local Ray's workers inherit this process's.
+    env.update({k: v for k, v in os.environ.items() if k in OBJECT_STORE_ENV or k.startswith("AWS_ENDPOINT_URL")})
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs = {} if address else {"num_cpus": cfg.num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)}
     for attempt in (1, 2):

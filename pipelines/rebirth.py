@@ -7,7 +7,6 @@ engines, and is evaluated like a round (rebirth/eval.json).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,6 +14,7 @@ import pyarrow.compute as pc
 from actors.pool import EnginePool
 from rlaif.config import RunConfig
 from rlaif.prompts import CAPTION_REQUEST
+from rlaif.storage import RunPath
 
 from pipelines.caption import caption_videos
 from pipelines.io import read_table, write_table
@@ -24,7 +24,7 @@ from pipelines.train import run_train
 TARGETS = pa.schema([("video_id", pa.string()), ("prompt", pa.string()), ("target", pa.string()), ("kind", pa.string())])
 
 
-def write_targets(cfg: RunConfig, run_dir: Path, out_dir: Path, policy: EnginePool, round_idx: int) -> pa.Table:
+def write_targets(cfg: RunConfig, run_dir: RunPath, out_dir: RunPath, policy: EnginePool, round_idx: int) -> pa.Table:
     """The final policy's own outputs on the training data (the engines must hold the final policy)."""
     sampling = {"n": 1, "temperature": cfg.rebirth.temperature, "max_tokens": cfg.rebirth.max_tokens}
     answers_path = out_dir / "final_answers.parquet"
@@ -44,8 +44,8 @@ def write_targets(cfg: RunConfig, run_dir: Path, out_dir: Path, policy: EnginePo
     return table
 
 
-def run_rebirth(cfg: RunConfig, run_dir: Path, out_dir: Path, policy: EnginePool, start: str) -> dict:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def run_rebirth(cfg: RunConfig, run_dir: RunPath, out_dir: RunPath, policy: EnginePool, start: str) -> dict:
+    out_dir.mkdir()
     targets = write_targets(cfg, run_dir, out_dir, policy, cfg.loop.rounds)
     train = cfg.train.model_copy(update={"epochs": cfg.rebirth.epochs, "lr": cfg.rebirth.lr})
     info = run_train(cfg, run_dir, out_dir, targets, engines=policy.actors, lora_base=start, reference=start,

@@ -1,10 +1,8 @@
 """Human-readable summaries of a run folder: stage times and the per-round eval table."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from rlaif.manifest import Manifest
+from rlaif.storage import RunPath
 
 EVAL_COLUMNS = ["round", "answers", "accuracy", "mean_score", "parse_failure_rate", "mean_tokens", "reference_match"]
 CAPTION_COLUMNS = ["caption_missing_rate", "caption_contradiction_rate", "caption_repetition_rate"]
@@ -14,17 +12,17 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def eval_rows(run_dir: Path) -> list[dict]:
+def eval_rows(run_dir: RunPath) -> list[dict]:
     paths = [run_dir / "round_base" / "eval.json"] + sorted(run_dir.glob("round_[0-9]*/eval.json"),
                                                             key=lambda p: int(p.parent.name.split("_")[1]))
-    rows = [json.loads(p.read_text()) for p in paths if p.exists()]
+    rows = [p.read_json() for p in paths if p.exists()]
     rebirth = run_dir / "rebirth" / "eval.json"
     if rebirth.exists():
-        rows.append({**json.loads(rebirth.read_text()), "round": "rebirth"})
+        rows.append({**rebirth.read_json(), "round": "rebirth"})
     return rows
 
 
-def eval_table(run_dir: Path) -> str:
+def eval_table(run_dir: RunPath) -> str:
     rows = eval_rows(run_dir)
     columns = EVAL_COLUMNS + (CAPTION_COLUMNS if any(CAPTION_COLUMNS[0] in r for r in rows) else [])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -4,7 +4,6 @@ models.extra_responders (MMAIP-V's response set) every other pool answers K time
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -13,6 +12,7 @@ import ray.data
 from actors.pool import EngineClient, EnginePool
 from rlaif.prompts import video_question_messages
 from rlaif.schemas import ROLLOUTS, frames_fps, frames_of
+from rlaif.storage import RunPath
 
 from pipelines.frames_join import rows_with_frames
 from pipelines.io import read_table, write_dataset, write_table
@@ -37,8 +37,8 @@ class AnswerPrompts(EngineClient):
              for r, samples in zip(rows, outs) for k, s in enumerate(samples)], schema=ROLLOUTS)
 
 
-def generate_answers(run_dir: Path, pools: EnginePool | list[EnginePool], split: str, sampling: dict, round_idx: int,
-                     out: Path) -> int:
+def generate_answers(run_dir: RunPath, pools: EnginePool | list[EnginePool], split: str, sampling: dict, round_idx: int,
+                     out: RunPath) -> int:
     """Every prompt of `split` answered `sampling['n']` times by each pool; returns the number of answers."""
     pools = pools if isinstance(pools, list) else [pools]
     prompts = read_table(run_dir / "prompts.parquet")

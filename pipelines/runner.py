@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from rlaif.config import RunConfig
-from rlaif.manifest import Manifest, clean_partials
+from rlaif.manifest import Manifest
+from rlaif.storage import RunPath, clean_partials
 
 from pipelines.ingest import IngestResult, run_ingest
 from pipelines.stages import Stages
@@ -18,11 +18,12 @@ from pipelines.stages import Stages
 log = logging.getLogger(__name__)
 
 
-def run_pipeline(cfg: RunConfig, run_dir: Path, resume: bool = False, source=None, loop: bool = True) -> Manifest:
+def run_pipeline(cfg: RunConfig, run_dir: RunPath | str, resume: bool = False, source=None, loop: bool = True) -> Manifest:
     """Ingest, then (unless `loop` is False) captions, questions and the DPO rounds."""
     if loop:
         cfg.check_inputs()  # before anything starts: a missing input file fails now, not after ingest
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = RunPath.of(run_dir)
+    run_dir.mkdir()
     manifest = Manifest(run_dir)
     if resume and (n := clean_partials(run_dir)):
         log.info("resume: removed %d partial outputs of an interrupted run", n)

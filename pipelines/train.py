@@ -12,8 +12,8 @@ Reference log-probs come with the pairs (pipelines.pairs), so no reference model
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import ray
@@ -22,6 +22,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from rlaif.config import RunConfig as RlaifConfig
 from rlaif.config import TrainConfig
+from rlaif.storage import RunPath, local_folder, local_staging, publish_folder
 
 from pipelines.frames_join import rows_with_frames
 from pipelines.io import read_table
@@ -66,7 +67,6 @@ def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
 
     from actors.weight_sync import broadcast_weights
     from rlaif.extrapolate import extrapolate
-    from rlaif.manifest import publish, staging_path
     from rlaif.policy_model import load_policy
 
     lora = [p for n, p in engine.module.named_parameters() if "lora_" in n]
@@ -83,8 +83,9 @@ def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
         reference = {k: v.clone() for k, v in base.state_dict().items()}  # merging below changes `base` in place
     peft_model = get_peft_model(base, lora_config(t))
     set_peft_model_state_dict(peft_model, state)
-    final = Path(config["policy_out"])
-    staged = staging_path(final)
+    # Saved on the local disk first, then published to the run folder (which may be an object store).
+    final = RunPath.of(config["policy_out"])
+    staged = local_staging(final)
     # An extrapolated policy is no longer base + adapter: its adapter is kept under another name (θ_dpo's record).
     peft_model.save_pretrained(staged / ("dpo_adapter" if alpha else "adapter"))
     merged = peft_model.merge_and_unload()
@@ -92,7 +93,7 @@ def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
         merged.load_state_dict(extrapolate(reference, merged.state_dict(), alpha))
     merged.save_pretrained(staged)
     processor.save_pretrained(staged)
-    publish(staged, final)
+    publish_folder(staged, final)
     synced = broadcast_weights(config["engines"], merged.state_dict().items(), config["bucket_mb"]) if config["engines"] else {}
     return {"save_s": time.time() - start, **synced}
 
@@ -100,8 +101,6 @@ def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
 def train_worker(config: dict) -> None:
     """One Ray Train worker: DPO (objective "dpo", rows are pairs) or SFT (objective "sft", rows are prompt/target)
     of a LoRA under DeepSpeed, checkpointed through ray.train, exported and broadcast at the end."""
-    import tempfile
-
     import deepspeed
     import torch
     from peft import PeftModel, get_peft_model
@@ -118,7 +117,7 @@ def train_worker(config: dict) -> None:
     model, processor = load_policy(config["lora_base"])
     video = is_video_model(config["lora_base"])
     if config.get("lora_init"):  # merge_each_round=False: the LoRA of the previous round keeps training
-        model = PeftModel.from_pretrained(model, config["lora_init"], is_trainable=True)
+        model = PeftModel.from_pretrained(model, local_folder(config["lora_init"]), is_trainable=True)
     else:
         model = get_peft_model(model, lora_config(t))
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -158,7 +157,7 @@ def train_worker(config: dict) -> None:
     save(final, step)
 
 
-def run_train(cfg: RlaifConfig, run_dir: Path, out_dir: Path, data: pa.Table, *, engines: list, lora_base: str,
+def run_train(cfg: RlaifConfig, run_dir: RunPath, out_dir: RunPath, data: pa.Table, *, engines: list, lora_base: str,
               reference: str, objective: str = "dpo", train: TrainConfig | None = None,
               lora_init: str | None = None) -> dict:
     """Trains a LoRA on `lora_base` (starting from the adapter `lora_init` when given) over `data` (rows with a
@@ -181,7 +180,7 @@ def run_train(cfg: RlaifConfig, run_dir: Path, out_dir: Path, data: pa.Table, *,
                                                            **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         datasets={"train": rows_with_frames(run_dir / "videos.parquet", data)},
-        run_config=RunConfig(name=f"{cfg.name}-{out_dir.name}", storage_path=str((run_dir / "ray_train").resolve()),
+        run_config=RunConfig(name=f"{cfg.name}-{out_dir.name}", storage_path=str(run_dir / "ray_train"),
                              checkpoint_config=CheckpointConfig(num_to_keep=1), failure_config=FailureConfig(max_failures=2)),
     )
     start = time.time()
@@ -196,7 +195,7 @@ def run_train(cfg: RlaifConfig, run_dir: Path, out_dir: Path, data: pa.Table, *,
             "history": history, **metrics}
 
 
-def train_round(cfg: RlaifConfig, run_dir: Path, round_dir: Path, *, policy_in: str, start: str, reference: str,
+def train_round(cfg: RlaifConfig, run_dir: RunPath, round_dir: RunPath, *, policy_in: str, start: str, reference: str,
                 engines: list, previous_adapter: str | None) -> dict:
     """One DPO round on round_dir/pairs.parquet. With merge_each_round the LoRA is fresh on the round's starting
     policy (mrDPO); without it the previous round's adapter keeps training on the starting model. With

@@ -73,13 +73,24 @@ def _is_local(uri: str) -> bool:
 
 
 def _read_remote(uri: str, max_bytes: int) -> bytes:
-    import fsspec  # only for s3://, gs://, http(s)://...: local files are decoded from their path
+    """Bytes of an object-store (s3://, gs://) or fsspec (http://...) video, through pyarrow filesystems."""
+    import pyarrow.fs as pafs
 
-    with fsspec.open(uri, "rb") as f:
-        size = getattr(f, "size", None)
-        if size is not None and size > max_bytes:
-            raise VideoRejected(TOO_LARGE, f"{size} bytes > max_file_bytes={max_bytes}")
-        data = f.read(max_bytes + 1)
+    from rlaif.storage import filesystem
+
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise VideoRejected(MISSING, f"no such object: {uri}")
+    if info.type != pafs.FileType.File:
+        raise VideoRejected(NOT_A_FILE, f"not a file: {uri}")
+    if info.size is not None and info.size > max_bytes:
+        raise VideoRejected(TOO_LARGE, f"{info.size} bytes > max_file_bytes={max_bytes}")
+    try:
+        with fs.open_input_stream(path) as f:
+            data = f.read(max_bytes + 1)
+    except PermissionError as err:
+        raise VideoRejected(UNREADABLE, f"permission denied: {uri} ({err})") from err
     if len(data) > max_bytes:
         raise VideoRejected(TOO_LARGE, f"more than max_file_bytes={max_bytes}")
     return data

@@ -9,17 +9,19 @@ import torch
 
 from rlaif.logprobs import sequence_logps, token_logps
 from rlaif.schemas import frames_of
+from rlaif.storage import local_folder
 from rlaif.vlm_inputs import collate, encode_example, model_inputs
 
 
 def is_video_model(path: str) -> bool:
-    return "vision_config" in json.loads((Path(path) / "config.json").read_text())
+    return "vision_config" in json.loads((Path(local_folder(path)) / "config.json").read_text())
 
 
 def load_policy(path: str, dtype: torch.dtype = torch.float32):
     """(model, processor): a video LMM with its processor, or a text LM with its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+    path = local_folder(path)  # a model folder in a remote run folder is loaded from a local copy
     if is_video_model(path):
         return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype), AutoProcessor.from_pretrained(path)
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)

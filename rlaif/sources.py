@@ -64,15 +64,24 @@ def list_video_uris(source: str | list[str], extensions: list[str] | None = None
 
 
 def _list_remote(source: str, extensions: list[str] | None) -> list[str]:
-    import fsspec
+    """Files under an object-store prefix (or the one object named), through pyarrow filesystems."""
+    import pyarrow.fs as pafs
 
-    fs, _, paths = fsspec.get_fs_token_paths(source)
-    protocol = fs.protocol[0] if isinstance(fs.protocol, (list, tuple)) else fs.protocol
+    from rlaif.storage import filesystem
+
     if source.endswith(".parquet"):
         return read_manifest(source)
-    found = []
-    for p in paths:
-        found += fs.find(p) if fs.isdir(p) else [p]
+    fs, path = filesystem(source)
+    scheme = source.split("://", 1)[0]
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        found = [i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                 if i.type == pafs.FileType.File and not i.base_name.startswith(".")]
+    elif info.type == pafs.FileType.File:
+        found = [path]
+    else:
+        raise ValueError(f"ingest source {source!r} does not exist")
     if extensions:
-        found = [f for f in found if f.lower().endswith(tuple(extensions))]
-    return [f"{protocol}://{f}" for f in found]
+        exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+        found = [f for f in found if f.lower().endswith(exts)]
+    return [f"{scheme}://{f}" for f in found]

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rlaif.paths import cache_dir
+from rlaif.storage import local_folder
 
 # Bump when a builder's output changes: the cache folder name carries it, so stale builds are never reused.
 BUILD_VERSION = 1
@@ -306,7 +307,8 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def ensure_model(name_or_path: str) -> str:
-    """Return a loadable model folder for a built-in name, building it once; pass anything else through unchanged.
+    """Return a loadable model folder for a built-in name, building it once; a remote folder as a local copy;
+    pass anything else through unchanged.
 
     Built-in names win over a same-named folder in the working directory. Many processes (Ray workers) may call this
     at once: a file lock makes one of them build while the others wait, and the build goes to a temporary sibling
@@ -314,7 +316,9 @@ def ensure_model(name_or_path: str) -> str:
     """
     builder = MODEL_BUILDERS.get(name_or_path)
     if builder is None:
-        return name_or_path  # a local path or a hub id: the caller's loader deals with it
+        # A folder in a remote run folder (s3://...) comes back as a cached local copy; a local path or a hub id
+        # passes through (the caller's loader deals with it).
+        return local_folder(name_or_path)
     final = model_dir(name_or_path)
     if final.is_dir():  # fast path, no lock: the rename makes existence mean "complete"
         return str(final)

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlaif.storage import RunPath, local_folder
 from rlaif.tiny_models import MODEL_BUILDERS, ensure_model
 
 
@@ -18,22 +19,24 @@ class ServeTarget:
 
 
 def resolve_target(target: str, use_adapter: bool = False, model_id: str | None = None) -> ServeTarget:
-    """`use_adapter` serves a run's final policy as base + adapter instead of its merged weights."""
+    """`use_adapter` serves a run's final policy as base + adapter instead of its merged weights. A run folder may be
+    remote (s3://...): its final policy is served from a local copy."""
     if target in MODEL_BUILDERS:
         return ServeTarget(ensure_model(target), None, model_id or target)
-    path = Path(target)
-    if (path / "manifest.json").exists():
-        manifest = json.loads((path / "manifest.json").read_text())
+    run = RunPath.of(target)
+    if (run / "manifest.json").exists():
+        manifest = (run / "manifest.json").read_json()
         final = manifest.get("reborn_policy") or manifest.get("final_policy")
         if not final:
             raise ValueError(f"{target}: the run has no final policy yet (its loop has not finished)")
-        name = model_id or manifest.get("name") or path.name
+        name = model_id or manifest.get("name") or run.name
         if use_adapter:
-            adapter = Path(final) / "adapter"
+            adapter = RunPath.of(final) / "adapter"
             if not (adapter / "adapter_config.json").exists():
                 raise ValueError(f"{final} has no LoRA adapter (an extrapolated or untrained policy): serve it merged")
-            return resolve_target(str(adapter), model_id=name)
+            return resolve_target(local_folder(str(adapter)), model_id=name)
         return ServeTarget(ensure_model(final), None, name)
+    path = Path(local_folder(target))
     if (path / "adapter_config.json").exists():
         base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base or not (Path(base) / "config.json").exists():

@@ -1,7 +1,7 @@
 """`ray job submit` end to end: a real local Ray cluster (`ray start --head` on free ports, its own temp dir), the tiny
-demo sent with cluster/submit.sh, the job waited for, the run folder checked, and the cluster stopped by the pids of
-its own processes (never a bare `ray stop`, which would stop every Ray on the machine)."""
-import json
+demo sent with cluster/submit.sh with its run folder on an object store (a local S3 endpoint), the job waited for,
+the run folder checked and served from, and the cluster stopped by the pids of its own processes (never a bare
+`ray stop`, which would stop every Ray on the machine)."""
 import os
 import shutil
 import signal
@@ -13,7 +13,12 @@ import time
 from pathlib import Path
 
 import psutil
+import pyarrow.parquet as pq
 import pytest
+
+from rlaif.storage import RunPath
+from serve.target import resolve_target
+from tests.s3_server import s3_server
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +47,14 @@ def own_processes(marker: str) -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def bucket():
+    with s3_server() as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, bucket):
+    """The cluster's processes inherit the object store's endpoint and credentials, as a cloud node would have them."""
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
     gcs, dashboard, agent, client, metrics, runtime_env = free_ports(6)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
@@ -80,9 +92,9 @@ def _signal(p: psutil.Process, sig: int) -> None:
         pass
 
 
-def test_tiny_demo_runs_as_a_submitted_job(cluster, tmp_path):
+def test_tiny_demo_runs_as_a_submitted_job(cluster, bucket):
     address, env, _ = cluster
-    run_dir = tmp_path / "run"
+    run_dir = RunPath.of(f"{bucket}/runs/submitted")
     start = time.time()
     job = subprocess.run(
         ["bash", str(REPO / "cluster" / "submit.sh"), "demo", "--run", str(run_dir),
@@ -91,10 +103,19 @@ def test_tiny_demo_runs_as_a_submitted_job(cluster, tmp_path):
          "--set", "loop.eval_max_tokens=8", "--set", "questions.max_per_video=2"],
         env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True, timeout=900)
     log = job.stdout + job.stderr
-    print(f"\nray job submit finished in {time.time() - start:.0f} s; log tail:\n" + "\n".join(log.splitlines()[-25:]))
+    print(f"\nray job submit finished in {time.time() - start:.0f} s; job log tail:\n" + "\n".join(job.stdout.splitlines()[-40:]))
     assert job.returncode == 0, log[-4000:]
     assert "succeeded" in log
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = (run_dir / "manifest.json").read_json()
     assert manifest["stages"]["loop"]["status"] == "done"
     assert manifest["stages"]["ingest"]["rows_ok"] == 4 and manifest["stages"]["ingest"]["rows_quarantined"] == 2
     assert (run_dir / "round_0" / "eval.json").exists() and (run_dir / "round_0" / "policy" / "model.safetensors").exists()
+    assert manifest["final_policy"] == str(run_dir / "round_0" / "policy")
+    # The inputs were uploaded too, and ingest read the videos from the object store.
+    videos = pq.read_table(str(run_dir / "videos.parquet"), columns=["uri"]).column("uri").to_pylist()
+    assert len(videos) == 4 and all(u.startswith(str(run_dir / "inputs")) for u in videos)
+    print("run folder:\n" + "\n".join(sorted({str(p.relative_to(run_dir)).split("/")[0] + ("/" if p.is_dir() else "")
+                                               for p in run_dir.glob("*")})))
+    # `rlaif serve` takes the remote run folder: its final policy is served from a local copy.
+    target = resolve_target(str(run_dir))
+    assert target.adapter is None and (Path(target.model) / "config.json").exists()

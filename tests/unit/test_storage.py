@@ -1,0 +1,99 @@
+"""Run-folder storage on both kinds of location: the local disk and an object store (a local S3 endpoint)."""
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rlaif.manifest import Manifest
+from rlaif.storage import (RunPath, clean_partials, local_copy, local_staging, publish, publish_folder, staging_path)
+from tests.s3_server import s3_server
+
+
+@pytest.fixture(scope="module")
+def bucket():
+    with s3_server() as uri:
+        yield uri
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path) -> RunPath:
+    if request.param == "local":
+        return RunPath.of(tmp_path)
+    return RunPath.of(f"{request.getfixturevalue('bucket')}/{uuid.uuid4().hex}")
+
+
+def _write_parquet_folder(folder: RunPath, value: str) -> None:
+    folder.mkdir()
+    pq.write_table(pa.table({"v": [value]}), (folder / "part-0.parquet").path, filesystem=folder.fs)
+
+
+def test_paths_name_and_join(bucket):
+    p = RunPath.of(f"{bucket}/runs/demo/") / "round_0" / "policy"
+    assert str(p) == f"{bucket}/runs/demo/round_0/policy" and p.name == "policy"
+    assert str(p.parent.parent) == f"{bucket}/runs/demo" and not p.is_local
+    local = RunPath.of("runs/demo")
+    assert local.is_local and local.local.is_absolute() and str(local / "x") == str(local.local / "x")
+    assert p.relative_to(RunPath.of(f"{bucket}/runs")).as_posix() == "demo/round_0/policy"
+
+
+def test_publish_replaces_the_old_output(root):
+    final = root / "videos.parquet"
+    for value in ("one", "two"):
+        staged = staging_path(final)
+        _write_parquet_folder(staged, value)
+        publish(staged, final)
+    assert pq.read_table(final.path, filesystem=final.fs).column("v").to_pylist() == ["two"]
+    assert [p.name for p in root.glob("*")] == ["videos.parquet"]  # nothing staged or old is left
+
+
+def test_partials_are_cleaned(root):
+    _write_parquet_folder(root / "captions.parquet", "kept")
+    staged = staging_path(root / "round_0" / "rollouts.parquet")
+    _write_parquet_folder(staged, "half")
+    assert clean_partials(root) == 1 and not staged.exists()
+    assert (root / "captions.parquet" / "part-0.parquet").exists()
+
+
+def test_glob_matches_one_level_per_slash(root):
+    for r in ("round_0", "round_1", "round_base"):
+        (root / r / "eval.json").write_json({"round": r})
+    (root / "round_0" / "deeper" / "eval.json").write_json({})
+    assert [p.parent.name for p in root.glob("round_[0-9]*/eval.json")] == ["round_0", "round_1"]
+    assert (root / "round_1" / "eval.json").read_json() == {"round": "round_1"}
+
+
+def test_manifest_records_and_reloads(root):
+    m = Manifest(root)
+    assert not m.is_done("ingest", "h1")
+    m.record("ingest", "running", "h1")
+    assert not Manifest(root).is_done("ingest", "h1")
+    m.record("ingest", "done", "h1", rows_in=3)
+    again = Manifest(str(root))
+    assert again.is_done("ingest", "h1") and not again.is_done("ingest", "h2")
+    assert again.stage("ingest")["rows_in"] == 3
+
+
+def test_published_folder_comes_back_as_a_local_copy(root, tmp_path):
+    final = root / "round_0" / "policy"
+    for weights in (b"first", b"second"):
+        staged = local_staging(final)
+        (staged / "adapter").mkdir()
+        (staged / "model.safetensors").write_bytes(weights)
+        (staged / "adapter" / "adapter_config.json").write_text("{}")
+        publish_folder(staged, final)
+        assert not staged.exists()
+        copy = local_copy(str(final), tmp_path / "cache")
+        assert (tmp_path / "cache").is_dir()
+        if final.is_local:
+            continue
+        # A rewritten remote folder is fetched again, never served stale from the cache.
+        assert open(f"{copy}/model.safetensors", "rb").read() == weights
+        assert open(f"{copy}/adapter/adapter_config.json").read() == "{}"
+    assert (final / "model.safetensors").read_bytes() == b"second"
+    assert [p.name for p in final.parent.glob("*")] == ["policy"]
+
+
+def test_missing_remote_folder_is_a_clear_error(bucket, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        local_copy(f"{bucket}/nothing-here", tmp_path)
