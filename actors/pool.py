@@ -2,7 +2,8 @@
 
 Engines are long-lived (weights survive across rounds and get updated in place), so they live outside Ray Data;
 a Ray Data stage forwards each batch to one engine with `EngineClient` and blocks on the answer. A dead engine is
-restarted by Ray and the call retried (max_restarts / max_task_retries), so no row is lost.
+restarted by Ray and the call retried (max_restarts / max_task_retries), so no row is lost; a restarted policy engine
+comes back with the policy its pool holds (`EnginePool.hold`). A batch an engine cannot hold is split until it fits.
 """
 from __future__ import annotations
 
@@ -13,16 +14,22 @@ from typing import Any, Callable
 
 import ray
 
-from actors.vllm_engine import EngineActor
+from actors.vllm_engine import EngineActor, EngineOverloaded
 from rlaif.config import EnginePoolConfig
+from rlaif.schemas import REFUSED_FINISH
 
 log = logging.getLogger(__name__)
 
 
 class EnginePool:
-    def __init__(self, role: str, model: str, cfg: EnginePoolConfig, *, video: bool, seed: int = 0):
+    """`weights_state` (policy pools): where `hold` records the policy the engines must serve, so that an engine
+    restarted after a crash comes back with it (see VLLMEngine)."""
+
+    def __init__(self, role: str, model: str, cfg: EnginePoolConfig, *, video: bool, seed: int = 0,
+                 weights_state: str | None = None):
         self.role = role
         self.cfg = cfg
+        self.weights_state = weights_state
         opts = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus * cfg.tensor_parallel_size if cfg.num_gpus else 0}
         engine_kwargs: dict = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
         if cfg.gpu_memory_utilization is not None:
@@ -31,7 +38,7 @@ class EnginePool:
         self.actors = [
             EngineActor.options(**opts, name=None).remote(
                 model, role=role, max_model_len=cfg.max_model_len, seed=seed + i, max_num_seqs=cfg.max_num_seqs,
-                video=video, **engine_kwargs)
+                video=video, weights_state=weights_state, fault_oom_above=cfg.fault_oom_above, **engine_kwargs)
             for i in range(cfg.replicas)
         ]
         health = ray.get([a.health.remote() for a in self.actors])
@@ -41,6 +48,23 @@ class EnginePool:
     def generate(self, requests: list[dict], sampling: dict) -> list[list[dict]]:
         """Small direct calls (a handful of requests) without Ray Data."""
         return ray.get(self.actors[0].generate.remote(requests, sampling))
+
+    def hold(self, policy: str, bucket_mb: int = 256) -> int:
+        """Make every engine serve the policy saved in folder `policy`: engines holding other weights (a resumed run,
+        an engine restarted since the last sync) get it broadcast; the choice is recorded for future restarts.
+        Returns how many engines were re-synced."""
+        from actors.weight_sync import broadcast_weights, saved_weights
+        from rlaif.storage import RunPath
+
+        if self.weights_state:
+            RunPath.of(self.weights_state).write_json({"policy": policy})
+        held = [h["weights"] for h in ray.get([a.health.remote() for a in self.actors])]
+        stale = [a for a, w in zip(self.actors, held) if w != policy]
+        if stale:
+            log.info("%s pool: %d of %d engine(s) hold %s; loading %s", self.role, len(stale), len(self.actors),
+                     sorted(set(held)), policy)
+            broadcast_weights(stale, saved_weights(policy).items(), bucket_mb, label=policy)
+        return len(stale)
 
     def shutdown(self) -> None:
         for a in self.actors:
@@ -55,26 +79,49 @@ class EngineClient:
         self.engines = engines
         self._turn = random.randrange(len(engines))
 
-    def call(self, requests: list[dict], sampling: dict) -> list[list[dict]]:
+    def call(self, requests: list[dict], sampling: dict | list[dict]) -> list[list[dict]]:
+        """The engine's samples for each request. A batch the engine cannot hold (out of memory) is split in halves,
+        recursively, down to single requests; the answers come back in order, each request answered once."""
         engine = self.engines[self._turn % len(self.engines)]
         self._turn += 1
-        return ray.get(engine.generate.remote(requests, sampling))
+        try:
+            return ray.get(engine.generate.remote(requests, sampling))
+        except EngineOverloaded as err:
+            if len(requests) == 1:
+                raise
+            half = len(requests) // 2
+            log.warning("engine overloaded by %d requests, splitting: %s", len(requests), err)
+            first, second = (sampling[:half], sampling[half:]) if isinstance(sampling, list) else (sampling, sampling)
+            return self.call(requests[:half], first) + self.call(requests[half:], second)
 
-    def call_parsed(self, requests: list[dict], sampling: dict, parse: Callable[[str], Any],
+    def call_parsed(self, requests: list[dict], sampling: dict | list[dict], parse: Callable[[str], Any],
                     ok: Callable[[Any], bool], retries: int) -> tuple[list[Any], list[int]]:
         """One sample per request, parsed; requests whose reply does not parse are asked again, up to `retries`
-        times, sampling at temperature >= 0.7 so that a retry can come out differently. Returns (parsed values,
-        attempts per request); a value that never parsed is the last failed parse, for the caller to count."""
+        times, sampling at temperature >= 0.7 (and the next seed, if seeded) so that a retry can come out
+        differently. `sampling` is one dict for all requests or one per request. Returns (parsed values,
+        attempts per request); a value that never parsed is the last failed parse, for the caller to count; a
+        request the engine refused (its prompt over the context length) is None and not asked again."""
         values: list[Any] = [None] * len(requests)
         attempts = [0] * len(requests)
         todo = list(range(len(requests)))
+        samplings = sampling if isinstance(sampling, list) else [sampling] * len(requests)
         for attempt in range(retries + 1):
-            params = sampling if attempt == 0 else {**sampling, "temperature": max(sampling.get("temperature", 0), 0.7)}
-            outs = self.call([requests[i] for i in todo], {**params, "n": 1})
+            params = [retry_sampling(samplings[i], attempt) for i in todo]
+            outs = self.call([requests[i] for i in todo], params)
             for i, out in zip(todo, outs):
-                values[i] = parse(out[0]["text"])
+                values[i] = None if out[0].get("finish_reason") in REFUSED_FINISH else parse(out[0]["text"])
                 attempts[i] = attempt + 1
-            todo = [i for i in todo if not ok(values[i])]
+            todo = [i for i in todo if values[i] is not None and not ok(values[i])]
             if not todo:
                 break
         return values, attempts
+
+
+def retry_sampling(sampling: dict, attempt: int) -> dict:
+    """One sample; a retry samples (temperature >= 0.7) with the next seed, so that it can come out differently."""
+    if attempt == 0:
+        return {**sampling, "n": 1}
+    out = {**sampling, "n": 1, "temperature": max(sampling.get("temperature", 0), 0.7)}
+    if "seed" in sampling:
+        out["seed"] = sampling["seed"] + attempt
+    return out

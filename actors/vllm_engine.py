@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import ray
 
+from rlaif.schemas import PROMPT_TOO_LONG, REJECTED
+
 log = logging.getLogger(__name__)
 
 
@@ -26,17 +28,27 @@ def video_input(frames: np.ndarray, fps: float = 2.0) -> tuple[np.ndarray, dict]
                     "frames_indices": list(range(t)), "do_sample_frames": False}
 
 
+class EngineOverloaded(RuntimeError):
+    """The engine ran out of memory on a batch this large; it is still usable. The caller splits the batch."""
+
+
 class VLLMEngine:
-    """A vLLM `LLM` with chat-in, samples-out methods. Used as a Ray actor (`EngineActor`) or in-process."""
+    """A vLLM `LLM` with chat-in, samples-out methods. Used as a Ray actor (`EngineActor`) or in-process.
+
+    `weights_state` (a JSON file in the run folder, written by `EnginePool.hold`) names the policy folder the pool
+    should hold: an engine that Ray restarts after its process died loads it before taking requests, so calls
+    retried on it are answered by the current policy, not the starting weights. `fault_oom_above` (drills and tests
+    only) makes a batch of more requests fail as out of memory would."""
 
     def __init__(self, model: str, *, role: str = "policy", max_model_len: int = 2048, seed: int = 0,
                  dtype: str = "float32", max_num_seqs: int = 64, video: bool = True, lora_path: str | None = None,
-                 **engine_kwargs: Any):
+                 weights_state: str | None = None, fault_oom_above: int | None = None, **engine_kwargs: Any):
         from vllm import LLM
 
         from rlaif.tiny_models import ensure_model
 
         self.role = role
+        self.fault_oom_above = fault_oom_above
         self.model_path = ensure_model(model)
         kwargs = dict(dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=True,
                       max_num_seqs=max_num_seqs, worker_extension_cls="actors.weight_receiver.WeightReceiver")
@@ -61,7 +73,19 @@ class VLLMEngine:
         self.llm = LLM(model=self.model_path, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.weights_version = 0
-        log.info("%s engine for %s ready in %.1f s", role, self.model_path, time.time() - start)
+        self.served = {"calls": 0, "requests": 0, "largest_batch": 0}  # answered by this process (since a restart)
+        self.weights = self.model_path  # label of the weights held: the policy folder they came from
+        held = _held_policy(weights_state)
+        if held and held != self.weights:
+            self._load_folder(held)
+        log.info("%s engine for %s ready in %.1f s (weights: %s)", role, self.model_path, time.time() - start,
+                 self.weights)
+
+    def _load_folder(self, folder: str) -> None:
+        from actors.weight_sync import saved_weights
+        from rlaif.weights import pack_buckets
+
+        self.load_weight_buckets(*pack_buckets(saved_weights(folder).items()), label=folder)
 
     def _prompt(self, request: dict) -> dict:
         text = self.tokenizer.apply_chat_template(request["messages"], tokenize=False, add_generation_prompt=True)
@@ -76,7 +100,29 @@ class VLLMEngine:
         `sampling` holds vLLM SamplingParams fields (one dict for all requests, or one per request); `regex`
         constrains the output (structured outputs).
         """
+        import torch
+        from vllm.exceptions import VLLMValidationError
+
         samplings = sampling if isinstance(sampling, list) else [sampling] * len(requests)
+        if self.fault_oom_above is not None and len(requests) > self.fault_oom_above:
+            raise EngineOverloaded(f"injected: a batch of {len(requests)} > {self.fault_oom_above} requests")
+        try:
+            out = self._generate(requests, samplings)
+            self.served = {"calls": self.served["calls"] + 1, "requests": self.served["requests"] + len(requests),
+                           "largest_batch": max(self.served["largest_batch"], len(requests))}
+            return out
+        except torch.OutOfMemoryError as err:  # vLLM frees the batch's memory; a smaller batch can go through
+            raise EngineOverloaded(f"a batch of {len(requests)} requests: {err}") from None
+        except VLLMValidationError as err:  # e.g. a prompt over max_model_len: refuse that one, answer the rest
+            if len(requests) > 1:
+                return [self.generate([r], [s])[0] for r, s in zip(requests, samplings)]
+            too_long = err.parameter == "input_tokens" or any(w in str(err) for w in ("model length", "context length"))
+            reason = PROMPT_TOO_LONG if too_long else REJECTED
+            log.warning("%s engine refused a request (%s): %s", self.role, reason, err)
+            return [[{"text": "", "n_tokens": 0, "finish_reason": reason, "prompt_tokens": None, "error": str(err)}]
+                    * samplings[0].get("n", 1)]
+
+    def _generate(self, requests: list[dict], samplings: list[dict]) -> list[list[dict]]:
         params = [self._params(s) for s in samplings]
         outputs = self.llm.generate([self._prompt(r) for r in requests], params, use_tqdm=False,
                                     lora_request=self.lora_request)
@@ -94,9 +140,10 @@ class VLLMEngine:
             sampling["structured_outputs"] = StructuredOutputsParams(regex=regex)
         return SamplingParams(**sampling)
 
-    def load_weight_buckets(self, *buckets) -> dict:
+    def load_weight_buckets(self, *buckets, label: str | None = None) -> dict:
         """New weights, in place: rlaif.weights.Bucket objects, passed as separate arguments so that Ray resolves
-        each ObjectRef (one object-store object per bucket, fetched once per node)."""
+        each ObjectRef (one object-store object per bucket, fetched once per node). `label` names them (the
+        policy folder they were saved to)."""
         stats = self.llm.collective_rpc("load_weight_buckets", args=(list(buckets),))[0]
         # Everything computed with the old weights must go: KV blocks, and the vision encoder's cached outputs
         # (the scheduler's bookkeeping too, or it asks the worker for embeddings that no longer exist).
@@ -104,12 +151,22 @@ class VLLMEngine:
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_mm_cache()
         self.weights_version += 1
+        self.weights = label or f"{self.model_path}@v{self.weights_version}"
         return {**stats, "version": self.weights_version}
 
     def health(self) -> dict:
-        return {"role": self.role, "model": self.model_path, "pid": os.getpid(), "weights_version": self.weights_version}
+        return {"role": self.role, "model": self.model_path, "pid": os.getpid(), "weights_version": self.weights_version,
+                "weights": self.weights, "served": self.served}
+
+
+def _held_policy(weights_state: str | None) -> str | None:
+    from rlaif.storage import RunPath
+
+    state = RunPath.of(weights_state) if weights_state else None
+    return state.read_json()["policy"] if state and state.exists() else None
 
 
 # The actor form. Restarted by Ray if its process dies; calls in flight are retried on the new instance, so a
-# stage that forwards batches to it loses no rows (a restarted policy engine must be re-synced: see pools).
+# stage that forwards batches to it loses no rows; a restarted policy engine first loads the policy its pool holds
+# (weights_state, written by EnginePool.hold).
 EngineActor = ray.remote(max_restarts=-1, max_task_retries=-1)(VLLMEngine)

@@ -18,12 +18,14 @@ from rlaif.storage import local_folder
 from rlaif.weights import pack_buckets
 
 
-def broadcast_weights(engines: list, named: Iterable[tuple[str, torch.Tensor]], bucket_mb: int = 256) -> dict:
+def broadcast_weights(engines: list, named: Iterable[tuple[str, torch.Tensor]], bucket_mb: int = 256,
+                      label: str | None = None) -> dict:
+    """`label` names the weights on the engines (the policy folder they are saved in), see EnginePool.hold."""
     start = time.perf_counter()
     with torch.no_grad():
         buckets = pack_buckets(named, bucket_bytes=bucket_mb << 20)
     refs = [ray.put(b) for b in buckets]
-    stats = ray.get([e.load_weight_buckets.remote(*refs) for e in engines])
+    stats = ray.get([e.load_weight_buckets.remote(*refs, label=label) for e in engines])
     return {"sync_s": time.perf_counter() - start, "sync_buckets": len(buckets),
             "sync_bytes": sum(b.data.numel() for b in buckets), "engines_synced": len(stats),
             "engine_weights_version": [s["version"] for s in stats]}

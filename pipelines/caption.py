@@ -15,6 +15,7 @@ from actors.pool import EngineClient, EnginePool
 from rlaif.config import RunConfig
 from rlaif.prompts import PROMPT_VERSION, caption_messages, retrospect_messages
 from rlaif.schemas import CAPTIONS, frames_fps, frames_of
+from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
 from pipelines.frames_join import FRAME_COLUMNS
@@ -35,8 +36,8 @@ class CaptionVideos(EngineClient):
         rows = batch.select(["video_id", "frames", "frames_shape", "duration_s"]).to_pylist()
         requests = [{"messages": retrospect_messages(self.previous[r["video_id"]]) if self.previous else caption_messages(),
                      "frames": frames_of(r), "fps": frames_fps(r)} for r in rows]
-        outs = self.call(requests, self.sampling)
         version = f"{PROMPT_VERSION}-retrospect" if self.previous else PROMPT_VERSION
+        outs = self.call(requests, [seeded(self.sampling, r["video_id"], version, self.model) for r in rows])
         return pa.Table.from_pylist([{"video_id": r["video_id"], "caption": o[0]["text"].strip(), "model": self.model,
                                       "prompt_version": version} for r, o in zip(rows, outs)], schema=CAPTIONS)
 

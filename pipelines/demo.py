@@ -31,6 +31,7 @@ DEMO_OVERRIDES = {
     # A random-weight judge is deterministic at temperature 0 (every answer gets the same score, so no pair has a
     # preference); sampling its scores exercises every stage. The real SmolLM2 judge needs no such help.
     "judge": {"max_tokens": 48, "temperature": 1.0},
+    "pairs": {"truncated_chosen": True},  # random-weight models never stop: every answer is cut at max_tokens
     "loop": {"rounds": 2, "eval_max_tokens": 16},
 }
 

@@ -7,21 +7,30 @@
 LLM replies are constrained by vLLM structured outputs when enabled; whatever still does not parse is re-asked with a
 new seed up to `retries` times, and then kept with parse_ok=false and no score (counted, never guessed). A length
 penalty (judge.length_penalty) is taken off the judge's score last; `raw_score` keeps the judge's own.
+
+Every judgment says what happened in `status` (rlaif.judging): an empty answer is not sent to the judge and gets the
+lowest score by rule; an answer the policy engine refused to write (prompt over its context length), or a judging
+prompt the judge refused, gets no score. Truncated ("endless") answers are judged and counted; pairs never choose
+them. The stage's manifest record counts each.
 """
 from __future__ import annotations
 
+import collections
 import importlib
 import json
 import logging
+from typing import Callable
 
 import pyarrow as pa
 import ray.data
 
 from actors.pool import EngineClient, EnginePool
 from rlaif.config import JudgeConfig
-from rlaif.judging import Judgment, length_penalised, parse_aspects, parse_judgment
+from rlaif.judging import (EMPTY_ANSWER, EMPTY_ANSWER_SCORE, JUDGE_REFUSED, PARSE_FAILED, SCORED, Judgment,
+                           length_penalised, parse_aspects, parse_judgment, unjudgeable)
 from rlaif.prompts import aspect_output_regex, judge_messages, judge_output_regex
-from rlaif.schemas import JUDGMENTS, ROLLOUTS
+from rlaif.schemas import JUDGMENTS, ROLLOUTS, TRUNCATED_FINISH
+from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
 from pipelines.io import read_table, write_dataset, write_table
@@ -29,13 +38,30 @@ from pipelines.io import read_table, write_dataset, write_table
 log = logging.getLogger(__name__)
 
 
-def judgment_row(row: dict, verdict: Judgment, attempts: int, judge_model: str, cfg: JudgeConfig) -> dict:
+def judgment_row(row: dict, verdict: Judgment | None, attempts: int, judge_model: str, cfg: JudgeConfig,
+                 status: str) -> dict:
+    """`verdict` is the judge's (None when it was not asked or refused); `status` says which (rlaif.judging)."""
+    if status == EMPTY_ANSWER:
+        verdict = Judgment(EMPTY_ANSWER_SCORE, "empty answer: lowest score by rule, the judge was not asked", False)
+    verdict = verdict or Judgment(None, "", False)
     score = verdict.score
     if score is not None and cfg.length_penalty:
         score = length_penalised(score, row["n_tokens"], cfg.length_penalty, cfg.length_budget)
     return {**{k: row[k] for k in ROLLOUTS.names}, "score": score, "raw_score": verdict.score,
             "aspects": json.dumps(verdict.aspects) if verdict.aspects else None, "explanation": verdict.explanation,
-            "parse_ok": verdict.parse_ok, "attempts": attempts, "judge_model": judge_model}
+            "parse_ok": verdict.parse_ok, "attempts": attempts, "judge_model": judge_model, "status": status}
+
+
+def judge_some(rows: list[dict], judge: Callable[[list[dict]], tuple[list, list[int]]]) -> list[tuple]:
+    """(verdict, attempts, status) per row: unjudgeable rows are settled here, the others go to `judge` (which
+    returns verdicts, None for a refused request, and attempts)."""
+    out: list[tuple] = [(None, 0, unjudgeable(r["response"], r["finish_reason"])) for r in rows]
+    ask = [i for i, (_, _, status) in enumerate(out) if status is None]
+    if ask:
+        verdicts, attempts = judge([rows[i] for i in ask])
+        for i, v, a in zip(ask, verdicts, attempts):
+            out[i] = (v, a, JUDGE_REFUSED if v is None else SCORED if v.parse_ok else PARSE_FAILED)
+    return out
 
 
 class JudgeAnswers(EngineClient):
@@ -50,6 +76,11 @@ class JudgeAnswers(EngineClient):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
+        results = judge_some(rows, self.judge)
+        return pa.Table.from_pylist([judgment_row(r, v, a, self.model, self.cfg, s)
+                                     for r, (v, a, s) in zip(rows, results)], schema=JUDGMENTS)
+
+    def judge(self, rows: list[dict]) -> tuple[list, list[int]]:
         requests = [{"messages": judge_messages(r["caption"], r["question"], r["response"],
                                                 r["reference_answer"] if self.cfg.use_reference_answer else None,
                                                 aspects=self.cfg.kind == "aspects")}
@@ -57,9 +88,8 @@ class JudgeAnswers(EngineClient):
         sampling = {"max_tokens": self.cfg.max_tokens, "temperature": self.cfg.temperature}
         if self.regex:
             sampling["regex"] = self.regex
-        verdicts, attempts = self.call_parsed(requests, sampling, self.parse, lambda v: v.parse_ok, self.cfg.retries)
-        return pa.Table.from_pylist([judgment_row(r, v, a, self.model, self.cfg)
-                                     for r, v, a in zip(rows, verdicts, attempts)], schema=JUDGMENTS)
+        samplings = [seeded(sampling, r["prompt_id"], r["sample_idx"], r["round"], r["model"], "judge") for r in rows]
+        return self.call_parsed(requests, samplings, self.parse, lambda v: v.parse_ok, self.cfg.retries)
 
 
 class ScoreAnswers:
@@ -72,12 +102,15 @@ class ScoreAnswers:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
+        results = judge_some(rows, self.score)
+        return pa.Table.from_pylist([judgment_row(r, v, a, self.model, self.cfg, s)
+                                     for r, (v, a, s) in zip(rows, results)], schema=JUDGMENTS)
+
+    def score(self, rows: list[dict]) -> tuple[list, list[int]]:
         scores = self.scorer([r["caption"] for r in rows], [r["question"] for r in rows], [r["response"] for r in rows])
         if len(scores) != len(rows):
             raise RuntimeError(f"{self.model} returned {len(scores)} scores for {len(rows)} answers")
-        verdicts = [Judgment(min(5.0, max(1.0, float(s))), "", True) for s in scores]
-        return pa.Table.from_pylist([judgment_row(r, v, 1, self.model, self.cfg) for r, v in zip(rows, verdicts)],
-                                    schema=JUDGMENTS)
+        return [Judgment(min(5.0, max(1.0, float(s))), "", True) for s in scores], [1] * len(rows)
 
 
 def judge_answers(run_dir: RunPath, pool: EnginePool | None, cfg: JudgeConfig, answers: RunPath, out: RunPath,
@@ -89,7 +122,7 @@ def judge_answers(run_dir: RunPath, pool: EnginePool | None, cfg: JudgeConfig, a
     evidence = read_table(captions or run_dir / "captions.parquet", ["video_id", "caption"])
     if rollouts.num_rows == 0:
         write_table(JUDGMENTS.empty_table(), out)
-        return {"rows": 0, "parse_failures": 0, "retried": 0}
+        return {"rows": 0, "parse_failures": 0, "retried": 0, "truncated": 0, "statuses": {}}
     table = rollouts.join(prompts, "prompt_id").join(evidence, "video_id")
     if table.num_rows != rollouts.num_rows:
         raise RuntimeError(f"{rollouts.num_rows - table.num_rows} answers have no prompt or caption to judge against")
@@ -103,9 +136,11 @@ def judge_answers(run_dir: RunPath, pool: EnginePool | None, cfg: JudgeConfig, a
             batch_size=pool.cfg.batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1)
     write_dataset(ds, out, JUDGMENTS)
-    judged = read_table(out, ["parse_ok", "attempts"]).to_pylist()
-    failures = sum(not r["parse_ok"] for r in judged)
-    retried = sum(r["attempts"] > 1 for r in judged)
-    log.info("judged %d answers (%s): %d parse failures after retries, %d needed a retry", len(judged), cfg.kind,
-             failures, retried)
-    return {"rows": len(judged), "parse_failures": failures, "retried": retried}
+    judged = read_table(out, ["status", "attempts", "finish_reason"]).to_pylist()
+    statuses = collections.Counter(r["status"] for r in judged)
+    info = {"rows": len(judged), "parse_failures": statuses[PARSE_FAILED],
+            "retried": sum(r["attempts"] > 1 for r in judged),
+            "truncated": sum(r["finish_reason"] == TRUNCATED_FINISH for r in judged),
+            "statuses": dict(sorted(statuses.items()))}
+    log.info("judged %d answers (%s): %s", len(judged), cfg.kind, info)
+    return info

@@ -15,10 +15,9 @@ from __future__ import annotations
 import logging
 
 from actors.pool import EnginePool
-from actors.weight_sync import broadcast_weights, saved_weights
 from rlaif.config import POLICY_AS_JUDGE, RunConfig
-from rlaif.tiny_models import ensure_model
 from rlaif.storage import RunPath
+from rlaif.tiny_models import ensure_model
 
 from pipelines.caption import run_caption
 from pipelines.describe import run_describe
@@ -33,6 +32,8 @@ from pipelines.train import train_round
 
 log = logging.getLogger(__name__)
 
+POLICY_ENGINES_STATE = "policy_engines.json"  # the policy folder the policy pool serves (EnginePool.hold)
+
 # Which config sections each stage's output depends on (a change there redoes the stage and everything after).
 DEPENDS = {
     "caption": ("ingest", "models", "caption"),
@@ -43,10 +44,12 @@ DEPENDS = {
 }
 
 
-def start_pools(cfg: RunConfig) -> dict[str, EnginePool | None]:
+def start_pools(cfg: RunConfig, run_dir: RunPath) -> dict[str, EnginePool | None]:
     """policy, judge (the policy pool itself when models.judge is 'policy'; None when no LLM judges), captioner,
-    and one pool per extra responder (extra:<model>)."""
-    policy = EnginePool("policy", cfg.models.policy, cfg.pools.policy, video=True, seed=cfg.seed)
+    and one pool per extra responder (extra:<model>). The policy engines record the policy they hold in the run
+    folder, for engines that Ray restarts."""
+    policy = EnginePool("policy", cfg.models.policy, cfg.pools.policy, video=True, seed=cfg.seed,
+                        weights_state=str(run_dir / POLICY_ENGINES_STATE))
     pools: dict[str, EnginePool | None] = {"policy": policy}
     if cfg.models.judge == POLICY_AS_JUDGE:
         pools["judge"] = policy  # i-SRT: the policy judges with its current weights
@@ -67,28 +70,20 @@ def start_pools(cfg: RunConfig) -> dict[str, EnginePool | None]:
 
 def run_loop(cfg: RunConfig, run_dir: RunPath, stages: Stages) -> list[dict]:
     manifest = stages.manifest
-    pools = start_pools(cfg)
+    pools = start_pools(cfg, run_dir)
     policy, judge = pools["policy"], pools["judge"]
     responders = [policy] + [p for k, p in pools.items() if k.startswith("extra:")]
     start_path = ensure_model(cfg.models.policy)
-    engines_hold = start_path  # which policy folder the policy engines currently serve
 
     def serve(path: str) -> None:
-        nonlocal engines_hold
-        if path != engines_hold:
-            # e.g. a resumed run whose training (which broadcasts itself) was skipped
-            log.info("policy engines: loading %s", path)
-            broadcast_weights(policy.actors, saved_weights(path).items(), cfg.loop.sync_bucket_mb)
-            engines_hold = path
+        # Engines holding other weights (a resumed run whose training was skipped, an engine Ray restarted) get
+        # `path`; the trainer's own broadcast labels the engines with its folder, so after training this is a no-op.
+        policy.hold(path, cfg.loop.sync_bucket_mb)
 
-    def trained_policy(result: dict, stage: str, folder: RunPath, current: str) -> str:
-        nonlocal engines_hold
-        if result.get("skipped") or not folder.exists():
-            return current
-        if stage in stages.ran_now and result.get("engines_synced"):
-            engines_hold = str(folder)  # the trainer broadcast the new weights itself
-        return str(folder)
+    def trained_policy(result: dict, folder: RunPath, current: str) -> str:
+        return current if result.get("skipped") or not folder.exists() else str(folder)
 
+    serve(start_path)  # also overwrites what a crashed earlier run recorded for restarted engines
     stages.run("caption", DEPENDS["caption"], lambda: run_caption(cfg, run_dir, pools["captioner"]))
     stages.run("questions", DEPENDS["questions"], lambda: run_questions(cfg, run_dir, judge))
     evals = [stages.run("round_base/eval", DEPENDS["round"],
@@ -117,7 +112,7 @@ def run_loop(cfg: RunConfig, run_dir: RunPath, stages: Stages) -> list[dict]:
                              lambda: train_round(cfg, run_dir, rd, policy_in=policy_in, start=start_path,
                                                  reference=reference, engines=policy.actors,
                                                  previous_adapter=adapter_in))
-        current = trained_policy(trained, f"round_{r}/train", rd / "policy", current)
+        current = trained_policy(trained, rd / "policy", current)
         if current == str(rd / "policy") and (rd / "policy" / "adapter").exists():
             adapter = str(rd / "policy" / "adapter")
         serve(current)
@@ -128,7 +123,7 @@ def run_loop(cfg: RunConfig, run_dir: RunPath, stages: Stages) -> list[dict]:
     if cfg.rebirth.enabled:
         rb = run_dir / "rebirth"
         reborn = stages.run("rebirth/train", DEPENDS["rebirth"], lambda: run_rebirth(cfg, run_dir, rb, policy, start_path))
-        manifest.data["reborn_policy"] = trained_policy(reborn, "rebirth/train", rb / "policy", current)
+        manifest.data["reborn_policy"] = trained_policy(reborn, rb / "policy", current)
         serve(manifest.data["reborn_policy"])
         evals.append(stages.run("rebirth/eval", DEPENDS["rebirth"],
                                 lambda: run_eval(cfg, run_dir, rb, policy, judge, cfg.loop.rounds)))

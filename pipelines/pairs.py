@@ -48,7 +48,7 @@ class ReferenceLogps:
 
 def run_pairs(cfg: RunConfig, run_dir: RunPath, round_dir: RunPath, round_idx: int, reference_path: str) -> dict:
     judged = read_table(round_dir / "judgments.parquet")
-    selected = select_pairs(judged, cfg.pairs.min_margin, cfg.pairs.max_length_ratio)
+    selected = select_pairs(judged, cfg.pairs.min_margin, cfg.pairs.max_length_ratio, cfg.pairs.truncated_chosen)
     prompts = read_table(run_dir / "prompts.parquet", ["prompt_id", "video_id", "question"])
     selected = selected.join(prompts, "prompt_id").append_column(
         "round", pa.array([round_idx] * selected.num_rows, pa.int32()))

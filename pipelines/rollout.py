@@ -12,6 +12,7 @@ import ray.data
 from actors.pool import EngineClient, EnginePool
 from rlaif.prompts import video_question_messages
 from rlaif.schemas import ROLLOUTS, frames_fps, frames_of
+from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
 from pipelines.frames_join import rows_with_frames
@@ -30,7 +31,8 @@ class AnswerPrompts(EngineClient):
         rows = batch.to_pylist()
         requests = [{"messages": video_question_messages(r["question"]), "frames": frames_of(r), "fps": frames_fps(r)}
                     for r in rows]
-        outs = self.call(requests, self.sampling)
+        samplings = [seeded(self.sampling, r["prompt_id"], self.round_idx, self.sample_offset, "answer") for r in rows]
+        outs = self.call(requests, samplings)
         return pa.Table.from_pylist(
             [{"prompt_id": r["prompt_id"], "sample_idx": self.sample_offset + k, "model": self.model, "response": s["text"].strip(),
               "n_tokens": s["n_tokens"], "finish_reason": s["finish_reason"], "round": self.round_idx}

@@ -1,7 +1,8 @@
 """Runs the stages of a config in order inside one run folder, recording each in manifest.json (pipelines.stages).
 
 With `resume`, anything a killed stage left half-written (hidden *.partial siblings) is removed first, so it is
-never trusted, and stages finished with the same config are skipped.
+never trusted, stages finished with the same config are skipped, and an interrupted training stage continues from
+its last Ray Train checkpoint.
 """
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ def run_pipeline(cfg: RunConfig, run_dir: RunPath | str, resume: bool = False, s
     manifest = Manifest(run_dir)
     if resume and (n := clean_partials(run_dir)):
         log.info("resume: removed %d partial outputs of an interrupted run", n)
+    if not resume and loop:
+        from pipelines.train import TRAIN_STORAGE
+
+        # A fresh run redoes everything: training checkpoints of an earlier run here must not be resumed from.
+        (run_dir / TRAIN_STORAGE).remove()
     manifest.data.update(name=cfg.name, config=cfg.model_dump(mode="json"), started=manifest.data.get("started", time.time()))
     stages = Stages(cfg, manifest, resume)
     stages.run("ingest", ("ingest",), lambda: ingest_info(run_ingest(cfg.ingest, run_dir, source)))

@@ -29,6 +29,8 @@ from pipelines.io import read_table
 
 log = logging.getLogger(__name__)
 
+TRAIN_STORAGE = "ray_train"  # Ray Train's checkpoints, under the run folder
+
 
 def _skip_deepspeed_shm_build() -> None:
     """DeepSpeed's CPU comm backend JIT-compiles a shared-memory op with g++ (~100 s cold) that gloo does not need."""
@@ -94,7 +96,8 @@ def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
     merged.save_pretrained(staged)
     processor.save_pretrained(staged)
     publish_folder(staged, final)
-    synced = broadcast_weights(config["engines"], merged.state_dict().items(), config["bucket_mb"]) if config["engines"] else {}
+    synced = (broadcast_weights(config["engines"], merged.state_dict().items(), config["bucket_mb"], label=str(final))
+              if config["engines"] else {})
     return {"save_s": time.time() - start, **synced}
 
 
@@ -132,7 +135,9 @@ def train_worker(config: dict) -> None:
     def save(metrics: dict, step: int) -> None:
         with tempfile.TemporaryDirectory() as tmp:  # every rank saves its shard; Ray merges them into one checkpoint
             engine.save_checkpoint(tmp, tag=f"step{step}", client_state={"step": step}, exclude_frozen_parameters=True)
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+            # One folder name for all ranks, so that their shards land together.
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"checkpoint_step{step}")
 
     shard = ray.train.get_dataset_shard("train")
     step, history = 0, []
@@ -153,7 +158,8 @@ def train_worker(config: dict) -> None:
             if step % t.checkpoint_every == 0:
                 save({"step": step, **history[-1]}, step)
     sync = export_and_sync(engine, t, config)
-    final = {"step": step, "history": history if ctx.get_world_rank() == 0 else [], **sync}
+    final = {"step": step, "resumed_from_step": start_step, "history": history if ctx.get_world_rank() == 0 else [],
+             **sync}
     save(final, step)
 
 
@@ -180,7 +186,9 @@ def run_train(cfg: RlaifConfig, run_dir: RunPath, out_dir: RunPath, data: pa.Tab
                                                            **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         datasets={"train": rows_with_frames(run_dir / "videos.parquet", data)},
-        run_config=RunConfig(name=f"{cfg.name}-{out_dir.name}", storage_path=str(run_dir / "ray_train"),
+        # Ray Train resumes a run of the same name from its last checkpoint (a driver killed mid-training, then
+        # --resume); the config hash in the name keeps a changed config from resuming another config's training.
+        run_config=RunConfig(name=f"{cfg.name}-{out_dir.name}-{cfg.hash()}", storage_path=str(run_dir / TRAIN_STORAGE),
                              checkpoint_config=CheckpointConfig(num_to_keep=1), failure_config=FailureConfig(max_failures=2)),
     )
     start = time.time()

@@ -76,6 +76,9 @@ class EnginePoolConfig(_Strict):
         None, gt=0, le=1, description="Share of each GPU's memory vLLM may take (None: vLLM's default, 0.9); lower "
                                       "it when the engine shares its GPU (num_gpus < 1) with trainer workers.")
     batch_size: int = Field(16, ge=1, description="Requests per Ray Data batch forwarded to an engine.")
+    fault_oom_above: int | None = Field(
+        None, ge=0, description="Fault drills and tests only: an engine fails a batch of more requests as out of memory "
+                                "would (the client then splits it). Never set in a real run.")
 
 
 class PoolsConfig(_Strict):
@@ -142,6 +145,10 @@ class JudgeConfig(_Strict):
 class PairsConfig(_Strict):
     min_margin: float = Field(1.0, gt=0, description="Least score gap between chosen and rejected (ties carry no preference).")
     max_length_ratio: float | None = Field(None, gt=1, description="Drop pairs whose chosen answer is this many times longer.")
+    truncated_chosen: bool = Field(
+        False, description="Let an answer cut at rollout.max_tokens be the chosen one. Off: an answer that rambles "
+                           "until it is cut is never preferred (it may be rejected). On for random-weight test models, "
+                           "which never stop.")
 
 
 class TrainConfig(_Strict):

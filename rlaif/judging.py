@@ -9,6 +9,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# What happened to each answer at the judge (the `status` column of judgments). Only "scored" carries the judge's
+# score; an empty answer gets the lowest score by rule (the judge is not asked); the others have no score.
+SCORED = "scored"
+PARSE_FAILED = "parse_failed"
+EMPTY_ANSWER = "empty_answer"
+ANSWER_REFUSED = "answer_refused"  # the answering engine refused the prompt (over its context length): no answer
+JUDGE_REFUSED = "judge_refused"  # the judge engine refused the judging prompt: no verdict
+EMPTY_ANSWER_SCORE = 1.0
+
 _SCORE = re.compile(r"score\s*[:=]?\s*\**\s*([1-5])(?:\s*(?:/|out of)\s*5)?\b", re.IGNORECASE)
 _EXPLANATION = re.compile(r"explanation\s*:\s*(.*)", re.IGNORECASE | re.DOTALL)
 ASPECTS = ("accurate", "helpful", "natural", "concise")
@@ -59,3 +68,14 @@ def length_penalised(score: float, n_tokens: int, penalty: float, budget: int) -
 def is_correct(score: float | None, threshold: float = 3) -> bool:
     """LLaVA-Hound's accuracy: an answer counts as correct when its score is at least 3."""
     return score is not None and score >= threshold
+
+
+def unjudgeable(response: str, finish_reason: str | None) -> str | None:
+    """Why an answer is not sent to the judge (ANSWER_REFUSED, EMPTY_ANSWER), or None when it is."""
+    from rlaif.schemas import REFUSED_FINISH
+
+    if finish_reason in REFUSED_FINISH:
+        return ANSWER_REFUSED
+    if not (response or "").strip():
+        return EMPTY_ANSWER
+    return None

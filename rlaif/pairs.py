@@ -1,6 +1,8 @@
 """Preference pairs from judged samples: best vs worst answer per prompt.
 
-Only parsed judgments count. A pair needs a score margin of at least `min_margin` (ties carry no preference and are
+Only scored answers count (a judge's parsed score, or the rule score of an empty answer); a truncated answer (cut at
+max_tokens) may be rejected but is not chosen (unless `truncated_chosen`): DPO would teach the policy to ramble until
+it is cut. A pair needs a score margin of at least `min_margin` (ties carry no preference and are
 dropped). Among equally scored best answers the shortest is chosen and among the worst the longest is rejected, and
 pairs whose chosen answer is much longer than the rejected one can be dropped: both push against the verbosity that
 judges reward and i-SRT warns about.
@@ -10,6 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pyarrow as pa
+
+from rlaif.schemas import TRUNCATED_FINISH
 
 SELECTED_PAIRS = pa.schema([  # the selection; pipelines.pairs adds video, question and reference log-probs (schemas.PAIRS)
     ("prompt_id", pa.string()),
@@ -22,18 +26,24 @@ SELECTED_PAIRS = pa.schema([  # the selection; pipelines.pairs adds video, quest
 ])
 
 
-def select_pairs(judged: pa.Table, min_margin: float = 1.0, max_length_ratio: float | None = None) -> pa.Table:
-    """`judged` has prompt_id, response, score, parse_ok, n_tokens. Returns one row per kept prompt (SELECTED_PAIRS schema)."""
+def select_pairs(judged: pa.Table, min_margin: float = 1.0, max_length_ratio: float | None = None,
+                 truncated_chosen: bool = False) -> pa.Table:
+    """`judged` has prompt_id, response, score, n_tokens and (optionally) finish_reason. Returns one row per kept
+    prompt (SELECTED_PAIRS schema)."""
     if min_margin <= 0:
         raise ValueError("min_margin must be positive: a tie is not a preference")
+    columns = ["prompt_id", "response", "score", "n_tokens"] + (["finish_reason"] if "finish_reason" in judged.column_names else [])
     groups: dict[str, list[dict]] = defaultdict(list)
-    for row in judged.select(["prompt_id", "response", "score", "parse_ok", "n_tokens"]).to_pylist():
-        if row["parse_ok"] and row["score"] is not None:
+    for row in judged.select(columns).to_pylist():
+        if row["score"] is not None:
             groups[row["prompt_id"]].append(row)
     out = []
     for prompt_id in sorted(groups):
         rows = groups[prompt_id]
-        best = min(rows, key=lambda r: (-r["score"], r["n_tokens"], r["response"]))
+        complete = rows if truncated_chosen else [r for r in rows if r.get("finish_reason") != TRUNCATED_FINISH]
+        if not complete:
+            continue
+        best = min(complete, key=lambda r: (-r["score"], r["n_tokens"], r["response"]))
         worst = min(rows, key=lambda r: (r["score"], -r["n_tokens"], r["response"]))
         if best["score"] - worst["score"] < min_margin:
             continue

@@ -44,6 +44,12 @@ CAPTION_FACTS = pa.schema([("video_id", pa.string()), ("fact_idx", pa.int32()), 
 PROMPTS = pa.schema([("prompt_id", pa.string()), ("video_id", pa.string()), ("question", pa.string()),
                      ("reference_answer", pa.string()), ("split", pa.string()), ("source", pa.string())])
 
+# finish_reason of a request an engine refused (e.g. a prompt over its context length): there is no answer.
+PROMPT_TOO_LONG = "prompt_too_long"
+REJECTED = "rejected"
+REFUSED_FINISH = (PROMPT_TOO_LONG, REJECTED)
+TRUNCATED_FINISH = "length"  # an answer cut at max_tokens (an "endless" one)
+
 ROLLOUTS = pa.schema([("prompt_id", pa.string()), ("sample_idx", pa.int32()), ("model", pa.string()),
                       ("response", pa.string()), ("n_tokens", pa.int32()), ("finish_reason", pa.string()),
                       ("round", pa.int32())])
@@ -52,7 +58,8 @@ ROLLOUTS = pa.schema([("prompt_id", pa.string()), ("sample_idx", pa.int32()), ("
 # aspects for the aspect judge); aspects: JSON of the aspect ratings, or null.
 JUDGMENTS = pa.schema(list(ROLLOUTS) + [("score", pa.float64()), ("raw_score", pa.float64()), ("aspects", pa.string()),
                                         ("explanation", pa.string()), ("parse_ok", pa.bool_()),
-                                        ("attempts", pa.int32()), ("judge_model", pa.string())])
+                                        ("attempts", pa.int32()), ("judge_model", pa.string()),
+                                        ("status", pa.string())])
 
 PAIRS = pa.schema([("prompt_id", pa.string()), ("video_id", pa.string()), ("question", pa.string()),
                    ("chosen", pa.string()), ("rejected", pa.string()),

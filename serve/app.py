@@ -22,6 +22,7 @@ from ray import serve
 from starlette.exceptions import HTTPException
 
 from rlaif.config import ConfigError, ServeConfig
+from rlaif.schemas import REFUSED_FINISH
 from rlaif.serve_api import (ChatCompletionRequest, ChatCompletionResponse, ErrorResponse, ModelCard, ModelList,
                              RequestError, VideoPart, completion_response, prompt_messages, video_parts)
 
@@ -98,15 +99,18 @@ class PolicyEngine:
 
     def _generate(self, requests: list[dict], samplings: list[dict]) -> list[list[dict] | dict]:
         try:
-            return self.engine.generate(requests, samplings)
-        except self.refusals:
-            out: list[list[dict] | dict] = []
-            for request, sampling in zip(requests, samplings):  # find which request it was
-                try:
-                    out.append(self.engine.generate([request], sampling)[0])
-                except self.refusals as err:
-                    out.append({"refused": str(err)[:500]})
-            return out
+            results = self.engine.generate(requests, samplings)
+        except self.refusals:  # find which request it was
+            results = [self._generate_one(r, s) for r, s in zip(requests, samplings)]
+        # The engine answers a request it refuses (a prompt over the context length) with a refused sample.
+        return [{"refused": r[0].get("error", r[0]["finish_reason"])[:500]}
+                if isinstance(r, list) and r[0]["finish_reason"] in REFUSED_FINISH else r for r in results]
+
+    def _generate_one(self, request: dict, sampling: dict) -> list[dict] | dict:
+        try:
+            return self.engine.generate([request], sampling)[0]
+        except self.refusals as err:
+            return {"refused": str(err)[:500]}
 
     def check_health(self) -> None:
         self.engine.health()

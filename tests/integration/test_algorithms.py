@@ -20,7 +20,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SMALL = {"demo.synthetic_videos": 4, "demo.real_clips": False, "demo.broken_files": 0,
          "questions.max_per_video": 2, "questions.eval_fraction": 0.3, "caption.max_tokens": 16,
          "rollout.max_tokens": 8, "loop.eval_max_tokens": 8, "loop.rounds": 1, "train.lr": 0.01,
-         "eval.caption_max_tokens": 16, "rebirth.max_tokens": 8}
+         "eval.caption_max_tokens": 16, "rebirth.max_tokens": 8,
+         "pairs.truncated_chosen": True}  # random-weight models never stop
 
 
 def run_config(name: str, tmp_path_factory, **overrides):

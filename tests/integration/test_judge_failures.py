@@ -1,4 +1,5 @@
-"""Judge replies that do not parse are retried, then counted and kept unscored: never a guessed score.
+"""Judge replies that do not parse are retried, then counted and kept unscored: never a guessed score. Empty, refused,
+endless and over-context answers each get their own status and count.
 
 Without structured outputs a random-weight judge almost never writes `Score: N`; with them, every reply parses."""
 import pyarrow as pa
@@ -8,6 +9,7 @@ from actors.pool import EnginePool
 from pipelines.io import read_table, write_table
 from pipelines.judge import judge_answers
 from rlaif.config import EnginePoolConfig, JudgeConfig
+from rlaif.judging import ANSWER_REFUSED, EMPTY_ANSWER, JUDGE_REFUSED, SCORED
 from rlaif.schemas import CAPTIONS, PROMPTS, ROLLOUTS
 
 pytestmark = pytest.mark.integration
@@ -49,3 +51,28 @@ def test_structured_outputs_always_parse(judge_pool, run_dir):
     info = judge_answers(run_dir, judge_pool, cfg, run_dir / "rollouts.parquet", run_dir / "judged.parquet")
     rows = read_table(run_dir / "judged.parquet").to_pylist()
     assert info["parse_failures"] == 0 and all(r["parse_ok"] and 1 <= r["score"] <= 5 and r["attempts"] == 1 for r in rows)
+
+
+def test_empty_refused_endless_and_over_context_answers_are_counted_never_silently_scored(judge_pool, run_dir):
+    # One answer of each kind, plus a video whose caption makes the judging prompt longer than the judge's context.
+    answers = [("fine", "a red ball", "stop", 3), ("empty", "", "stop", 0), ("refused", "", "prompt_too_long", 0),
+               ("endless", "red red red red red red", "length", 6), ("over", "a red ball", "stop", 3)]
+    write_table(pa.Table.from_pylist([{"prompt_id": p, "video_id": "long" if p == "over" else "v", "question": "Colour?",
+                                       "reference_answer": "red", "split": "train", "source": "file"}
+                                      for p, *_ in answers], schema=PROMPTS), run_dir / "prompts.parquet")
+    write_table(pa.Table.from_pylist([{"video_id": "v", "caption": "A red ball moves left.", "model": "m",
+                                       "prompt_version": "v1"},
+                                      {"video_id": "long", "caption": "red ball " * 1500, "model": "m",
+                                       "prompt_version": "v1"}], schema=CAPTIONS), run_dir / "captions.parquet")
+    write_table(pa.Table.from_pylist([{"prompt_id": p, "sample_idx": 0, "model": "m", "response": text, "n_tokens": n,
+                                       "finish_reason": finish, "round": 0} for p, text, finish, n in answers],
+                                     schema=ROLLOUTS), run_dir / "rollouts.parquet")
+    cfg = JudgeConfig(structured=True, max_tokens=24, temperature=1.0)
+    info = judge_answers(run_dir, judge_pool, cfg, run_dir / "rollouts.parquet", run_dir / "judged.parquet")
+    rows = {r["prompt_id"]: r for r in read_table(run_dir / "judged.parquet").to_pylist()}
+    assert {p: r["status"] for p, r in rows.items()} == {
+        "fine": SCORED, "empty": EMPTY_ANSWER, "refused": ANSWER_REFUSED, "endless": SCORED, "over": JUDGE_REFUSED}
+    assert rows["empty"]["score"] == 1.0 and rows["empty"]["attempts"] == 0  # by rule; the judge was not asked
+    assert rows["refused"]["score"] is None and rows["over"]["score"] is None and rows["over"]["attempts"] == 1
+    assert info["truncated"] == 1 and info["statuses"] == {SCORED: 2, EMPTY_ANSWER: 1, ANSWER_REFUSED: 1, JUDGE_REFUSED: 1}
+    print(f"\njudge stage record: {info}")

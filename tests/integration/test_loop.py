@@ -10,6 +10,7 @@ from pipelines.demo import make_demo_inputs
 from pipelines.io import read_table
 from pipelines.runner import run_pipeline
 from rlaif.config import parse_config
+from rlaif.judging import EMPTY_ANSWER, SCORED
 from rlaif.manifest import Manifest
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,7 @@ def run(ray_local, tmp_path_factory):
         "caption": {"max_tokens": 16, "temperature": 1.0},
         "rollout": {"samples_per_prompt": K, "max_tokens": 8},
         "judge": {"max_tokens": 24, "temperature": 1.0},
+        "pairs": {"truncated_chosen": True},  # random-weight models never stop
         "loop": {"rounds": 2, "eval_max_tokens": 8},
         "train": {"workers": 2, "zero_stage": 2, "lr": 0.01},
     })
@@ -58,7 +60,8 @@ def test_every_stage_ran_and_wrote_its_table(run):
         assert rollouts.num_rows == K * train and set(rollouts.column("round").to_pylist()) == {r}
         judged = read_table(rd / "judgments.parquet").to_pylist()
         assert len(judged) == K * train
-        assert all((j["score"] is not None) == j["parse_ok"] for j in judged)
+        assert all((j["score"] is not None) == (j["status"] in (SCORED, EMPTY_ANSWER)) for j in judged)
+        assert all(j["parse_ok"] == (j["status"] == SCORED) for j in judged)
         pairs = read_table(rd / "pairs.parquet").to_pylist()
         assert 0 < len(pairs) <= train
         assert all(p["score_chosen"] - p["score_rejected"] >= 1 for p in pairs)

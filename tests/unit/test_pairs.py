@@ -37,3 +37,25 @@ def test_length_ratio_drops_verbose_winners():
 def test_zero_margin_rejected():
     with pytest.raises(ValueError):
         select_pairs(judged([("p", "a", 1, True, 1)]), min_margin=0)
+
+
+def test_a_truncated_answer_is_never_chosen_but_may_be_rejected():
+    t = pa.Table.from_pylist([
+        {"prompt_id": "p", "response": "cut off mid", "score": 5, "n_tokens": 16, "finish_reason": "length"},
+        {"prompt_id": "p", "response": "complete", "score": 4, "n_tokens": 3, "finish_reason": "stop"},
+        {"prompt_id": "p", "response": "wrong", "score": 2, "n_tokens": 2, "finish_reason": "stop"},
+        {"prompt_id": "q", "response": "rambling", "score": 1, "n_tokens": 16, "finish_reason": "length"},
+        {"prompt_id": "q", "response": "right", "score": 5, "n_tokens": 1, "finish_reason": "stop"},
+        {"prompt_id": "r", "response": "only cut", "score": 5, "n_tokens": 16, "finish_reason": "length"},
+        {"prompt_id": "r", "response": "cut too", "score": 1, "n_tokens": 16, "finish_reason": "length"}])
+    out = {r["prompt_id"]: (r["chosen"], r["rejected"]) for r in select_pairs(t).to_pylist()}
+    assert out == {"p": ("complete", "wrong"), "q": ("right", "rambling")}
+
+
+def test_truncated_answers_may_be_chosen_when_allowed():
+    t = pa.Table.from_pylist([
+        {"prompt_id": "r", "response": "only cut", "score": 5, "n_tokens": 16, "finish_reason": "length"},
+        {"prompt_id": "r", "response": "cut too", "score": 1, "n_tokens": 16, "finish_reason": "length"}])
+    assert select_pairs(t).num_rows == 0
+    (r,) = select_pairs(t, truncated_chosen=True).to_pylist()
+    assert (r["chosen"], r["rejected"]) == ("only cut", "cut too")
