@@ -4,7 +4,8 @@ from __future__ import annotations
 from rlaif.manifest import Manifest
 from rlaif.storage import RunPath
 
-EVAL_COLUMNS = ["round", "answers", "accuracy", "mean_score", "parse_failure_rate", "mean_tokens", "reference_match"]
+EVAL_COLUMNS = ["round", "answers", "accuracy", "mean_score", "parse_failure_rate", "mean_tokens", "reference_match",
+                "exact_match", "judge_agreement"]
 CAPTION_COLUMNS = ["caption_missing_rate", "caption_contradiction_rate", "caption_repetition_rate"]
 
 

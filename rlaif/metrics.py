@@ -1,5 +1,7 @@
 """Per-round eval figures from judged answers (LLaVA-Hound's: accuracy = share scored ≥ 3, mean score), plus the
-judge's parse-failure rate, mean answer length, and, where reference answers exist, how often the answer states it."""
+judge's parse-failure rate, mean answer length, and, where reference (ground-truth) answers exist: how often the
+answer states the reference, how often it is exactly the reference, and how often the judge agrees with the ground
+truth (scored ≥ 3 exactly when the answer states the reference). References only measure; they never judge."""
 from __future__ import annotations
 
 import re
@@ -9,6 +11,21 @@ from rlaif.judging import PARSE_FAILED, is_correct
 
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", (text or "").lower())
+
+
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve".split())}
+_FILLER = {"a", "an", "the", "it", "is", "are", "there", "they"}
+
+
+def normalise_answer(text: str) -> list[str]:
+    """Lower-case words, number words as digits, articles and filler dropped: "There are two." -> ["2"]."""
+    return [_NUMBER_WORDS.get(w, w) for w in _words(text) if w not in _FILLER]
+
+
+def exact_match(answer: str, reference: str) -> bool:
+    ref = normalise_answer(reference)
+    return bool(ref) and normalise_answer(answer) == ref
 
 
 def states_reference(answer: str, reference: str) -> bool:
@@ -24,6 +41,7 @@ def eval_metrics(rows: list[dict]) -> dict:
     n = len(rows)
     scored = [r for r in rows if r["score"] is not None]
     with_ref = [r for r in rows if r.get("reference_answer")]
+    judged_with_ref = [r for r in with_ref if r["score"] is not None]
     return {
         "answers": n,
         "accuracy": sum(is_correct(r["score"]) for r in scored) / len(scored) if scored else None,
@@ -33,4 +51,8 @@ def eval_metrics(rows: list[dict]) -> dict:
         "mean_tokens": sum(r["n_tokens"] for r in rows) / n if n else None,
         "reference_match": (sum(states_reference(r["response"], r["reference_answer"]) for r in with_ref) / len(with_ref)
                             if with_ref else None),
+        "exact_match": (sum(exact_match(r["response"], r["reference_answer"]) for r in with_ref) / len(with_ref)
+                        if with_ref else None),
+        "judge_agreement": (sum(is_correct(r["score"]) == states_reference(r["response"], r["reference_answer"])
+                                for r in judged_with_ref) / len(judged_with_ref) if judged_with_ref else None),
     }

@@ -4,6 +4,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _SESSION_CACHE = None
@@ -15,3 +17,24 @@ if "RLAIF_TEST_KEEP_CACHE" not in os.environ:
 def pytest_sessionfinish(session, exitstatus):
     if _SESSION_CACHE:  # the converted SmolLM2 alone is ~0.5 GB
         shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """A local S3 endpoint (tests/s3_server.py) and a bucket on it, for the whole session."""
+    from tests.s3_server import s3_server
+
+    with s3_server() as uri:
+        yield uri
+
+
+@pytest.fixture(params=["local", "s3"])
+def run_root(request, tmp_path):
+    """An empty run folder on each kind of storage: the local disk and the S3 endpoint."""
+    import uuid
+
+    from rlaif.storage import RunPath
+
+    if request.param == "local":
+        return RunPath.of(tmp_path / "run")
+    return RunPath.of(f"{request.getfixturevalue('s3_bucket')}/{uuid.uuid4().hex}")

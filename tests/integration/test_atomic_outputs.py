@@ -3,7 +3,6 @@ the manifest still says "running", so the resumed run redoes the stage, and what
 or replaced. On a local disk and on an object store (a local S3 endpoint)."""
 import subprocess
 import sys
-import uuid
 
 import pyarrow.parquet as pq
 import pytest
@@ -13,22 +12,8 @@ from rlaif.config import RunConfig
 from rlaif.manifest import Manifest
 from rlaif.storage import RunPath, clean_partials
 from tests.integration.die_while_publishing import PARTS, write_parts
-from tests.s3_server import s3_server
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def bucket():
-    with s3_server() as uri:
-        yield uri
-
-
-@pytest.fixture(params=["local", "s3"])
-def run_dir(request, tmp_path) -> RunPath:
-    if request.param == "local":
-        return RunPath.of(tmp_path / "run")
-    return RunPath.of(f"{request.getfixturevalue('bucket')}/{uuid.uuid4().hex}")
 
 
 def captions(run_dir: RunPath) -> list[str]:
@@ -36,7 +21,8 @@ def captions(run_dir: RunPath) -> list[str]:
     return sorted(pq.ParquetDataset(final.path, filesystem=final.fs).read().column("caption").to_pylist())
 
 
-def test_a_writer_killed_mid_output_is_never_trusted(run_dir):
+def test_a_writer_killed_mid_output_is_never_trusted(run_root):
+    run_dir = run_root
     cfg = RunConfig()
     Stages(cfg, Manifest(run_dir), resume=False).run("captions", ("caption",),
                                                      lambda: write_parts(run_dir / "captions.parquet", "v1"))

@@ -18,7 +18,6 @@ import pytest
 
 from rlaif.storage import RunPath
 from serve.target import resolve_target
-from tests.s3_server import s3_server
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -47,13 +46,7 @@ def own_processes(marker: str) -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def bucket():
-    with s3_server() as uri:
-        yield uri
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, bucket):
+def cluster(tmp_path_factory, s3_bucket):
     """The cluster's processes inherit the object store's endpoint and credentials, as a cloud node would have them."""
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
     gcs, dashboard, agent, client, metrics, runtime_env = free_ports(6)
@@ -72,7 +65,7 @@ def cluster(tmp_path_factory, bucket):
         procs += [c for p in procs for c in _children(p)]
         for p in procs:
             _signal(p, signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=20)
+        _, alive = psutil.wait_procs(procs, timeout=5)
         for p in alive:
             _signal(p, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
@@ -92,9 +85,9 @@ def _signal(p: psutil.Process, sig: int) -> None:
         pass
 
 
-def test_tiny_demo_runs_as_a_submitted_job(cluster, bucket):
+def test_tiny_demo_runs_as_a_submitted_job(cluster, s3_bucket):
     address, env, _ = cluster
-    run_dir = RunPath.of(f"{bucket}/runs/submitted")
+    run_dir = RunPath.of(f"{s3_bucket}/runs/submitted")
     start = time.time()
     job = subprocess.run(
         ["bash", str(REPO / "cluster" / "submit.sh"), "demo", "--run", str(run_dir),

@@ -1,6 +1,8 @@
-"""The driver killed mid-stage and mid-training (SIGKILL of `rlaif demo` and every process it started, its local Ray
-included: what a lost machine leaves), then `--resume`: the run completes with the row counts of an uninterrupted
-run, the interrupted training continues from its last Ray Train checkpoint, and nothing half-written is trusted."""
+"""The driver killed mid-stage and mid-training (SIGKILL of `rlaif run` and every process it started, its local Ray
+included: what a lost machine leaves), then `--resume`: the run completes with the rows of an uninterrupted run on
+the same inputs (the same counts, and, answers being seeded per request, the same answers and judgments), the
+interrupted training continues from its last Ray Train checkpoint, and nothing half-written is trusted."""
+import copy
 import os
 import subprocess
 import sys
@@ -8,24 +10,41 @@ import time
 
 import psutil
 import pytest
+import yaml
 
+from pipelines.demo import DEMO_OVERRIDES, make_demo_inputs
 from pipelines.io import read_table
+from rlaif.config import parse_config, set_dotted
 from rlaif.manifest import Manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-RLAIF = [sys.executable, "-m", "pipelines.cli", "demo"]
-TINY = ["--set", "demo.synthetic_videos=4", "--set", "demo.real_clips=false", "--set", "demo.broken_files=2",
-        "--set", "loop.rounds=1", "--set", "rollout.max_tokens=8", "--set", "caption.max_tokens=16",
-        "--set", "loop.eval_max_tokens=8", "--set", "questions.max_per_video=2",
-        "--set", "train.checkpoint_every=1", "--set", "train.epochs=3"]
+RLAIF = [sys.executable, "-m", "pipelines.cli", "run"]
+TINY = {"demo.synthetic_videos": 4, "demo.real_clips": False, "demo.broken_files": 2, "loop.rounds": 1,
+        "rollout.max_tokens": 8, "caption.max_tokens": 16, "loop.eval_max_tokens": 8, "questions.max_per_video": 2,
+        "train.checkpoint_every": 1, "train.epochs": 3}
 TABLES = ["videos.parquet", "quarantine.parquet", "captions.parquet", "prompts.parquet", "round_base/eval_answers.parquet",
           "round_0/rollouts.parquet", "round_0/judgments.parquet", "round_0/pairs.parquet",
           "round_0/eval_answers.parquet"]
 
 
-def demo(run_dir, log, *extra) -> subprocess.Popen:
-    return subprocess.Popen(RLAIF + ["--run", str(run_dir)] + TINY + list(extra), stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    """The tiny demo as a run config over one shared input folder: both runs see the same video ids."""
+    root = tmp_path_factory.mktemp("resume-inputs")
+    data = copy.deepcopy(DEMO_OVERRIDES)
+    for key, value in TINY.items():
+        set_dotted(data, key, value)
+    cfg = parse_config(data)
+    manifest, questions = make_demo_inputs(cfg.demo, root / "inputs")
+    cfg.ingest.source, cfg.questions.file = str(manifest), str(questions)
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+def rlaif_run(config, run_dir, log, *extra) -> subprocess.Popen:
+    return subprocess.Popen(RLAIF + [str(config), "--run", str(run_dir)] + list(extra), stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
 
 
 def kill_tree(proc: subprocess.Popen) -> float:
@@ -69,41 +88,49 @@ def counts(run_dir) -> dict[str, int]:
     return {t: read_table(run_dir / t).num_rows for t in TABLES}
 
 
-def test_killed_driver_resumes_to_the_same_rows(tmp_path):
+def test_killed_driver_resumes_to_the_same_rows(config, tmp_path):
     reference = tmp_path / "uninterrupted"
+    start = time.time()
     with open(tmp_path / "uninterrupted.log", "w") as log:
-        assert demo(reference, log).wait(timeout=600) == 0, (tmp_path / "uninterrupted.log").read_text()[-3000:]
+        assert rlaif_run(config, reference, log).wait(timeout=600) == 0, (tmp_path / "uninterrupted.log").read_text()[-3000:]
+    uninterrupted_s = time.time() - start
 
     run_dir = tmp_path / "interrupted"
     events = []
     with open(tmp_path / "interrupted.log", "w") as log:
         # 1. killed while round 0's rollouts are being generated
-        proc = demo(run_dir, log)
+        start = time.time()
+        proc = rlaif_run(config, run_dir, log)
         wait_for(proc, lambda: stage_status(run_dir, "round_0/rollout") == "running", "round_0/rollout to start")
         events.append((running(run_dir), kill_tree(proc)))
         # 2. resumed, then killed mid-training once Ray Train has written a checkpoint
-        proc = demo(run_dir, log, "--resume")
+        proc = rlaif_run(config, run_dir, log, "--resume")
         # Ray Train writes this once a checkpoint is registered (a checkpoint folder alone may be half-uploaded)
         wait_for(proc, lambda: list((run_dir / "ray_train").rglob("checkpoint_manager_snapshot.json")),
                  "a registered training checkpoint")
         events.append((running(run_dir), kill_tree(proc)))
         assert events[-1][0] == ["round_0/train"]
         # 3. resumed to the end
-        start = time.time()
-        proc = demo(run_dir, log, "--resume")
+        last = time.time()
+        proc = rlaif_run(config, run_dir, log, "--resume")
         assert proc.wait(timeout=600) == 0, (tmp_path / "interrupted.log").read_text()[-3000:]
-        last_resume_s = time.time() - start
+        last_resume_s, interrupted_s = time.time() - last, time.time() - start
 
     stages = Manifest(run_dir).data["stages"]
     assert all(s["status"] == "done" for s in stages.values())
     assert counts(run_dir) == counts(reference)
-    for table in ("round_0/rollouts.parquet", "round_0/judgments.parquet"):  # each answer exactly once
-        keys = read_table(run_dir / table, ["prompt_id", "sample_idx"]).to_pylist()
-        assert len({(k["prompt_id"], k["sample_idx"]) for k in keys}) == len(keys)
+    order = [("prompt_id", "ascending"), ("sample_idx", "ascending")]
+    for table, columns in (("round_0/rollouts.parquet", ["response"]), ("round_0/judgments.parquet", ["score"])):
+        ours, theirs = (read_table(d / table).sort_by(order) for d in (run_dir, reference))
+        keys = list(zip(ours.column("prompt_id").to_pylist(), ours.column("sample_idx").to_pylist()))
+        assert len(set(keys)) == len(keys)  # each answer exactly once
+        for column in columns:  # and the same ones: seeded per request
+            assert ours.column(column).to_pylist() == theirs.column(column).to_pylist(), (table, column)
     train = stages["round_0/train"]
     assert train["resumed_from_step"] >= 1 and train["step"] == Manifest(reference).stage("round_0/train")["step"]
     assert not list(run_dir.rglob(".*.partial")), "nothing half-written is left behind"
     for stage, kill_s in events:
         print(f"\ndriver killed during {stage}: SIGKILL of the driver and its Ray ({kill_s:.1f} s), then --resume")
     print(f"final resume: {last_resume_s:.1f} s; training resumed from step {train['resumed_from_step']} of "
-          f"{train['step']}; rows: {counts(run_dir)}")
+          f"{train['step']}; interrupted run {interrupted_s:.0f} s in all vs uninterrupted {uninterrupted_s:.0f} s; "
+          f"rows (both runs): {counts(run_dir)}")

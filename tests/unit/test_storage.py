@@ -1,26 +1,10 @@
 """Run-folder storage on both kinds of location: the local disk and an object store (a local S3 endpoint)."""
-import uuid
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from rlaif.manifest import Manifest
 from rlaif.storage import (RunPath, clean_partials, local_copy, local_staging, publish, publish_folder, staging_path)
-from tests.s3_server import s3_server
-
-
-@pytest.fixture(scope="module")
-def bucket():
-    with s3_server() as uri:
-        yield uri
-
-
-@pytest.fixture(params=["local", "s3"])
-def root(request, tmp_path) -> RunPath:
-    if request.param == "local":
-        return RunPath.of(tmp_path)
-    return RunPath.of(f"{request.getfixturevalue('bucket')}/{uuid.uuid4().hex}")
 
 
 def _write_parquet_folder(folder: RunPath, value: str) -> None:
@@ -28,54 +12,54 @@ def _write_parquet_folder(folder: RunPath, value: str) -> None:
     pq.write_table(pa.table({"v": [value]}), (folder / "part-0.parquet").path, filesystem=folder.fs)
 
 
-def test_paths_name_and_join(bucket):
-    p = RunPath.of(f"{bucket}/runs/demo/") / "round_0" / "policy"
-    assert str(p) == f"{bucket}/runs/demo/round_0/policy" and p.name == "policy"
-    assert str(p.parent.parent) == f"{bucket}/runs/demo" and not p.is_local
+def test_paths_name_and_join(s3_bucket):
+    p = RunPath.of(f"{s3_bucket}/runs/demo/") / "round_0" / "policy"
+    assert str(p) == f"{s3_bucket}/runs/demo/round_0/policy" and p.name == "policy"
+    assert str(p.parent.parent) == f"{s3_bucket}/runs/demo" and not p.is_local
     local = RunPath.of("runs/demo")
     assert local.is_local and local.local.is_absolute() and str(local / "x") == str(local.local / "x")
-    assert p.relative_to(RunPath.of(f"{bucket}/runs")).as_posix() == "demo/round_0/policy"
+    assert p.relative_to(RunPath.of(f"{s3_bucket}/runs")).as_posix() == "demo/round_0/policy"
 
 
-def test_publish_replaces_the_old_output(root):
-    final = root / "videos.parquet"
+def test_publish_replaces_the_old_output(run_root):
+    final = run_root / "videos.parquet"
     for value in ("one", "two"):
         staged = staging_path(final)
         _write_parquet_folder(staged, value)
         publish(staged, final)
     assert pq.read_table(final.path, filesystem=final.fs).column("v").to_pylist() == ["two"]
-    assert [p.name for p in root.glob("*")] == ["videos.parquet"]  # nothing staged or old is left
+    assert [p.name for p in run_root.glob("*")] == ["videos.parquet"]  # nothing staged or old is left
 
 
-def test_partials_are_cleaned(root):
-    _write_parquet_folder(root / "captions.parquet", "kept")
-    staged = staging_path(root / "round_0" / "rollouts.parquet")
+def test_partials_are_cleaned(run_root):
+    _write_parquet_folder(run_root / "captions.parquet", "kept")
+    staged = staging_path(run_root / "round_0" / "rollouts.parquet")
     _write_parquet_folder(staged, "half")
-    assert clean_partials(root) == 1 and not staged.exists()
-    assert (root / "captions.parquet" / "part-0.parquet").exists()
+    assert clean_partials(run_root) == 1 and not staged.exists()
+    assert (run_root / "captions.parquet" / "part-0.parquet").exists()
 
 
-def test_glob_matches_one_level_per_slash(root):
+def test_glob_matches_one_level_per_slash(run_root):
     for r in ("round_0", "round_1", "round_base"):
-        (root / r / "eval.json").write_json({"round": r})
-    (root / "round_0" / "deeper" / "eval.json").write_json({})
-    assert [p.parent.name for p in root.glob("round_[0-9]*/eval.json")] == ["round_0", "round_1"]
-    assert (root / "round_1" / "eval.json").read_json() == {"round": "round_1"}
+        (run_root / r / "eval.json").write_json({"round": r})
+    (run_root / "round_0" / "deeper" / "eval.json").write_json({})
+    assert [p.parent.name for p in run_root.glob("round_[0-9]*/eval.json")] == ["round_0", "round_1"]
+    assert (run_root / "round_1" / "eval.json").read_json() == {"round": "round_1"}
 
 
-def test_manifest_records_and_reloads(root):
-    m = Manifest(root)
+def test_manifest_records_and_reloads(run_root):
+    m = Manifest(run_root)
     assert not m.is_done("ingest", "h1")
     m.record("ingest", "running", "h1")
-    assert not Manifest(root).is_done("ingest", "h1")
+    assert not Manifest(run_root).is_done("ingest", "h1")
     m.record("ingest", "done", "h1", rows_in=3)
-    again = Manifest(str(root))
+    again = Manifest(str(run_root))
     assert again.is_done("ingest", "h1") and not again.is_done("ingest", "h2")
     assert again.stage("ingest")["rows_in"] == 3
 
 
-def test_published_folder_comes_back_as_a_local_copy(root, tmp_path):
-    final = root / "round_0" / "policy"
+def test_published_folder_comes_back_as_a_local_copy(run_root, tmp_path):
+    final = run_root / "round_0" / "policy"
     for weights in (b"first", b"second"):
         staged = local_staging(final)
         (staged / "adapter").mkdir()
@@ -94,6 +78,6 @@ def test_published_folder_comes_back_as_a_local_copy(root, tmp_path):
     assert [p.name for p in final.parent.glob("*")] == ["policy"]
 
 
-def test_missing_remote_folder_is_a_clear_error(bucket, tmp_path):
+def test_missing_remote_folder_is_a_clear_error(s3_bucket, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        local_copy(f"{bucket}/nothing-here", tmp_path)
+        local_copy(f"{s3_bucket}/nothing-here", tmp_path)
