@@ -1,6 +1,7 @@
 """Turn an ingest `source` (folder, glob, Parquet manifest, list) into a sorted list of video URIs with stable ids."""
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import os
@@ -73,10 +74,18 @@ def _list_remote(source: str, extensions: list[str] | None) -> list[str]:
         return read_manifest(source)
     fs, path = filesystem(source)
     scheme = source.split("://", 1)[0]
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.Directory:
-        found = [i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                 if i.type == pafs.FileType.File and not i.base_name.startswith(".")]
+
+    def files_under(prefix: str) -> list[str]:
+        return [i.path for i in fs.get_file_info(pafs.FileSelector(prefix, recursive=True))
+                if i.type == pafs.FileType.File and not i.base_name.startswith(".")]
+
+    if glob.has_magic(path):  # s3://bucket/clips/*.mp4: list the fixed part, match the rest
+        fixed = path[:min(path.find(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
+        found = [f for f in files_under(fixed) if fnmatch.fnmatchcase(f, path)]
+        if not found:
+            raise ValueError(f"glob {source!r} matches nothing")
+    elif (info := fs.get_file_info(path)).type == pafs.FileType.Directory:
+        found = files_under(path)
     elif info.type == pafs.FileType.File:
         found = [path]
     else:

@@ -52,3 +52,18 @@ def test_video_ids_are_stable_readable_and_distinct():
     assert video_id_for("/a/clip.mp4") == video_id_for("/a/clip.mp4")
     assert video_id_for("/a/clip.mp4") != video_id_for("/b/clip.mp4")
     assert video_id_for("/a/my clip!.mp4").startswith("my_clip_-")
+
+
+def test_object_store_folder_glob_and_object(s3_bucket):
+    from rlaif.storage import RunPath
+
+    root = RunPath.of(f"{s3_bucket}/sources")
+    for name in ("a/one.mp4", "a/two.MP4", "a/notes.txt", "a/.hidden.mp4", "b/three.mp4"):
+        (root / name).write_bytes(b"x")
+    assert list_video_uris(str(root / "a"), [".mp4"]) == [str(root / "a/one.mp4"), str(root / "a/two.MP4")]
+    assert list_video_uris(f"{root}/*/*.mp4") == [str(root / "a/one.mp4"), str(root / "b/three.mp4")]
+    assert list_video_uris(str(root / "b/three.mp4")) == [str(root / "b/three.mp4")]
+    with pytest.raises(ValueError, match="matches nothing"):
+        list_video_uris(f"{root}/*/*.avi")
+    with pytest.raises(ValueError, match="does not exist"):
+        list_video_uris(str(root / "c"))
