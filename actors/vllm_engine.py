@@ -54,6 +54,13 @@ class VLLMEngine:
                       max_num_seqs=max_num_seqs, worker_extension_cls="actors.weight_receiver.WeightReceiver")
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" and engine_kwargs.get("tensor_parallel_size", 1) == 1:
             kwargs["distributed_executor_backend"] = "uni"  # in-process; tensor parallelism needs vLLM's workers
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # A prompt split over scheduler steps (chunked prefill) discards its first sampled token by rewinding
+            # the request's generator, which a seeded request's CPU generator cannot do ("CPU Generator does not
+            # use offset"): every prompt is prefilled whole instead.
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 4096))
         if video:
             kwargs["limit_mm_per_prompt"] = {"video": 1, "image": 0}
         self.lora_request = None

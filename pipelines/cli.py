@@ -84,6 +84,22 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from pipelines.experiment import run_experiment
+    from pipelines.ray_env import init_ray
+
+    cfg = _config(args)
+    folder = RunPath.of(args.run or cfg.run_dir or f"runs/{cfg.name}")
+    start = time.time()
+    init_ray(cfg.ray)
+    results = run_experiment(cfg, folder, resume=args.resume)
+    for name, text in results["verdicts"].items():
+        print(f"{name}: {text}")
+    print(f"\nexperiment finished in {time.time() - start:.1f} s; report: {folder / 'report.md'}, plot: "
+          f"{folder / 'plot.png'}")
+    return 0
+
+
 def cmd_ingest(args) -> int:
     from pipelines.ray_env import init_ray
     from pipelines.runner import run_pipeline
@@ -180,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run", help="run folder (default: run_dir from the config, else runs/<name>)")
     common(r, config_required=True)
     r.set_defaults(fn=cmd_run)
+
+    e = sub.add_parser("experiment", help="does the loop learn? warm-start a policy, run the loop once per arm "
+                                          "(judge, reference, ...) and report held-out accuracy against ground truth")
+    e.add_argument("config", help="experiment config (YAML), e.g. configs/experiment.yaml")
+    e.add_argument("--run", help="experiment folder (default: run_dir from the config, else runs/<name>)")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    e.add_argument("--resume", action="store_true", help="skip stages finished with the same config")
+    e.set_defaults(fn=cmd_experiment)
 
     i = sub.add_parser("ingest", help="ingest alone: decode and sample videos into RUN/videos.parquet")
     i.add_argument("source", help="folder, glob, Parquet manifest (column uri/path/video) or one file")

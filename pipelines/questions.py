@@ -33,8 +33,12 @@ def prompts_from_file(q: QuestionsConfig, videos: pa.Table) -> list[dict]:
         if q.max_per_video and j >= q.max_per_video:
             continue
         count[vid] = j + 1
+        split = r.get("split")
+        if split not in (None, "train", "eval"):
+            raise ValueError(f"{q.file}: split must be 'train' or 'eval', got {split!r}")
         rows.append({"prompt_id": f"{vid}-q{j}", "video_id": vid, "question": r["question"],
-                     "reference_answer": r.get("reference_answer") or r.get("answer"), "source": "file"})
+                     "reference_answer": r.get("reference_answer") or r.get("answer"), "source": "file",
+                     "split": split})
     return rows
 
 
@@ -62,9 +66,10 @@ def run_questions(cfg: RunConfig, run_dir: RunPath, pool: EnginePool | None) -> 
         rows = prompts_from_file(q, read_table(run_dir / "videos.parquet", ["video_id", "uri"]))
     else:
         rows, failures = prompts_from_captions(q, read_table(run_dir / "captions.parquet"), pool)
-    splits = assign_splits([r["video_id"] for r in rows], q.eval_fraction, cfg.seed)
+    # A split the questions file gives wins (a fixed held-out set); the others are drawn by video.
+    splits = assign_splits([r["video_id"] for r in rows if not r.get("split")], q.eval_fraction, cfg.seed)
     for r in rows:
-        r["split"] = splits[r["video_id"]]
+        r["split"] = r.get("split") or splits[r["video_id"]]
     table = pa.Table.from_pylist(rows, schema=PROMPTS)
     write_table(table, run_dir / "prompts.parquet")
     n_eval = sum(r["split"] == "eval" for r in rows)

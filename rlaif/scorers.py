@@ -5,6 +5,7 @@ returns one score in [1, 5] per answer, on the LLM judge's scale, so pairs and e
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import torch
@@ -58,4 +59,57 @@ class CaptionSimilarity:
             candidates = evidence[[index[s] for s in ss]]
             about = candidates[int((candidates @ q).argmax())]  # the evidence the question is about
             scores.append(1.0 + 4.0 * max(0.0, float(about @ a)))
+        return scores
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+# Clause boundaries: a claim is supported by the clause about the thing asked, not by a neighbouring one ("A blue
+# background | with one object": "1" must not answer "What colour is the background?").
+_CLAUSE_BREAK = re.compile(r"[.!?;,]+|\b(?:with|and|while|then|but|which|who)\b", re.IGNORECASE)
+_OPTIONS = re.compile(r"\([^)]*\)")  # "(left, right, up, down, or static)": choices, not what is asked
+_NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+# Words that carry no claim about the video: an answer made only of them is unsupported (scored 1).
+_STOPWORDS = frozenset(
+    "a an the is are was were be it its this that these those there here of in on at to by with and or but for from "
+    "as do does did what which who whom whose how many much way where when why yes no not i you we they he she "
+    "video clip".split())
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-case words without stopwords; number words as digits, plurals and 3rd-person -s dropped ("circles"
+    and "circle", "moves" and "move" are one word), so a claim matches however it is inflected."""
+    out = set()
+    for w in _WORD.findall((text or "").lower()):
+        if w in _STOPWORDS:
+            continue
+        w = _NUMBERS.get(w, w)
+        if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+            w = w[:-1]
+        out.add(w)
+    return out
+
+
+def clauses(caption: str) -> list[str]:
+    return [c for c in _CLAUSE_BREAK.split(caption or "") if content_words(c)]
+
+
+class CaptionSupport:
+    """Lexical support of an answer by the caption clauses the question is about (those sharing most content words
+    with the question, its parenthesised options aside): score = 1 + 4 · the share of the answer's new content words
+    (those not already in the question) found there; an answer with none ("yes", a restated question) scores 1.
+
+    Deterministic and instant, with blind spots a user should know: a fact the caption phrases otherwise ("a
+    circle" for "1", "stays still" for "static", an absent thing for "0") is unsupported, and a clause that names
+    two things supports either. Its agreement with ground truth is measured by the eval (judge_agreement), like any
+    judge's."""
+
+    def __call__(self, captions: list[str], questions: list[str], answers: list[str]) -> list[float]:
+        scores = []
+        for caption, question, answer in zip(captions, questions, answers):
+            asked = content_words(_OPTIONS.sub(" ", question))
+            claimed = content_words(answer) - asked
+            parts = [content_words(c) for c in clauses(caption)] or [set()]
+            overlap = [len(p & asked) for p in parts]
+            evidence = set().union(*(p for p, o in zip(parts, overlap) if o == max(overlap)))
+            scores.append(1.0 + 4.0 * len(claimed & evidence) / len(claimed) if claimed else 1.0)
         return scores

