@@ -38,11 +38,13 @@ class EnginePool:
         self.actors = [
             EngineActor.options(**opts, name=None).remote(
                 model, role=role, max_model_len=cfg.max_model_len, seed=seed + i, max_num_seqs=cfg.max_num_seqs,
-                video=video, weights_state=weights_state, fault_oom_above=cfg.fault_oom_above, **engine_kwargs)
+                video=video, weights_state=weights_state, fault_oom_above=cfg.fault_oom_above, threads=cfg.threads,
+                **engine_kwargs)
             for i in range(cfg.replicas)
         ]
-        health = ray.get([a.health.remote() for a in self.actors])
+        health = self.health()
         self.model_path = health[0]["model"]
+        self.ready_at = time.time()  # the start of the wall time its engines' busy_s is a share of
         log.info("%s pool: %d engine(s) for %s ready in %.1f s", role, len(self.actors), self.model_path, time.time() - start)
 
     def generate(self, requests: list[dict], sampling: dict) -> list[list[dict]]:
@@ -66,9 +68,29 @@ class EnginePool:
             broadcast_weights(stale, saved_weights(policy).items(), bucket_mb, label=policy)
         return len(stale)
 
+    def health(self) -> list[dict]:
+        """Each engine's VLLMEngine.health(): pid, weights held, served (calls, requests, busy_s)."""
+        return ray.get([a.health.remote() for a in self.actors])
+
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)
+
+
+def pool_stats(pools: dict[str, EnginePool | None], now: float) -> dict[str, dict]:
+    """Each distinct pool once, under the first name it serves as (the other names in `also`): its engines' health,
+    when it became ready and `now`; served.busy_s over (until - ready_at) is how busy the pool was."""
+    out: dict[str, dict] = {}
+    first: dict[int, str] = {}
+    for name, pool in pools.items():
+        if pool is None:
+            continue
+        if id(pool) in first:
+            out[first[id(pool)]]["also"].append(name)
+            continue
+        first[id(pool)] = name
+        out[name] = {"also": [], "ready_at": pool.ready_at, "until": now, "engines": pool.health()}
+    return out
 
 
 class EngineClient:

@@ -6,6 +6,7 @@ same code drives the captioner, the policy and the judge. The policy's engine al
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -42,10 +43,15 @@ class VLLMEngine:
 
     def __init__(self, model: str, *, role: str = "policy", max_model_len: int = 2048, seed: int = 0,
                  dtype: str = "float32", max_num_seqs: int = 64, video: bool = True, lora_path: str | None = None,
-                 weights_state: str | None = None, fault_oom_above: int | None = None, **engine_kwargs: Any):
+                 weights_state: str | None = None, fault_oom_above: int | None = None, threads: int | None = None,
+                 **engine_kwargs: Any):
+        import torch
         from vllm import LLM
 
         from rlaif.tiny_models import ensure_model
+
+        if threads:  # before the engine starts: vLLM's CPU worker forbids changing it afterwards
+            torch.set_num_threads(threads)
 
         self.role = role
         self.fault_oom_above = fault_oom_above
@@ -80,7 +86,10 @@ class VLLMEngine:
         self.llm = LLM(model=self.model_path, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.weights_version = 0
-        self.served = {"calls": 0, "requests": 0, "largest_batch": 0}  # answered by this process (since a restart)
+        # busy_s: seconds in generate and weight loads, so 1 - busy_s / wall is the idle share of the device it holds.
+        self.served = {"calls": 0, "requests": 0, "largest_batch": 0, "busy_s": 0.0}  # since a (re)start
+        # (start, end) wall times of the latest calls: shows whether two pools worked at the same time (streaming).
+        self.recent_calls: collections.deque = collections.deque(maxlen=256)
         self.weights = self.model_path  # label of the weights held: the policy folder they came from
         held = _held_policy(weights_state)
         if held and held != self.weights:
@@ -115,7 +124,8 @@ class VLLMEngine:
             raise EngineOverloaded(f"injected: a batch of {len(requests)} > {self.fault_oom_above} requests")
         try:
             out = self._generate(requests, samplings)
-            self.served = {"calls": self.served["calls"] + 1, "requests": self.served["requests"] + len(requests),
+            self.served = {**self.served, "calls": self.served["calls"] + 1,
+                           "requests": self.served["requests"] + len(requests),
                            "largest_batch": max(self.served["largest_batch"], len(requests))}
             return out
         except torch.OutOfMemoryError as err:  # vLLM frees the batch's memory; a smaller batch can go through
@@ -130,9 +140,13 @@ class VLLMEngine:
                     * samplings[0].get("n", 1)]
 
     def _generate(self, requests: list[dict], samplings: list[dict]) -> list[list[dict]]:
+        start = time.time()
         params = [self._params(s) for s in samplings]
-        outputs = self.llm.generate([self._prompt(r) for r in requests], params, use_tqdm=False,
-                                    lora_request=self.lora_request)
+        try:
+            outputs = self.llm.generate([self._prompt(r) for r in requests], params, use_tqdm=False,
+                                        lora_request=self.lora_request)
+        finally:  # a failed batch (out of memory, refused) kept the engine busy too
+            self._record_call(start)
         return [[{"text": c.text, "n_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
                   "prompt_tokens": len(out.prompt_token_ids or [])} for c in out.outputs] for out in outputs]
 
@@ -151,6 +165,7 @@ class VLLMEngine:
         """New weights, in place: rlaif.weights.Bucket objects, passed as separate arguments so that Ray resolves
         each ObjectRef (one object-store object per bucket, fetched once per node). `label` names them (the
         policy folder they were saved to)."""
+        start = time.time()
         stats = self.llm.collective_rpc("load_weight_buckets", args=(list(buckets),))[0]
         # Everything computed with the old weights must go: KV blocks, and the vision encoder's cached outputs
         # (the scheduler's bookkeeping too, or it asks the worker for embeddings that no longer exist).
@@ -159,11 +174,20 @@ class VLLMEngine:
         self.llm.reset_mm_cache()
         self.weights_version += 1
         self.weights = label or f"{self.model_path}@v{self.weights_version}"
+        self._record_call(start)
         return {**stats, "version": self.weights_version}
 
+    def _record_call(self, start: float) -> None:
+        end = time.time()
+        self.served = {**self.served, "busy_s": self.served["busy_s"] + end - start}
+        self.recent_calls.append((start, end))
+
     def health(self) -> dict:
+        import torch
+
         return {"role": self.role, "model": self.model_path, "pid": os.getpid(), "weights_version": self.weights_version,
-                "weights": self.weights, "served": self.served}
+                "weights": self.weights, "served": self.served, "threads": torch.get_num_threads(),
+                "recent_calls": list(self.recent_calls)}
 
 
 def _held_policy(weights_state: str | None) -> str | None:

@@ -12,7 +12,7 @@ from rlaif.storage import RunPath
 
 from pipelines.caption_eval import run_caption_eval
 from pipelines.io import read_table
-from pipelines.judge import judge_answers
+from pipelines.judge import answer_and_judge, judge_answers
 from pipelines.rollout import generate_answers
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,11 @@ def run_eval(cfg: RunConfig, run_dir: RunPath, out_dir: RunPath, policy: EngineP
     out_dir.mkdir()
     sampling = {"n": 1, "temperature": 0.0, "max_tokens": cfg.loop.eval_max_tokens}
     answers, judged = out_dir / "eval_answers.parquet", out_dir / "eval_judgments.parquet"
-    generate_answers(run_dir, policy, "eval", sampling, round_idx, answers)
-    judge_answers(run_dir, judge, cfg.judge, answers, judged)
+    if cfg.loop.stream_judge:
+        answer_and_judge(run_dir, policy, judge, cfg.judge, "eval", sampling, round_idx, answers, judged)
+    else:
+        generate_answers(run_dir, policy, "eval", sampling, round_idx, answers)
+        judge_answers(run_dir, judge, cfg.judge, answers, judged)
     rows = read_table(judged).to_pylist()
     refs = dict(zip(*read_table(run_dir / "prompts.parquet", ["prompt_id", "reference_answer"]).to_pydict().values()))
     for r in rows:

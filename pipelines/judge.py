@@ -34,6 +34,7 @@ from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
 from pipelines.io import read_table, write_dataset, write_table
+from pipelines.rollout import answers_dataset
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +68,15 @@ def judge_some(rows: list[dict], judge: Callable[[list[dict]], tuple[list, list[
 class JudgeAnswers(EngineClient):
     """LLM judge (kind score or aspects) through the judge pool."""
 
-    def __init__(self, engines: list, cfg: JudgeConfig, model: str):
+    def __init__(self, engines: list, cfg: JudgeConfig, model: str, context: pa.Table | None = None):
         super().__init__(engines)
-        self.cfg, self.model = cfg, model
+        self.cfg, self.model, self.context = cfg, model, context
         aspects = cfg.kind == "aspects"
         self.parse = parse_aspects if aspects else parse_judgment
         self.regex = (aspect_output_regex if aspects else judge_output_regex)(cfg.max_tokens) if cfg.structured else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+        rows = with_context(batch, self.context).to_pylist()
         results = judge_some(rows, self.judge)
         return pa.Table.from_pylist([judgment_row(r, v, a, self.model, self.cfg, s)
                                      for r, (v, a, s) in zip(rows, results)], schema=JUDGMENTS)
@@ -95,13 +96,13 @@ class JudgeAnswers(EngineClient):
 class ScoreAnswers:
     """External scoring function (kind function), built once per Ray Data actor."""
 
-    def __init__(self, cfg: JudgeConfig):
+    def __init__(self, cfg: JudgeConfig, context: pa.Table | None = None):
         module, name = cfg.function.split(":")
         self.scorer = getattr(importlib.import_module(module), name)()
-        self.cfg, self.model = cfg, cfg.function
+        self.cfg, self.model, self.context = cfg, cfg.function, context
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+        rows = with_context(batch, self.context).to_pylist()
         results = judge_some(rows, self.score)
         return pa.Table.from_pylist([judgment_row(r, v, a, self.model, self.cfg, s)
                                      for r, (v, a, s) in zip(rows, results)], schema=JUDGMENTS)
@@ -113,30 +114,43 @@ class ScoreAnswers:
         return [Judgment(min(5.0, max(1.0, float(s))), "", True) for s in scores], [1] * len(rows)
 
 
-def judge_answers(run_dir: RunPath, pool: EnginePool | None, cfg: JudgeConfig, answers: RunPath, out: RunPath,
-                  captions: RunPath | None = None) -> dict:
-    """Joins answers with their question and evidence caption (small text tables, in the driver) and judges them.
-    `captions` defaults to the run's captions.parquet (i-SRT passes the round's re-descriptions)."""
-    rollouts = read_table(answers)
+def judging_context(run_dir: RunPath, captions: RunPath | None = None) -> pa.Table:
+    """What the judge reads beside each answer, by prompt_id: the question, the reference answer and the evidence
+    caption (small text tables). `captions` defaults to the run's captions.parquet (i-SRT passes the round's
+    re-descriptions)."""
     prompts = read_table(run_dir / "prompts.parquet", ["prompt_id", "video_id", "question", "reference_answer"])
     evidence = read_table(captions or run_dir / "captions.parquet", ["video_id", "caption"])
-    if rollouts.num_rows == 0:
-        write_table(JUDGMENTS.empty_table(), out)
-        return {"rows": 0, "parse_failures": 0, "retried": 0, "truncated": 0, "statuses": {}}
-    table = rollouts.join(prompts, "prompt_id").join(evidence, "video_id")
-    if table.num_rows != rollouts.num_rows:
-        raise RuntimeError(f"{rollouts.num_rows - table.num_rows} answers have no prompt or caption to judge against")
-    ds = ray.data.from_arrow(table)
+    return prompts.join(evidence, "video_id").drop(["video_id"])
+
+
+def with_context(batch: pa.Table, context: pa.Table | None) -> pa.Table:
+    """Each answer with its question, reference and caption (None: the batch has them). Done inside the judging
+    actor (which holds `context`) rather than as a Ray Data stage of its own: a batch-size-less stage there would
+    gather the whole stream first."""
+    if context is None:
+        return batch
+    joined = batch.join(context, "prompt_id")
+    if joined.num_rows != batch.num_rows:
+        raise RuntimeError(f"{batch.num_rows - joined.num_rows} answers have no prompt or caption to judge against")
+    return joined
+
+
+def judged_dataset(answers: ray.data.Dataset, context: pa.Table, pool: EnginePool | None,
+                   cfg: JudgeConfig) -> ray.data.Dataset:
+    """`answers` (ROLLOUTS rows, a stream or a table) judged against `context` (judging_context): JUDGMENTS rows."""
     if cfg.kind == "function":
-        ds = ds.map_batches(ScoreAnswers, fn_constructor_kwargs={"cfg": cfg}, batch_size=64, batch_format="pyarrow",
-                            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
-    else:
-        ds = ds.map_batches(
-            JudgeAnswers, fn_constructor_kwargs={"engines": pool.actors, "cfg": cfg, "model": pool.model_path},
-            batch_size=pool.cfg.batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1)
-    write_dataset(ds, out, JUDGMENTS)
-    judged = read_table(out, ["status", "attempts", "finish_reason"]).to_pylist()
+        return answers.map_batches(ScoreAnswers, fn_constructor_kwargs={"cfg": cfg, "context": context}, batch_size=64,
+                                   batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
+    return answers.map_batches(
+        JudgeAnswers, fn_constructor_kwargs={"engines": pool.actors, "cfg": cfg, "model": pool.model_path,
+                                             "context": context},
+        batch_size=pool.cfg.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1)
+
+
+def judgment_counts(judgments: RunPath, cfg: JudgeConfig) -> dict:
+    """The judge stage's manifest record: rows, and how many of each status, retry and truncation."""
+    judged = read_table(judgments, ["status", "attempts", "finish_reason"]).to_pylist()
     statuses = collections.Counter(r["status"] for r in judged)
     info = {"rows": len(judged), "parse_failures": statuses[PARSE_FAILED],
             "retried": sum(r["attempts"] > 1 for r in judged),
@@ -144,3 +158,31 @@ def judge_answers(run_dir: RunPath, pool: EnginePool | None, cfg: JudgeConfig, a
             "statuses": dict(sorted(statuses.items()))}
     log.info("judged %d answers (%s): %s", len(judged), cfg.kind, info)
     return info
+
+
+def judge_answers(run_dir: RunPath, pool: EnginePool | None, cfg: JudgeConfig, answers: RunPath, out: RunPath,
+                  captions: RunPath | None = None) -> dict:
+    """The answers saved in `answers` judged (see judging_context for `captions`)."""
+    rollouts = read_table(answers)
+    if rollouts.num_rows == 0:
+        write_table(JUDGMENTS.empty_table(), out)
+        return judgment_counts(out, cfg)
+    write_dataset(judged_dataset(ray.data.from_arrow(rollouts), judging_context(run_dir, captions), pool, cfg),
+                  out, JUDGMENTS)
+    return judgment_counts(out, cfg)
+
+
+def answer_and_judge(run_dir: RunPath, responders: EnginePool | list[EnginePool], judge: EnginePool | None,
+                     cfg: JudgeConfig, split: str, sampling: dict, round_idx: int, answers: RunPath, out: RunPath,
+                     captions: RunPath | None = None) -> dict:
+    """Rollout and judge as one stream (loop.stream_judge): the judge scores each batch of answers as it comes out
+    of the policy pool, so the two pools work at the same time instead of one after the other. Writes the same two
+    tables as generate_answers + judge_answers (the answers are the judgments' ROLLOUTS columns)."""
+    ds = answers_dataset(run_dir, responders, split, sampling, round_idx)
+    if ds is None:
+        write_table(ROLLOUTS.empty_table(), answers)
+        write_table(JUDGMENTS.empty_table(), out)
+    else:
+        write_dataset(judged_dataset(ds, judging_context(run_dir, captions), judge, cfg), out, JUDGMENTS)
+        write_table(read_table(out, ROLLOUTS.names), answers)
+    return judgment_counts(out, cfg)

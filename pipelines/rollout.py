@@ -39,19 +39,32 @@ class AnswerPrompts(EngineClient):
              for r, samples in zip(rows, outs) for k, s in enumerate(samples)], schema=ROLLOUTS)
 
 
-def generate_answers(run_dir: RunPath, pools: EnginePool | list[EnginePool], split: str, sampling: dict, round_idx: int,
-                     out: RunPath) -> int:
-    """Every prompt of `split` answered `sampling['n']` times by each pool; returns the number of answers."""
+def answers_dataset(run_dir: RunPath, pools: EnginePool | list[EnginePool], split: str, sampling: dict,
+                    round_idx: int) -> ray.data.Dataset | None:
+    """Every prompt of `split` answered `sampling['n']` times by each pool, as a stream of ROLLOUTS batches (None when
+    the split has no prompts): a following stage (the judge) can consume answers while later ones are generated."""
     pools = pools if isinstance(pools, list) else [pools]
     prompts = read_table(run_dir / "prompts.parquet")
     prompts = prompts.filter(pc.equal(prompts.column("split"), split)).select(["prompt_id", "video_id", "question"])
     if prompts.num_rows == 0:
-        write_table(ROLLOUTS.empty_table(), out)
-        return 0
-    parts = [rows_with_frames(run_dir / "videos.parquet", prompts).map_batches(
+        return None
+    # Blocks of one engine batch each: an answered batch then goes on downstream (to the judge) at once, instead of
+    # waiting in its task's output block for the rest of the block's batches.
+    parts = [rows_with_frames(run_dir / "videos.parquet", prompts).repartition(
+        target_num_rows_per_block=pool.cfg.batch_size).map_batches(
         AnswerPrompts, fn_constructor_kwargs={"engines": pool.actors, "sampling": sampling, "model": pool.model_path,
                                               "round_idx": round_idx, "sample_offset": i * sampling["n"]},
         batch_size=pool.cfg.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1) for i, pool in enumerate(pools)]
-    write_dataset(parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0], out, ROLLOUTS)
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def generate_answers(run_dir: RunPath, pools: EnginePool | list[EnginePool], split: str, sampling: dict, round_idx: int,
+                     out: RunPath) -> int:
+    """answers_dataset written to `out`; returns the number of answers."""
+    ds = answers_dataset(run_dir, pools, split, sampling, round_idx)
+    if ds is None:
+        write_table(ROLLOUTS.empty_table(), out)
+        return 0
+    write_dataset(ds, out, ROLLOUTS)
     return read_table(out, ["prompt_id"]).num_rows

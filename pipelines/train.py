@@ -161,6 +161,7 @@ def train_worker(config: dict) -> None:
             if step < start_step:
                 step += 1
                 continue
+            started = time.perf_counter()
             rows = batch.to_pylist()
             if config["objective"] == "sft":
                 loss, metrics = sft_loss(engine, processor, rows, video)
@@ -169,7 +170,7 @@ def train_worker(config: dict) -> None:
             engine.backward(loss)
             engine.step()
             step += 1
-            history.append({"step": step, **metrics})
+            history.append({"step": step, **metrics, "step_s": time.perf_counter() - started})  # throughput, per step
             if step % t.checkpoint_every == 0:
                 save({"step": step, **history[-1]}, step)
     sync = export_and_sync(engine, t, config)

@@ -72,6 +72,10 @@ class EnginePoolConfig(_Strict):
     tensor_parallel_size: int = Field(1, ge=1, le=64)
     max_model_len: int = Field(2048, ge=128)
     max_num_seqs: int = Field(64, ge=1, description="Sequences an engine batches together.")
+    threads: int | None = Field(
+        None, ge=1, description="CPU engines: torch threads per engine (None: Ray's default for the actor, "
+                                "max(1, num_cpus)). num_cpus is logical (an idle engine holds no core), so an "
+                                "engine alone on its node may use more threads than it asks CPUs for.")
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="Share of each GPU's memory vLLM may take (None: vLLM's default, 0.9); lower "
                                       "it when the engine shares its GPU (num_gpus < 1) with trainer workers.")
@@ -213,6 +217,11 @@ class LoopConfig(_Strict):
     rounds: int = Field(2, ge=1, le=1000)
     eval_max_tokens: int = Field(32, ge=1)
     sync_bucket_mb: int = Field(256, ge=1, description="Size of the weight buckets broadcast to the policy engines.")
+    stream_judge: bool = Field(
+        True, description="Rollout and judge as one streaming stage (round_r/rollout_judge, and inside each eval): "
+                          "the judge pool scores answers while the policy pool is still writing the rest, so neither "
+                          "pool waits for the other to finish. false: two stages (round_r/rollout, round_r/judge), "
+                          "each resumable on its own.")
 
 
 class EvalConfig(_Strict):

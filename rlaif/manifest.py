@@ -29,3 +29,8 @@ class Manifest:
     def record(self, name: str, status: str, config_hash: str, **info: Any) -> None:
         self.data["stages"][name] = {"status": status, "config_hash": config_hash, "at": time.time(), **info}
         self.path.write_json(self.data)
+
+    def put(self, key: str, value: Any) -> None:
+        """A run-level entry beside the stages (e.g. the engine pools' final counters), written at once."""
+        self.data[key] = value
+        self.path.write_json(self.data)

@@ -41,7 +41,7 @@ def test_every_stage_ran_and_wrote_its_table(run):
     cfg, run_dir, manifest, _ = run
     stages = manifest.data["stages"]
     expected = ["ingest", "caption", "questions", "round_base/eval"] + [
-        f"round_{r}/{s}" for r in range(2) for s in ("rollout", "judge", "pairs", "train", "eval")] + ["loop"]
+        f"round_{r}/{s}" for r in range(2) for s in ("rollout_judge", "pairs", "train", "eval")] + ["loop"]
     assert [s for s in expected if stages.get(s, {}).get("status") != "done"] == []
     assert stages["ingest"]["rows_ok"] == 4 and stages["ingest"]["rows_quarantined"] == 2
 

@@ -101,7 +101,8 @@ def test_killed_driver_resumes_to_the_same_rows(config, tmp_path):
         # 1. killed while round 0's rollouts are being generated
         start = time.time()
         proc = rlaif_run(config, run_dir, log)
-        wait_for(proc, lambda: stage_status(run_dir, "round_0/rollout") == "running", "round_0/rollout to start")
+        wait_for(proc, lambda: stage_status(run_dir, "round_0/rollout_judge") == "running",
+                 "round_0/rollout_judge to start")
         events.append((running(run_dir), kill_tree(proc)))
         # 2. resumed, then killed mid-training once Ray Train has written a checkpoint
         proc = rlaif_run(config, run_dir, log, "--resume")

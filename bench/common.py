@@ -1,0 +1,82 @@
+"""What every benchmark shares: the physical bounds of the machine it runs on, measured in the same run, and one way
+to print a figure beside its baseline and its bound.
+
+- matmul peak: the best of a few large fp32 (or bf16) matmuls, in GFLOP/s; a decoder's compute bound is
+  peak / (2 x parameters) tokens/s (one multiply-add per weight per token).
+- copy bandwidth: the best of a few copies of a large buffer (read + write both counted, as a memcpy moves them), in
+  GB/s; a weight sync's bound is bytes / bandwidth.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def best_of(fn, repeat: int = 5) -> float:
+    """The fastest of `repeat` timed calls (after one warm-up), in seconds: the least disturbed measurement."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def matmul_peak_gflops(n: int = 2048, dtype: str = "float32", device: str = "cpu") -> float:
+    import torch
+
+    a = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
+    b = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
+
+    def run():
+        (a @ b).sum().item()  # .item() waits for the device
+
+    return 2 * n**3 / best_of(run) / 1e9
+
+
+def copy_bandwidth_gbs(nbytes: int = 256 << 20) -> float:
+    """Bytes moved per second by a memcpy of `nbytes` (counting the read and the write, as STREAM's copy does not:
+    here a sync's bytes are counted once, so this is the bytes-copied rate)."""
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8).random_()
+    dst = torch.empty_like(src)
+    return nbytes / best_of(lambda: dst.copy_(src)) / 1e9
+
+
+def machine() -> str:
+    import torch
+
+    return f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table, floats to 3 significant digits, so a result can be pasted into the README as it is."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        return "-" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def cpu_engine_env() -> None:
+    """The environment the project's engines run with in Ray workers (pipelines.ray_env.WORKER_ENV), for a
+    benchmark that starts a bare vLLM engine in its own process: baseline and pool then differ only by the pool."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from pipelines.ray_env import WORKER_ENV
+
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)

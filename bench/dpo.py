@@ -1,0 +1,214 @@
+"""DPO training throughput: this project's trainer (the production path) against TRL's DPOTrainer, on the same model,
+pairs, batch, steps and objective, beside the machine's compute bound.
+
+    python bench/dpo.py [--model smollm2-135m-instruct] [--pairs 64] [--steps 8] [--batch 4] [--workers 1 2]
+                        [--threads N] [--finetune full|lora]
+
+Same on every row: sigmoid DPO with rlaif's TrainConfig defaults (beta, lr), constant lr, AdamW (torch's, weight
+decay 0), gradient clipping 1.0, fp32, full fine-tuning (--finetune lora: a LoRA of r = 8 on both sides, built by
+pipelines.train.lora_config); `steps` steps of `batch` pairs (with W workers, batch/W per worker), the pairs in the
+same order (no shuffling), so the losses of a step can be compared. Pairs are synthetic text (fixed seed, prompt ~32
+tokens, answers ~16); the first steps x batch of them are used (cycled when there are fewer).
+
+Rows:
+- rlaif: pipelines.train.run_train on a local Ray (pipelines.ray_env.init_ray): TorchTrainer workers running
+  DeepSpeed ZeRO-2 over gloo, fed by Ray Data. Its reference log-probs come with the pairs, computed before the round
+  by the pairs stage's own scorer (pipelines.pairs.ReferenceLogps), so a step is a policy forward + backward.
+- TRL, ref in step: DPOTrainer with a reference model that scores every batch inside the step.
+- TRL, precomputed ref: precompute_ref_log_probs=True, the same split of work as rlaif.
+TRL runs in this process with --threads torch threads; each Ray Train worker gets as many.
+
+run_train takes rows with a video_id joined to videos.parquet; a text model ignores frames, so every pair points to
+one empty "video" (which also keeps the pairs in order through Ray Data). The worker's history times each step from
+its batch to the end of its optimizer step (step_s); TRL's steps are timed by a callback, begin to end.
+
+tokens/s: the real (unpadded) prompt + answer tokens of chosen and rejected per step, over the mean step time of
+steps 2..n (step 1 warms up). Compute bound: matmul peak (same threads, times workers) / FLOPs per token, with
+~6 x params for the policy's forward + backward (LoRA: ~4, frozen weights get no weight gradient) plus 2 x params
+when the reference forward is in the step. wall s: the whole call (rlaif: Ray Train and DeepSpeed start-up, model
+load, training, the final checkpoint and policy save; TRL: model load, trainer set-up with tokenising and any
+precompute, training). Losses: the first and last step's (rlaif: rank 0's micro-batch).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # built-in models are local; read before pipelines.ray_env's import
+
+from common import machine, matmul_peak_gflops, ratio, table  # noqa: E402 (also puts the repository on sys.path)
+
+WORDS = ("the a red blue green small large circle square ball star line moves left right up down slowly quickly "
+         "then after before video frame shows bright dark corner centre edge background turns stops").split()
+
+
+def synthetic_pairs(tok, n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+
+    def text(tokens: int) -> str:  # random words until the text is `tokens` tokens long
+        words = []
+        while len(tok(" ".join(words), add_special_tokens=False)["input_ids"]) < tokens:
+            words.append(rng.choice(WORDS))
+        return " ".join(words).capitalize() + "."
+
+    return [{"prompt_id": f"p{i}", "video_id": "text", "question": text(32), "chosen": text(16),
+             "rejected": text(16)} for i in range(n)]
+
+
+def run_rlaif(path: str, pairs, a, workers: int) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import pipelines.train as train
+    from rlaif.config import RunConfig, TrainConfig
+    from rlaif.storage import RunPath
+
+    t = TrainConfig(workers=workers, cpus_per_worker=a.threads, micro_batch_size=a.batch // workers,
+                    finetune=a.finetune)
+    tmp = tempfile.TemporaryDirectory(prefix="bench-dpo-")  # Ray Train's checkpoint holds the optimizer state
+    run_dir = RunPath.of(tmp.name)
+    pq.write_table(pa.table({"video_id": ["text"], "frames": pa.array([b""], pa.binary()),
+                             "frames_shape": pa.array([[0, 0, 0, 3]], pa.list_(pa.int32())), "duration_s": [0.0]}),
+                   str(run_dir / "videos.parquet"))
+    try:
+        start = time.perf_counter()
+        out = train.run_train(RunConfig(name="bench-dpo", seed=a.seed, train=t), run_dir, run_dir / f"w{workers}",
+                              pairs, engines=[], lora_base=path, reference=path, train=t)
+        wall = time.perf_counter() - start
+    finally:
+        tmp.cleanup()
+    # Each step's clock (loss to optimizer step) is in the worker's history, as in every run's manifest.
+    return {"trainer": "rlaif (Ray Train + DeepSpeed)", "workers": workers, "threads": a.threads,
+            "step_s": [h["step_s"] for h in out["history"]], "losses": [h["loss"] for h in out["history"]],
+            "wall s": wall, "ref_in_step": False}
+
+
+def run_trl(path: str, rows: list[dict], a, ref_in_step: bool) -> dict:
+    import datasets
+    import torch
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from pipelines.train import lora_config
+    from rlaif.config import TrainConfig
+    from rlaif.policy_model import load_policy
+
+    class InOrder(DPOTrainer):
+        def _get_train_sampler(self, dataset=None):  # rlaif reads its pairs in order; so does TRL here
+            return torch.utils.data.SequentialSampler(self.train_dataset if dataset is None else dataset)
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.starts, self.ends = [], []
+
+        def on_step_begin(self, *args, **kwargs):
+            self.starts.append(time.perf_counter())
+
+        def on_step_end(self, *args, **kwargs):
+            self.ends.append(time.perf_counter())
+
+    t = TrainConfig(finetune=a.finetune)
+    start = time.perf_counter()
+    torch.manual_seed(a.seed)
+    policy, tok = load_policy(path)
+    # Full fine-tuning: a second copy scores the batch; a LoRA's reference is the policy with its adapter disabled.
+    ref = load_policy(path)[0] if ref_in_step and a.finetune == "full" else None
+
+    def prompt(q):  # TRL's non-conversational form, as in tests/unit/test_trl_agreement.py
+        return tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+
+    data = datasets.Dataset.from_list([{"prompt": prompt(r["question"]), "chosen": r["chosen"],
+                                        "rejected": r["rejected"]} for r in rows])
+    out = tempfile.TemporaryDirectory(prefix="bench-trl-")
+    args = DPOConfig(output_dir=out.name, beta=t.beta, learning_rate=t.lr,
+                     lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
+                     per_device_train_batch_size=a.batch, max_steps=a.steps, logging_steps=1, save_strategy="no",
+                     report_to=[], use_cpu=True, bf16=False, max_length=None, gradient_checkpointing=False,
+                     precompute_ref_log_probs=not ref_in_step, seed=a.seed, disable_tqdm=True)
+    clock = Clock()
+    trainer = InOrder(model=policy, ref_model=ref, args=args, train_dataset=data, processing_class=tok,
+                      peft_config=lora_config(t) if a.finetune == "lora" else None, callbacks=[clock])
+    trainer.train()
+    wall = time.perf_counter() - start
+    out.cleanup()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"trainer": f"TRL DPOTrainer, {'ref in step' if ref_in_step else 'precomputed ref'}", "workers": 1,
+            "threads": torch.get_num_threads(), "step_s": [e - s for s, e in zip(clock.starts, clock.ends)],
+            "losses": losses, "wall s": wall, "ref_in_step": ref_in_step}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--pairs", type=int, default=64)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4, help="pairs per step, all workers together")
+    p.add_argument("--workers", type=int, nargs="+", default=[1])
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / max workers)")
+    p.add_argument("--finetune", choices=["full", "lora"], default="full")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    if any(a.batch % w for w in a.workers):
+        p.error("--batch must be a multiple of every --workers value")
+    a.threads = a.threads or max(1, (os.cpu_count() or 1) // max(a.workers))
+
+    import pyarrow as pa
+    import ray
+    import torch
+
+    from pipelines.pairs import ReferenceLogps
+    from pipelines.ray_env import MIN_LOCAL_CPUS, init_ray
+    from rlaif.config import RayConfig
+    from rlaif.policy_model import pair_batch
+    from rlaif.tiny_models import ensure_model
+
+    torch.set_num_threads(a.threads)  # TRL, the matmul peak and the reference scoring: the workers' thread count
+    path = ensure_model(a.model)
+    scorer = ReferenceLogps(path, average=False, batch_pairs=a.batch)  # the pairs stage's own reference scoring
+    params = sum(w.numel() for w in scorer.model.parameters())  # tied embeddings counted once: one matmul, the head
+    pool = synthetic_pairs(scorer.processor, a.pairs, a.seed)
+    rows = [pool[i % len(pool)] for i in range(a.steps * a.batch)]
+    start = time.perf_counter()
+    pairs = scorer(pa.Table.from_pylist(rows))
+    ref_s = time.perf_counter() - start
+    tokens = sum(int(pair_batch(scorer.processor, [r], False)["attention_mask"].sum()) for r in rows) / a.steps
+    del scorer
+    peak = matmul_peak_gflops() * 1e9
+    policy_flops = 6 if a.finetune == "full" else 4
+
+    results = [run_trl(path, rows, a, ref_in_step=True), run_trl(path, rows, a, ref_in_step=False)]
+    start = time.perf_counter()
+    init_ray(RayConfig(num_cpus=max(MIN_LOCAL_CPUS, max(a.workers) * a.threads + 2)))  # + Ray Data's tasks
+    ray_s = time.perf_counter() - start
+    try:
+        results += [run_rlaif(path, pairs, a, w) for w in a.workers]
+    finally:
+        ray.shutdown()
+
+    baseline = None
+    for r in results:
+        steady = r["step_s"][1:] or r["step_s"]
+        r["tokens/s"] = round(tokens / statistics.mean(steady))
+        flops_per_token = (policy_flops + 2 * r["ref_in_step"]) * params
+        r["% of bound"] = 100 * r["tokens/s"] / (r["workers"] * peak / flops_per_token)
+        r["first loss"], r["last loss"] = (f"{x:.4f}" for x in (r["losses"][0], r["losses"][-1]))  # 4 decimals
+        r.update({"model": a.model, "steps": len(r["losses"])})
+        if r["trainer"].endswith("precomputed ref"):
+            baseline = r["tokens/s"]
+    for r in results:
+        r["vs TRL precomputed"] = ratio(r["tokens/s"], baseline)
+
+    print(f"{machine()}; {a.threads} torch threads per process; matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"{a.model}: {params / 1e6:.2f} M params, {a.finetune} fine-tuning; {a.steps} steps x {a.batch} pairs, "
+          f"{tokens:.0f} tokens/step (prompt + answers, chosen and rejected); reference scoring for rlaif "
+          f"(pairs stage, not in the rows below) {ref_s:.2f} s; local Ray start {ray_s:.1f} s")
+    print(table(results, ["model", "trainer", "workers", "threads", "steps", "tokens/s", "vs TRL precomputed",
+                          "% of bound", "first loss", "last loss", "wall s"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Weight sync: the project's bucketed broadcast vs one RPC per parameter, and vs the memcpy bound of the same bytes.
+
+    python bench/weight_sync.py [--model smollm2-135m-instruct] [--engines 1] [--bucket-mb 256] [--repeat 3]
+
+Both sides load the same tensors into the same live vLLM engines (Ray actors, `actors.vllm_engine`), through the
+same receive path (`WeightReceiver.load_weight_buckets`: vLLM's in-place `reload_weights`):
+  - bucketed (actors.weight_sync.broadcast_weights): the weights packed into a few contiguous buckets, each put in the
+    object store once, and one call per engine carrying every bucket;
+  - per-parameter RPC (OpenRLHF's `update_weight` pattern): one call per tensor per engine. Here each call only hands
+    its tensor over and the engine loads them all once at the end, so the baseline pays the RPCs but not a
+    per-tensor load: its time is a lower bound and the ratio a conservative one.
+The bound is the model's bytes over this machine's measured copy bandwidth: the time to copy the weights once.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import best_of, copy_bandwidth_gbs, machine, ratio, table
+
+import ray  # noqa: E402
+
+from actors.vllm_engine import VLLMEngine  # noqa: E402
+from actors.weight_sync import broadcast_weights, saved_weights  # noqa: E402
+from rlaif.weights import pack_buckets  # noqa: E402
+
+
+class PerTensorEngine(VLLMEngine):
+    """The engine with a per-parameter entry point: `receive` takes one tensor per call, `load_received` loads what
+    was received through the same receiver the bucketed path uses."""
+
+    def receive(self, name, tensor) -> None:
+        self._received = getattr(self, "_received", []) + [(name, tensor)]
+
+    def load_received(self) -> dict:
+        received, self._received = self._received, []
+        return self.load_weight_buckets(*pack_buckets(received, bucket_bytes=1 << 62))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--engines", type=int, default=1)
+    p.add_argument("--bucket-mb", type=int, default=256)
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+
+    from pipelines.ray_env import init_ray
+    from rlaif.config import RayConfig
+    from rlaif.tiny_models import ensure_model
+
+    folder = ensure_model(args.model)
+    state = saved_weights(folder)
+    nbytes = sum(t.nbytes for t in state.values())
+    video = "vl" in args.model
+    init_ray(RayConfig())
+    actor = ray.remote(max_restarts=0)(PerTensorEngine)
+    engines = [actor.options(num_cpus=0.5).remote(folder, role="policy", max_model_len=512, video=video)
+               for _ in range(args.engines)]
+    ray.get([e.health.remote() for e in engines])
+
+    def bucketed():
+        return broadcast_weights(engines, state.items(), args.bucket_mb)
+
+    def per_parameter():
+        for name, tensor in state.items():
+            ray.get([e.receive.remote(name, tensor) for e in engines])
+        ray.get([e.load_received.remote() for e in engines])
+
+    info = bucketed()
+    # The engines' own load time (the same work on both sides) shows how much of a sync is transport.
+    load_s = max(s["seconds"] for s in ray.get([e.load_weight_buckets.remote(*pack_buckets(state.items()))
+                                                for e in engines]))
+    t_bucketed = best_of(bucketed, args.repeat)
+    t0 = time.perf_counter()
+    per_parameter()  # one pass: it is the slow side, and its per-call cost does not warm up
+    t_rpc = time.perf_counter() - t0
+    bound = nbytes / (copy_bandwidth_gbs() * 1e9)
+    print(f"\n{machine()}; {args.model}: {len(state)} tensors, {nbytes / 1e6:.1f} MB fp32, "
+          f"{info['sync_buckets']} bucket(s) of <= {args.bucket_mb} MB, {args.engines} engine(s)")
+    rows = [
+        {"method": "bucketed broadcast", "calls per engine": 1, "seconds": t_bucketed,
+         "vs per-parameter RPC": ratio(t_rpc, t_bucketed), "vs copy bound": ratio(t_bucketed, bound)},
+        {"method": "per-parameter RPC", "calls per engine": len(state) + 1, "seconds": t_rpc,
+         "vs per-parameter RPC": "1.00x", "vs copy bound": ratio(t_rpc, bound)},
+        {"method": "engine load alone (reload_weights)", "calls per engine": 1, "seconds": load_s,
+         "vs per-parameter RPC": "-", "vs copy bound": ratio(load_s, bound)},
+        {"method": "copy bound (bytes / memcpy bandwidth)", "seconds": bound},
+    ]
+    print(table(rows, ["method", "calls per engine", "seconds", "vs per-parameter RPC", "vs copy bound"]))
+    print(f"bucketed sync is {ratio(t_rpc, t_bucketed)} faster than per-parameter RPC (target >= 5x) and "
+          f"{ratio(t_bucketed, bound)} the copy bound (target <= 2x)")
+    for e in engines:
+        ray.kill(e)
+
+
+if __name__ == "__main__":
+    main()
