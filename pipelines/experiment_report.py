@@ -107,6 +107,14 @@ def kind_table(arms: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def stage_seconds(run_dir: RunPath) -> str:
+    """The arm's time in its stages (engine and Ray start-up aside), and the judging's share of it."""
+    stages = Manifest(run_dir).data["stages"]
+    total = sum(s.get("seconds", 0) for s in stages.values())
+    judging = sum(s.get("seconds", 0) for name, s in stages.items() if name.endswith(("/judge", "/rollout_judge")))
+    return f"{total:.0f} s in its stages, {judging:.0f} s of them judging rollouts"
+
+
 def plot(arms: dict[str, list[dict]], out) -> None:
     import matplotlib
 
@@ -120,6 +128,7 @@ def plot(arms: dict[str, list[dict]], out) -> None:
             ax.plot(xs, [r.get(key) if r.get(key) is not None else float("nan") for r in rows], marker="o", label=name)
         ax.set_title(title)
         ax.set_xlabel("DPO rounds done")
+        ax.set_xticks(range(1 + max(r["round"] + 1 for rows in arms.values() for r in rows)))
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
@@ -150,8 +159,8 @@ def write_report(cfg: RunConfig, folder: RunPath, arm_dirs: dict[str, RunPath], 
              "accuracy is, among a round's pairs with exactly one right side, the share where the chosen side is it.",
              "", "![per-round figures](plot.png)", ""]
     for name, rows in arms.items():
-        lines += [f"## {name}", "", f"Overrides: `{exp.arms[name]}`", "", arm_table(rows), "",
-                  f"Verdict: {results['verdicts'][name]}.", ""]
+        lines += [f"## {name}", "", f"Overrides: `{exp.arms[name]}`; {stage_seconds(arm_dirs[name])}.", "",
+                  arm_table(rows), "", f"Verdict: {results['verdicts'][name]}.", ""]
     lines += ["## Held-out exact match by question kind (start and last round)", "", kind_table(arms), ""]
     (folder / "report.md").write_text("\n".join(lines))
     return results
