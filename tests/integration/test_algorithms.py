@@ -11,7 +11,7 @@ from pipelines.demo import prepare_demo
 from pipelines.io import read_table
 from pipelines.runner import run_pipeline
 from rlaif.config import load_config
-from rlaif.judging import length_penalised
+from rlaif.judging import EMPTY_ANSWER, SCORED, length_penalised
 from rlaif.policy_model import answer_logps, load_policy, pair_batch
 from rlaif.tiny_models import ensure_model
 
@@ -67,8 +67,10 @@ def test_llava_hound_fixed_reference_and_one_lora_across_rounds(ray_local, tmp_p
 def test_vlm_rlaif_aspect_judge_with_length_penalty(ray_local, tmp_path_factory):
     cfg, run_dir, _ = run_config("vlm_rlaif", tmp_path_factory)
     judged = read_table(run_dir / "round_0" / "judgments.parquet").to_pylist()
-    assert judged and all(j["parse_ok"] for j in judged)
-    for j in judged:
+    # The random-weight policy sometimes stops at once: an empty answer is scored by rule, the judge never sees it.
+    scored = [j for j in judged if j["status"] == SCORED]
+    assert scored and {j["status"] for j in judged} <= {SCORED, EMPTY_ANSWER} and all(j["parse_ok"] for j in scored)
+    for j in scored:
         aspects = json.loads(j["aspects"])
         assert set(aspects) == {"accurate", "helpful", "natural", "concise"}
         assert j["raw_score"] == pytest.approx(sum(aspects.values()) / 4)
