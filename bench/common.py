@@ -41,8 +41,7 @@ def matmul_peak_gflops(n: int = 2048, dtype: str = "float32", device: str = "cpu
 
 
 def copy_bandwidth_gbs(nbytes: int = 256 << 20) -> float:
-    """Bytes moved per second by a memcpy of `nbytes` (counting the read and the write, as STREAM's copy does not:
-    here a sync's bytes are counted once, so this is the bytes-copied rate)."""
+    """Bytes copied per second by a memcpy of `nbytes`, each byte counted once (as a weight sync's bytes are)."""
     import torch
 
     src = torch.empty(nbytes, dtype=torch.uint8).random_()
