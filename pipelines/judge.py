@@ -68,7 +68,7 @@ def judge_some(rows: list[dict], judge: Callable[[list[dict]], tuple[list, list[
 class JudgeAnswers(EngineClient):
     """LLM judge (kind score or aspects) through the judge pool."""
 
-    def __init__(self, engines: list, cfg: JudgeConfig, model: str, context: pa.Table | None = None):
+    def __init__(self, engines: list, cfg: JudgeConfig, model: str, context: pa.Table):
         super().__init__(engines)
         self.cfg, self.model, self.context = cfg, model, context
         aspects = cfg.kind == "aspects"
@@ -96,7 +96,7 @@ class JudgeAnswers(EngineClient):
 class ScoreAnswers:
     """External scoring function (kind function), built once per Ray Data actor."""
 
-    def __init__(self, cfg: JudgeConfig, context: pa.Table | None = None):
+    def __init__(self, cfg: JudgeConfig, context: pa.Table):
         module, name = cfg.function.split(":")
         self.scorer = getattr(importlib.import_module(module), name)()
         self.cfg, self.model, self.context = cfg, cfg.function, context
@@ -123,12 +123,9 @@ def judging_context(run_dir: RunPath, captions: RunPath | None = None) -> pa.Tab
     return prompts.join(evidence, "video_id").drop(["video_id"])
 
 
-def with_context(batch: pa.Table, context: pa.Table | None) -> pa.Table:
-    """Each answer with its question, reference and caption (None: the batch has them). Done inside the judging
-    actor (which holds `context`) rather than as a Ray Data stage of its own: a batch-size-less stage there would
-    gather the whole stream first."""
-    if context is None:
-        return batch
+def with_context(batch: pa.Table, context: pa.Table) -> pa.Table:
+    """Each answer with its question, reference and caption. Done inside the judging actor (which holds `context`)
+    rather than as a Ray Data stage of its own: a batch-size-less stage there would gather the whole stream first."""
     joined = batch.join(context, "prompt_id")
     if joined.num_rows != batch.num_rows:
         raise RuntimeError(f"{batch.num_rows - joined.num_rows} answers have no prompt or caption to judge against")

@@ -62,8 +62,9 @@ def lora_config(t: TrainConfig):
 
 
 def trained_weights(engine, t: TrainConfig, config: dict):
-    """All ranks: gather what was trained (ZeRO-3 shards it). Rank 0: the new policy as a transformers model on a
-    fresh copy of the base weights (a LoRA merged into them), plus its adapter when there is one; other ranks: None."""
+    """All ranks: gather what was trained (ZeRO-3 shards it). Rank 0: (the new policy as a transformers model on a
+    fresh copy of the base weights, its adapter when it is a LoRA (merged into it later), the base's processor);
+    other ranks: Nones."""
     import deepspeed
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -75,14 +76,14 @@ def trained_weights(engine, t: TrainConfig, config: dict):
         trained = engine.module.state_dict() if full else get_peft_model_state_dict(engine.module)
         state = {k: v.detach().float().clone() for k, v in trained.items()}
     if ray.train.get_context().get_world_rank() != 0:
-        return None, None
-    base, _ = load_policy(config["lora_base"])
+        return None, None, None
+    base, processor = load_policy(config["lora_base"])
     if full:
         base.load_state_dict(state)
-        return base, None
+        return base, None, processor
     peft_model = get_peft_model(base, lora_config(t))
     set_peft_model_state_dict(peft_model, state)
-    return peft_model, peft_model
+    return peft_model, peft_model, processor
 
 
 def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
@@ -92,11 +93,10 @@ def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
     from rlaif.extrapolate import extrapolate
     from rlaif.policy_model import load_policy
 
-    model, adapter = trained_weights(engine, t, config)
+    model, adapter, processor = trained_weights(engine, t, config)
     if model is None:
         return {}
     start = time.time()
-    processor = load_policy(config["lora_base"])[1]
     alpha = config.get("extrapolation_alpha")
     reference = load_policy(config["reference"])[0].state_dict() if alpha else None  # θ_ref of the extrapolation
     # Saved on the local disk first, then published to the run folder (which may be an object store).
