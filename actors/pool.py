@@ -34,6 +34,8 @@ class EnginePool:
         engine_kwargs: dict = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
         if cfg.gpu_memory_utilization is not None:
             engine_kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        if cfg.block_size is not None:
+            engine_kwargs["block_size"] = cfg.block_size
         start = time.time()
         self.actors = [
             EngineActor.options(**opts, name=None).remote(

@@ -55,13 +55,22 @@ def judgment_row(row: dict, verdict: Judgment | None, attempts: int, judge_model
 
 def judge_some(rows: list[dict], judge: Callable[[list[dict]], tuple[list, list[int]]]) -> list[tuple]:
     """(verdict, attempts, status) per row: unjudgeable rows are settled here, the others go to `judge` (which
-    returns verdicts, None for a refused request, and attempts)."""
+    returns verdicts, None for a refused request, and attempts), each distinct (prompt_id, response) once."""
     out: list[tuple] = [(None, 0, unjudgeable(r["response"], r["finish_reason"])) for r in rows]
-    ask = [i for i, (_, _, status) in enumerate(out) if status is None]
-    if ask:
+    # One request per distinct answer to a question: a policy often samples the same short answer several times,
+    # and the judge (greedy by default) would only repeat its verdict.
+    first: dict[tuple, int] = {}
+    for i, (_, _, status) in enumerate(out):
+        if status is None:
+            first.setdefault((rows[i]["prompt_id"], rows[i]["response"]), i)
+    if first:
+        ask = list(first.values())
         verdicts, attempts = judge([rows[i] for i in ask])
-        for i, v, a in zip(ask, verdicts, attempts):
-            out[i] = (v, a, JUDGE_REFUSED if v is None else SCORED if v.parse_ok else PARSE_FAILED)
+        settled = {i: (v, a, JUDGE_REFUSED if v is None else SCORED if v.parse_ok else PARSE_FAILED)
+                   for i, v, a in zip(ask, verdicts, attempts)}
+        for i, (_, _, status) in enumerate(out):
+            if status is None:
+                out[i] = settled[first[(rows[i]["prompt_id"], rows[i]["response"])]]
     return out
 
 

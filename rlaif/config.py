@@ -80,6 +80,11 @@ class EnginePoolConfig(_Strict):
         None, gt=0, le=1, description="Share of each GPU's memory vLLM may take (None: vLLM's default, 0.9); lower "
                                       "it when the engine shares its GPU (num_gpus < 1) with trainer workers.")
     batch_size: int = Field(16, ge=1, description="Requests per Ray Data batch forwarded to an engine.")
+    block_size: int | None = Field(
+        None, ge=16, multiple_of=16,
+        description="KV-cache block size in tokens (None: vLLM's, 128 on CPU). Prompts share cached prefixes in whole "
+                    "blocks: a smaller block lets the judge reuse more of the instructions and caption that its "
+                    "prompts for one video have in common.")
     fault_oom_above: int | None = Field(
         None, ge=0, description="Fault drills and tests only: an engine fails a batch of more requests as out of memory "
                                 "would (the client then splits it). Never set in a real run.")

@@ -6,7 +6,7 @@ of the reward, not the judge's own guess about the video).
 """
 from __future__ import annotations
 
-PROMPT_VERSION = "v2"
+PROMPT_VERSION = "v3"
 
 CAPTION_REQUEST = (
     "Describe this video in detail: the background, every object with its shape and colour, how many of each "
@@ -24,15 +24,22 @@ JUDGE_SYSTEM = (
     "your evidence. Judge only against that evidence."
 )
 
-JUDGE_REQUEST = (
-    "Video description (evidence):\n{caption}\n\n"
-    "Question: {question}\n"
-    "{reference}"
-    "Candidate answer: {answer}\n\n"
+# The instructions come before the evidence, in the system message (LLaVA-Hound's judge has them there too): every
+# judging prompt then starts with the same tokens, and the answers to one question share everything up to the
+# candidate, so the judge engine's prefix cache computes them once (the judge's prompt is most of its work).
+JUDGE_INSTRUCTIONS = (
     "Rate the candidate answer from 1 to 5 for factual consistency with the description, relevance, accuracy, "
     "clarity and completeness: 1 = wrong or unrelated, 3 = partly correct, 5 = fully correct and consistent with "
     "the description. Reply with one short sentence of explanation, then a last line \"Score: N\"."
 )
+
+JUDGE_REQUEST = (
+    "Video description (evidence):\n{caption}\n\n"
+    "Question: {question}\n"
+    "{reference}"
+    "Candidate answer: {answer}"
+)
+
 
 def judge_output_regex(max_tokens: int) -> str:
     """vLLM structured outputs constrain the judge to this shape, so a score always parses (rlaif.judging still
@@ -41,11 +48,7 @@ def judge_output_regex(max_tokens: int) -> str:
 
 
 # VLM-RLAIF's context-aware judge: the caption is the context, four aspects are rated separately (their mean is the score).
-ASPECT_JUDGE_REQUEST = (
-    "Video description (evidence):\n{caption}\n\n"
-    "Question: {question}\n"
-    "{reference}"
-    "Candidate answer: {answer}\n\n"
+ASPECT_JUDGE_INSTRUCTIONS = (
     "Rate the candidate answer from 1 to 5 on each aspect, judging only against the description:\n"
     "Accurate: consistent with the description, nothing invented.\n"
     "Helpful: answers what was asked.\n"
@@ -64,10 +67,10 @@ def aspect_output_regex(max_tokens: int) -> str:
 def judge_messages(caption: str, question: str, answer: str, reference: str | None = None,
                    aspects: bool = False) -> list[dict]:
     ref = f"Reference answer: {reference}\n" if reference else ""
-    request = ASPECT_JUDGE_REQUEST if aspects else JUDGE_REQUEST
+    instructions = ASPECT_JUDGE_INSTRUCTIONS if aspects else JUDGE_INSTRUCTIONS
     return [
-        {"role": "system", "content": JUDGE_SYSTEM},
-        {"role": "user", "content": request.format(caption=caption, question=question, reference=ref, answer=answer)},
+        {"role": "system", "content": f"{JUDGE_SYSTEM}\n\n{instructions}"},
+        {"role": "user", "content": JUDGE_REQUEST.format(caption=caption, question=question, reference=ref, answer=answer)},
     ]
 
 

@@ -49,6 +49,16 @@ def test_judge_messages_carry_the_caption_as_evidence():
     assert "Reference answer" not in judge_messages("c", "q", "a")[1]["content"]
 
 
+def test_judging_prompts_differ_only_at_their_end():
+    """What the judge engine's prefix cache relies on: the instructions are the same for every prompt, and the
+    answers to one question differ only in their last characters."""
+    a = judge_messages("A red circle moves left.", "What colour?", "red")
+    b = judge_messages("A blue square.", "How many?", "two")
+    c = judge_messages("A red circle moves left.", "What colour?", "a green one")
+    assert a[0] == b[0] and "Score: N" in a[0]["content"]
+    assert c[1]["content"].startswith(a[1]["content"][:-len("red")])
+
+
 def test_aspect_ratings_parse_to_their_mean():
     j = parse_aspects("Explanation: right colour, a bit long.\nAccurate: 5\nHelpful: 4\nNatural: 4\nConcise: 2")
     assert j.parse_ok and j.score == pytest.approx(3.75)
@@ -67,7 +77,7 @@ def test_structured_aspect_output_always_parses():
     reply = "Explanation: fine\nAccurate: 1\nHelpful: 2\nNatural: 3\nConcise: 4"
     assert re.fullmatch(aspect_output_regex(48), reply)
     assert parse_aspects(reply).score == pytest.approx(2.5)
-    assert "Concise" in judge_messages("cap", "q?", "a", aspects=True)[1]["content"]
+    assert "Concise" in judge_messages("cap", "q?", "a", aspects=True)[0]["content"]
 
 
 @pytest.mark.parametrize("score, tokens, expected", [(5, 10, 5), (5, 14, 4), (4.5, 30, 1.0), (2, 11, 1.75)])

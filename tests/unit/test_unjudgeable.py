@@ -47,3 +47,16 @@ def test_nothing_to_ask_calls_no_judge():
         raise AssertionError("the judge must not be called")
 
     assert [s for _, _, s in judge_some([answer("")], judge)] == [EMPTY_ANSWER]
+
+
+def test_an_answer_repeated_for_a_question_is_judged_once():
+    rows = [answer("red"), {**answer("red"), "sample_idx": 1}, answer("blue"), {**answer("red"), "prompt_id": "q"}]
+    asked = []
+
+    def judge(batch):
+        asked.extend((r["prompt_id"], r["response"]) for r in batch)
+        return [parse_judgment(f"Score: {n}") for n in (5, 1, 4)][:len(batch)], [1] * len(batch)
+
+    out = judge_some(rows, judge)
+    assert asked == [("p", "red"), ("p", "blue"), ("q", "red")]
+    assert [v.score for v, _, _ in out] == [5, 5, 1, 4] and [s for _, _, s in out] == [SCORED] * 4
