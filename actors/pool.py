@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 
 class EnginePool:
     """`weights_state` (policy pools): where `hold` records the policy the engines must serve, so that an engine
-    restarted after a crash comes back with it (see VLLMEngine)."""
+    restarted after a crash comes back with it (see VLLMEngine). `adapter_rank`: the engines can hot-load LoRA
+    adapters up to this rank (loop.sync adapter)."""
 
     def __init__(self, role: str, model: str, cfg: EnginePoolConfig, *, video: bool, seed: int = 0,
-                 weights_state: str | None = None):
+                 weights_state: str | None = None, adapter_rank: int | None = None):
         self.role = role
         self.cfg = cfg
         self.weights_state = weights_state
@@ -41,7 +42,7 @@ class EnginePool:
             EngineActor.options(**opts, name=None).remote(
                 model, role=role, max_model_len=cfg.max_model_len, seed=seed + i, max_num_seqs=cfg.max_num_seqs,
                 video=video, weights_state=weights_state, fault_oom_above=cfg.fault_oom_above, threads=cfg.threads,
-                **engine_kwargs)
+                adapter_rank=adapter_rank, **engine_kwargs)
             for i in range(cfg.replicas)
         ]
         health = self.health()

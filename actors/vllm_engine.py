@@ -44,7 +44,7 @@ class VLLMEngine:
     def __init__(self, model: str, *, role: str = "policy", max_model_len: int = 2048, seed: int = 0,
                  dtype: str = "float32", max_num_seqs: int = 64, video: bool = True, lora_path: str | None = None,
                  weights_state: str | None = None, fault_oom_above: int | None = None, threads: int | None = None,
-                 **engine_kwargs: Any):
+                 adapter_rank: int | None = None, **engine_kwargs: Any):
         import torch
         from vllm import LLM
 
@@ -69,18 +69,18 @@ class VLLMEngine:
             kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 4096))
         if video:
             kwargs["limit_mm_per_prompt"] = {"video": 1, "image": 0}
-        self.lora_request = None
+        self.lora_request = None  # the adapter applied to every request (a fixed one, or the latest hot-loaded)
+        self.adapters_loaded = 0
         if lora_path:  # base + LoRA adapter (peft folder), applied to every request of this engine
             from vllm.lora.request import LoRARequest
 
             from rlaif.storage import local_folder
 
             lora_path = local_folder(lora_path)
-
-            rank = json.loads((Path(lora_path) / "adapter_config.json").read_text())["r"]
-            # vLLM takes ranks of 8, 16, 32, ...: the next one up holds this adapter.
-            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=1 << max(3, (rank - 1).bit_length()))
+            adapter_rank = json.loads((Path(lora_path) / "adapter_config.json").read_text())["r"]
             self.lora_request = LoRARequest("policy", 1, lora_path)
+        if adapter_rank:  # vLLM takes ranks of 8, 16, 32, ...: the next one up holds this adapter
+            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=1 << max(3, (adapter_rank - 1).bit_length()))
         kwargs.update(engine_kwargs)
         start = time.time()
         self.llm = LLM(model=self.model_path, **kwargs)
@@ -167,6 +167,7 @@ class VLLMEngine:
         policy folder they were saved to)."""
         start = time.time()
         stats = self.llm.collective_rpc("load_weight_buckets", args=(list(buckets),))[0]
+        self._drop_adapter()  # whole new weights: an adapter trained on the old ones no longer applies
         # Everything computed with the old weights must go: KV blocks, and the vision encoder's cached outputs
         # (the scheduler's bookkeeping too, or it asks the worker for embeddings that no longer exist).
         self.llm.reset_prefix_cache()
@@ -177,6 +178,31 @@ class VLLMEngine:
         self._record_call(start)
         return {**stats, "version": self.weights_version}
 
+    def load_adapter(self, folder: str, label: str | None = None) -> dict:
+        """Hot-load a LoRA adapter (peft folder) trained on the weights this engine holds, in place of the previous
+        one: vLLM reads the adapter's few MB and applies it to every later request, the base weights untouched.
+        Needs an engine started with `adapter_rank`."""
+        from vllm.lora.request import LoRARequest
+
+        from rlaif.storage import local_folder
+
+        start = time.time()
+        self.adapters_loaded += 1
+        request = LoRARequest(f"policy-{self.adapters_loaded}", self.adapters_loaded + 1, local_folder(folder))
+        self.llm.llm_engine.add_lora(request)  # loaded now, not by the next request
+        self._drop_adapter()
+        self.lora_request = request
+        self.llm.reset_prefix_cache()  # (the cache keys carry the adapter; this frees the old adapter's blocks)
+        self.weights_version += 1
+        self.weights = label or f"{self.model_path}+{folder}"
+        self._record_call(start)
+        return {"version": self.weights_version, "seconds": time.time() - start}
+
+    def _drop_adapter(self) -> None:
+        if self.lora_request is not None:
+            self.llm.llm_engine.remove_lora(self.lora_request.lora_int_id)
+            self.lora_request = None
+
     def _record_call(self, start: float) -> None:
         end = time.time()
         self.served = {**self.served, "busy_s": self.served["busy_s"] + end - start}
@@ -186,7 +212,8 @@ class VLLMEngine:
         import torch
 
         return {"role": self.role, "model": self.model_path, "pid": os.getpid(), "weights_version": self.weights_version,
-                "weights": self.weights, "served": self.served, "threads": torch.get_num_threads(),
+                "weights": self.weights, "adapter": self.lora_request.lora_path if self.lora_request else None,
+                "served": self.served, "threads": torch.get_num_threads(),
                 "recent_calls": list(self.recent_calls)}
 
 

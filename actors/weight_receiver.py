@@ -27,5 +27,5 @@ class WeightReceiver:
         for name, module in self.model_runner.model.named_modules():
             if name.endswith("lm_head") and hasattr(module, "quant_method"):
                 module.quant_method.process_weights_after_loading(module)
-        return {"tensors": len(names), "bytes": sum(b.data.numel() for b in buckets),
+        return {"tensors": len(names), "bytes": sum(b.nbytes for b in buckets),
                 "seconds": time.perf_counter() - start}

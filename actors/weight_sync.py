@@ -26,9 +26,19 @@ def broadcast_weights(engines: list, named: Iterable[tuple[str, torch.Tensor]], 
         buckets = pack_buckets(named, bucket_bytes=bucket_mb << 20)
     refs = [ray.put(b) for b in buckets]
     stats = ray.get([e.load_weight_buckets.remote(*refs, label=label) for e in engines])
-    return {"sync_s": time.perf_counter() - start, "sync_buckets": len(buckets),
-            "sync_bytes": sum(b.data.numel() for b in buckets), "engines_synced": len(stats),
+    return {"sync_s": time.perf_counter() - start, "sync_mode": "weights", "sync_buckets": len(buckets),
+            "sync_bytes": sum(b.nbytes for b in buckets), "engines_synced": len(stats),
             "engine_weights_version": [s["version"] for s in stats]}
+
+
+def hot_load_adapter(engines: list, folder: str, label: str | None = None) -> dict:
+    """LoRA mode (loop.sync adapter): every engine hot-loads the adapter saved in `folder` (one call each), instead
+    of receiving the merged weights."""
+    start = time.perf_counter()
+    stats = ray.get([e.load_adapter.remote(folder, label=label) for e in engines])
+    nbytes = sum(f.stat().st_size for f in Path(local_folder(folder)).glob("*.safetensors"))
+    return {"sync_s": time.perf_counter() - start, "sync_mode": "adapter", "sync_bytes": nbytes,
+            "engines_synced": len(stats), "engine_weights_version": [s["version"] for s in stats]}
 
 
 def saved_weights(folder: str | Path) -> dict[str, torch.Tensor]:

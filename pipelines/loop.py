@@ -50,7 +50,8 @@ def start_pools(cfg: RunConfig, run_dir: RunPath) -> dict[str, EnginePool | None
     and one pool per extra responder (extra:<model>). The policy engines record the policy they hold in the run
     folder, for engines that Ray restarts."""
     policy = EnginePool("policy", cfg.models.policy, cfg.pools.policy, video=True, seed=cfg.seed,
-                        weights_state=str(run_dir / POLICY_ENGINES_STATE))
+                        weights_state=str(run_dir / POLICY_ENGINES_STATE),
+                        adapter_rank=cfg.train.lora_r if cfg.loop.sync == "adapter" else None)
     pools: dict[str, EnginePool | None] = {"policy": policy}
     if cfg.models.judge == POLICY_AS_JUDGE:
         pools["judge"] = policy  # i-SRT: the policy judges with its current weights

@@ -24,6 +24,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from rlaif.config import RunConfig as RlaifConfig
 from rlaif.config import TrainConfig
 from rlaif.storage import RunPath, local_folder, local_staging, publish_folder
+from rlaif.tiny_models import ensure_model
 
 from pipelines.frames_join import rows_with_frames
 from pipelines.io import read_table
@@ -89,7 +90,7 @@ def trained_weights(engine, t: TrainConfig, config: dict):
 def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
     """Rank 0: extrapolate the new weights when asked (MMAIP-V), save the new policy (merged, plus the adapter of a
     LoRA), and broadcast it to the engines."""
-    from actors.weight_sync import broadcast_weights
+    from actors.weight_sync import broadcast_weights, hot_load_adapter
     from rlaif.extrapolate import extrapolate
     from rlaif.policy_model import load_policy
 
@@ -111,8 +112,12 @@ def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
     model.save_pretrained(staged)
     processor.save_pretrained(staged)
     publish_folder(staged, final)
-    synced = (broadcast_weights(config["engines"], model.state_dict().items(), config["bucket_mb"], label=str(final))
-              if config["engines"] else {})
+    if not config["engines"]:
+        synced = {}
+    elif config["adapter_sync"] and adapter is not None and not alpha:  # the engines hold lora_base: add the adapter
+        synced = hot_load_adapter(config["engines"], str(final / "adapter"), label=str(final))
+    else:
+        synced = broadcast_weights(config["engines"], model.state_dict().items(), config["bucket_mb"], label=str(final))
     return {"save_s": time.time() - start, **synced}
 
 
@@ -196,7 +201,9 @@ def run_train(cfg: RlaifConfig, run_dir: RunPath, out_dir: RunPath, data: pa.Tab
         train_loop_config={"train": t.model_dump(), "seed": cfg.seed, "objective": objective, "lora_base": lora_base,
                            "lora_init": lora_init, "reference": reference, "policy_out": str(out_dir / "policy"),
                            "extrapolation_alpha": t.extrapolation_alpha if objective == "dpo" else None,
-                           "engines": engines, "bucket_mb": cfg.loop.sync_bucket_mb},
+                           "engines": engines, "bucket_mb": cfg.loop.sync_bucket_mb,
+                           # the engines keep the starting policy and take adapters trained on it (loop.sync)
+                           "adapter_sync": cfg.loop.sync == "adapter" and lora_base == ensure_model(cfg.models.policy)},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker,
                                                            **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}),

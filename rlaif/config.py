@@ -222,6 +222,11 @@ class LoopConfig(_Strict):
     rounds: int = Field(2, ge=1, le=1000)
     eval_max_tokens: int = Field(32, ge=1)
     sync_bucket_mb: int = Field(256, ge=1, description="Size of the weight buckets broadcast to the policy engines.")
+    sync: Literal["weights", "adapter"] = Field(
+        "weights", description="How a round's policy reaches the policy engines. weights: the whole model, broadcast in "
+                               "buckets. adapter (train.finetune lora with merge_each_round false): the engines keep "
+                               "the starting weights and hot-load each round's LoRA adapter (vLLM LoRA; MBs instead "
+                               "of the model's size, and no reload of the weights).")
     stream_judge: bool = Field(
         True, description="Rollout and judge as one streaming stage (round_r/rollout_judge, and inside each eval): "
                           "the judge pool scores answers while the policy pool is still writing the rest, so neither "
@@ -361,6 +366,13 @@ class RunConfig(_Strict):
         # Qwen2-VL merges 2x2 patches of 14 px: smaller frames cannot produce a single video token.
         if min(self.ingest.frame_height, self.ingest.frame_width) < 28:
             raise ValueError("ingest.frame_height and frame_width must be at least 28 (Qwen2-VL's 2x2 merge of 14 px patches)")
+        return self
+
+    @model_validator(mode="after")
+    def _adapter_sync_has_one_base(self) -> "RunConfig":
+        if self.loop.sync == "adapter" and (self.train.finetune != "lora" or self.train.merge_each_round):
+            raise ValueError("loop.sync 'adapter' needs train.finetune 'lora' and train.merge_each_round false: the "
+                             "engines apply each round's adapter to the starting weights they keep")
         return self
 
     def needs_judge_engine(self) -> bool:

@@ -2,12 +2,18 @@
 
 Weight sync sends one control message per sync: each bucket is one flat byte buffer (one object-store object, or
 one collective broadcast) plus a small index, instead of one RPC per parameter.
+
+The buffer is a numpy array, not a torch tensor: the object store takes a numpy array with one copy and hands it to
+every reader on the node as a view of its shared memory (zero copy), while a torch tensor is pickled (several
+copies of every byte on both sides).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 
 
@@ -22,8 +28,12 @@ class TensorSlot:
 
 @dataclass
 class Bucket:
-    data: torch.Tensor  # uint8, 1-D, contiguous
+    data: np.ndarray  # uint8, 1-D, contiguous (read-only when it comes out of the object store)
     slots: list[TensorSlot]
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
 
 
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
@@ -49,10 +59,11 @@ def pack_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int = 
     for group in groups:
         if not group:
             continue
-        data = torch.empty(sum(t.nbytes for _, t in group), dtype=torch.uint8)
+        data = np.empty(sum(t.nbytes for _, t in group), dtype=np.uint8)
+        view = torch.from_numpy(data)
         slots, offset = [], 0
         for name, t in group:
-            data[offset: offset + t.nbytes] = _as_bytes(t)
+            view[offset: offset + t.nbytes] = _as_bytes(t)
             slots.append(TensorSlot(name, str(t.dtype).removeprefix("torch."), tuple(t.shape), offset, t.nbytes))
             offset += t.nbytes
         buckets.append(Bucket(data, slots))
@@ -60,7 +71,11 @@ def pack_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int = 
 
 
 def unpack_bucket(bucket: Bucket) -> Iterator[tuple[str, torch.Tensor]]:
-    """Views into the bucket's buffer (no copy): (name, tensor) in packing order."""
+    """Views into the bucket's buffer (no copy): (name, tensor) in packing order. A bucket from the object store is
+    read-only shared memory: its tensors are for copying from (what loading weights does), never to be written."""
+    with warnings.catch_warnings():  # torch warns once that it cannot mark the view read-only
+        warnings.simplefilter("ignore", UserWarning)
+        data = torch.from_numpy(bucket.data)
     for s in bucket.slots:
-        raw = bucket.data[s.offset: s.offset + s.nbytes]
+        raw = data[s.offset: s.offset + s.nbytes]
         yield s.name, raw.view(getattr(torch, s.dtype)).reshape(s.shape)

@@ -62,6 +62,8 @@ def test_llava_hound_fixed_reference_and_one_lora_across_rounds(ray_local, tmp_p
     policy, _ = load_policy(str(run_dir / "round_1" / "policy"))
     expected = merged(start, str(run_dir / "round_1" / "policy" / "adapter"))
     assert all(torch.allclose(v, expected[k], atol=1e-5) for k, v in policy.state_dict().items())
+    # loop.sync adapter: the engines got each round's adapter, not the merged weights.
+    assert [stages[f"round_{r}/train"]["sync_mode"] for r in range(2)] == ["adapter", "adapter"]
 
 
 def test_vlm_rlaif_aspect_judge_with_length_penalty(ray_local, tmp_path_factory):

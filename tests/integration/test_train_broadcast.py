@@ -1,6 +1,7 @@
-"""One DPO round on real Ray Train + DeepSpeed (ZeRO-2 and ZeRO-3), and the broadcast of the new weights into a live
-vLLM policy engine: after the round, the engine (never restarted) generates exactly what transformers generates with
-the saved trained weights, and no longer what the starting policy generated."""
+"""One DPO round on real Ray Train + DeepSpeed (ZeRO-2 and ZeRO-3), and the new policy reaching a live vLLM policy
+engine, as broadcast weights or as a hot-loaded LoRA adapter (loop.sync): after the round, the engine (never
+restarted) generates exactly what transformers generates with the saved trained weights, and no longer what the
+starting policy generated."""
 import shutil
 
 import pyarrow as pa
@@ -34,10 +35,24 @@ def videos(ray_local, tmp_path_factory):
     return root, pq.read_table(root / "videos.parquet").to_pylist()
 
 
+def _engine(adapter_rank=None):
+    engine = EngineActor.options(num_cpus=0.5).remote("tiny-qwen2-vl", role="policy", max_model_len=1024,
+                                                      adapter_rank=adapter_rank)
+    ray.get(engine.health.remote())
+    return engine
+
+
 @pytest.fixture(scope="module")
 def policy_engine(ray_local):
-    engine = EngineActor.options(num_cpus=0.5).remote("tiny-qwen2-vl", role="policy", max_model_len=1024)
-    ray.get(engine.health.remote())
+    engine = _engine()
+    yield engine
+    ray.kill(engine)
+
+
+@pytest.fixture(scope="module")
+def adapter_engine(ray_local):
+    """An engine that can hot-load LoRA adapters (loop.sync adapter)."""
+    engine = _engine(adapter_rank=8)
     yield engine
     ray.kill(engine)
 
@@ -73,15 +88,19 @@ def _pairs(rows, path):
     return pa.Table.from_pylist(items)
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_round_trains_and_reaches_the_live_engine(videos, policy_engine, tmp_path, zero_stage):
+@pytest.mark.parametrize("zero_stage, sync", [(2, "weights"), (3, "adapter")])
+def test_round_trains_and_reaches_the_live_engine(videos, request, tmp_path, zero_stage, sync):
+    """sync weights: the merged weights are broadcast; sync adapter: the engine keeps the starting weights and
+    hot-loads the round's LoRA. Either way the engine then answers as the saved merged policy does."""
     root, rows = videos
+    policy_engine = request.getfixturevalue("adapter_engine" if sync == "adapter" else "policy_engine")
     start = ensure_model("tiny-qwen2-vl")
     before = [s[0]["text"].strip() for s in ray.get(policy_engine.generate.remote(_requests(rows), GREEDY))]
     assert before == _hf_greedy(start, rows)  # the engine starts as the saved starting policy
 
-    cfg = parse_config({"name": f"bcast{zero_stage}", "train": {"workers": 2, "zero_stage": zero_stage, "lr": 0.05,
-                                                                "epochs": 3, "micro_batch_size": 1}})
+    cfg = parse_config({"name": f"bcast{zero_stage}", "loop": {"sync": sync},
+                        "train": {"workers": 2, "zero_stage": zero_stage, "lr": 0.05, "epochs": 3,
+                                  "micro_batch_size": 1, "merge_each_round": sync == "weights"}})
     round_dir = tmp_path / "round_0"
     round_dir.mkdir()
     write_table(_pairs(rows, start), round_dir / "pairs.parquet")
@@ -89,7 +108,10 @@ def test_round_trains_and_reaches_the_live_engine(videos, policy_engine, tmp_pat
     result = train_round(cfg, tmp_path, round_dir, policy_in=start, start=start, reference=start,
                          engines=[policy_engine], previous_adapter=None)
 
-    assert result["engines_synced"] == 1 and result["sync_buckets"] >= 1 and result["step"] == 6
+    assert result["engines_synced"] == 1 and result["sync_mode"] == sync and result["step"] == 6
+    health = ray.get(policy_engine.health.remote())
+    assert health["weights"] == str(round_dir / "policy")
+    assert (health["adapter"] is not None) == (sync == "adapter")
     history = result["history"]
     assert len(history) == 6 and history[-1]["reward_margin"] > history[0]["reward_margin"]
     assert (round_dir / "policy" / "config.json").exists() and (round_dir / "policy" / "adapter").exists()
@@ -99,7 +121,8 @@ def test_round_trains_and_reaches_the_live_engine(videos, policy_engine, tmp_pat
     assert after == _hf_greedy(str(round_dir / "policy"), rows)  # the live engine serves the trained weights
     assert after != before
 
-    # The starting weights, sent back from the saved folder (the resume path), restore the starting outputs.
+    # The starting weights, sent back from the saved folder (the resume path), restore the starting outputs
+    # (an engine that held an adapter drops it: it belonged to the weights just replaced).
     broadcast_weights([policy_engine], saved_weights(start).items())
     restored = [s[0]["text"].strip() for s in ray.get(policy_engine.generate.remote(_requests(rows), GREEDY))]
-    assert restored == before
+    assert restored == before and ray.get(policy_engine.health.remote())["adapter"] is None

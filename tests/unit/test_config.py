@@ -93,6 +93,13 @@ def test_one_config_per_paper_selects_its_algorithm():
     assert m.models.extra_responders and m.judge.kind == "function" and m.train.extrapolation_alpha > 1
 
 
+def test_adapter_sync_needs_a_lora_that_carries_over():
+    assert parse_config({"loop": {"sync": "adapter"}, "train": {"merge_each_round": False}}).loop.sync == "adapter"
+    for train in ({}, {"finetune": "full"}):  # merged rounds, or no adapter: the engines' base would change
+        with pytest.raises(ConfigError, match="loop.sync 'adapter' needs"):
+            parse_config({"loop": {"sync": "adapter"}, "train": train})
+
+
 def test_extrapolation_needs_merged_rounds():
     with pytest.raises(ConfigError, match="extrapolation_alpha needs merge_each_round"):
         parse_config({"train": {"extrapolation_alpha": 1.5, "merge_each_round": False}})
