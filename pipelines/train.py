@@ -6,7 +6,7 @@ train.finetune "full", on all of its weights).
             (rlaif.objectives: DPO family + SFT terms, or plain SFT for rebirth tuning), checkpoints via ray.train;
             at the end rank 0 merges the LoRA into the weights, extrapolates them if configured, saves the new
             policy, and broadcasts the merged weights in a few buckets (one object-store put each) to every policy
-            engine: one control call per engine.
+            engine: one control call per engine (with loop.sync adapter, each engine hot-loads the adapter instead).
 
 Reference log-probs come with the pairs (pipelines.pairs), so no reference model is held here.
 """
@@ -89,7 +89,8 @@ def trained_weights(engine, t: TrainConfig, config: dict):
 
 def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
     """Rank 0: extrapolate the new weights when asked (MMAIP-V), save the new policy (merged, plus the adapter of a
-    LoRA), and broadcast it to the engines."""
+    LoRA), and bring the engines to it: the merged weights broadcast, or (loop.sync adapter, engines holding the
+    weights the LoRA was trained on) the adapter hot-loaded."""
     from actors.weight_sync import broadcast_weights, hot_load_adapter
     from rlaif.extrapolate import extrapolate
     from rlaif.policy_model import load_policy
