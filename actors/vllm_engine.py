@@ -188,7 +188,8 @@ class VLLMEngine:
 
         start = time.time()
         self.adapters_loaded += 1
-        request = LoRARequest(f"policy-{self.adapters_loaded}", self.adapters_loaded + 1, local_folder(folder))
+        local = local_folder(folder)
+        request = LoRARequest(f"policy-{self.adapters_loaded}", self.adapters_loaded + 1, local)
         self.llm.llm_engine.add_lora(request)  # loaded now, not by the next request
         self._drop_adapter()
         self.lora_request = request
@@ -196,7 +197,8 @@ class VLLMEngine:
         self.weights_version += 1
         self.weights = label or f"{self.model_path}+{folder}"
         self._record_call(start)
-        return {"version": self.weights_version, "seconds": time.time() - start}
+        return {"version": self.weights_version, "seconds": time.time() - start,
+                "bytes": sum(f.stat().st_size for f in Path(local).glob("*.safetensors"))}
 
     def _drop_adapter(self) -> None:
         if self.lora_request is not None:

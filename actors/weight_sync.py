@@ -36,8 +36,7 @@ def hot_load_adapter(engines: list, folder: str, label: str | None = None) -> di
     of receiving the merged weights."""
     start = time.perf_counter()
     stats = ray.get([e.load_adapter.remote(folder, label=label) for e in engines])
-    nbytes = sum(f.stat().st_size for f in Path(local_folder(folder)).glob("*.safetensors"))
-    return {"sync_s": time.perf_counter() - start, "sync_mode": "adapter", "sync_bytes": nbytes,
+    return {"sync_s": time.perf_counter() - start, "sync_mode": "adapter", "sync_bytes": stats[0]["bytes"],
             "engines_synced": len(stats), "engine_weights_version": [s["version"] for s in stats]}
 
 

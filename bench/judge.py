@@ -25,13 +25,10 @@ import time
 
 from common import cpu_engine_env, machine, matmul_peak_gflops, ratio, table
 
+from rlaif.prompts import JUDGE_INSTRUCTIONS, JUDGE_REQUEST, JUDGE_SYSTEM, judge_messages  # noqa: E402
+
 # The judging prompt of version v2: evidence, question, answer, then the instructions.
-EVIDENCE_FIRST = (
-    "Video description (evidence):\n{caption}\n\nQuestion: {question}\nCandidate answer: {answer}\n\n"
-    "Rate the candidate answer from 1 to 5 for factual consistency with the description, relevance, accuracy, "
-    "clarity and completeness: 1 = wrong or unrelated, 3 = partly correct, 5 = fully correct and consistent with "
-    "the description. Reply with one short sentence of explanation, then a last line \"Score: N\"."
-)
+EVIDENCE_FIRST = JUDGE_REQUEST + "\n\n" + JUDGE_INSTRUCTIONS
 
 
 def answers(videos: int, k: int, seed: int = 0) -> list[dict]:
@@ -93,7 +90,6 @@ def main() -> None:
 
     from actors.vllm_engine import VLLMEngine
     from actors.weight_sync import saved_weights
-    from rlaif.prompts import JUDGE_SYSTEM, judge_messages
     from rlaif.tiny_models import ensure_model
 
     folder = ensure_model(args.model)
@@ -106,7 +102,7 @@ def main() -> None:
     def evidence_first(r):
         return [{"role": "system", "content": JUDGE_SYSTEM},
                 {"role": "user", "content": EVIDENCE_FIRST.format(caption=r["caption"], question=r["question"],
-                                                                  answer=r["response"])}]
+                                                                  reference="", answer=r["response"])}]
 
     def instructions_first(r):
         return judge_messages(r["caption"], r["question"], r["response"])

@@ -59,10 +59,11 @@ def judge_some(rows: list[dict], judge: Callable[[list[dict]], tuple[list, list[
     out: list[tuple] = [(None, 0, unjudgeable(r["response"], r["finish_reason"])) for r in rows]
     # One request per distinct answer to a question: a policy often samples the same short answer several times,
     # and the judge (greedy by default) would only repeat its verdict.
+    keys = [(r["prompt_id"], r["response"]) for r in rows]
     first: dict[tuple, int] = {}
     for i, (_, _, status) in enumerate(out):
         if status is None:
-            first.setdefault((rows[i]["prompt_id"], rows[i]["response"]), i)
+            first.setdefault(keys[i], i)
     if first:
         ask = list(first.values())
         verdicts, attempts = judge([rows[i] for i in ask])
@@ -70,7 +71,7 @@ def judge_some(rows: list[dict], judge: Callable[[list[dict]], tuple[list, list[
                    for i, v, a in zip(ask, verdicts, attempts)}
         for i, (_, _, status) in enumerate(out):
             if status is None:
-                out[i] = settled[first[(rows[i]["prompt_id"], rows[i]["response"])]]
+                out[i] = settled[first[keys[i]]]
     return out
 
 
