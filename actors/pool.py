@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 class EnginePool:
     """`weights_state` (policy pools): where `hold` records the policy the engines must serve, so that an engine
     restarted after a crash comes back with it (see VLLMEngine). `adapter_rank`: the engines can hot-load LoRA
-    adapters up to this rank (loop.sync adapter)."""
+    adapters up to this rank (loop.sync adapter). `wait=False` returns while the engines still load (calls to them
+    queue until they are ready); `wait_ready` then waits."""
 
     def __init__(self, role: str, model: str, cfg: EnginePoolConfig, *, video: bool, seed: int = 0,
-                 weights_state: str | None = None, adapter_rank: int | None = None):
+                 weights_state: str | None = None, adapter_rank: int | None = None, wait: bool = True):
         self.role = role
         self.cfg = cfg
         self.weights_state = weights_state
@@ -45,10 +46,19 @@ class EnginePool:
                 adapter_rank=adapter_rank, **engine_kwargs)
             for i in range(cfg.replicas)
         ]
-        health = self.health()
-        self.model_path = health[0]["model"]
-        self.ready_at = time.time()  # the start of the wall time its engines' busy_s is a share of
-        log.info("%s pool: %d engine(s) for %s ready in %.1f s", role, len(self.actors), self.model_path, time.time() - start)
+        self.started_at = start
+        self.model_path: str | None = None
+        self.ready_at: float | None = None  # the start of the wall time its engines' busy_s is a share of
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> "EnginePool":
+        if self.ready_at is None:
+            self.model_path = self.health()[0]["model"]
+            self.ready_at = time.time()
+            log.info("%s pool: %d engine(s) for %s ready in %.1f s", self.role, len(self.actors), self.model_path,
+                     self.ready_at - self.started_at)
+        return self
 
     def generate(self, requests: list[dict], sampling: dict) -> list[list[dict]]:
         """Small direct calls (a handful of requests) without Ray Data."""
@@ -68,6 +78,8 @@ class EnginePool:
         if stale:
             log.info("%s pool: %d of %d engine(s) hold %s; loading %s", self.role, len(stale), len(self.actors),
                      sorted(set(held)), policy)
+            # The object store (not loop.sync_transport): the driver sends here, on a resume or after an engine
+            # restart, off the training path; it needs no port open from the engines' nodes to the driver's.
             broadcast_weights(stale, saved_weights(policy).items(), bucket_mb, label=policy)
         return len(stale)
 
@@ -78,6 +90,11 @@ class EnginePool:
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)
+
+
+def distinct_pools(pools: dict[str, EnginePool | None]) -> list[EnginePool]:
+    """Each pool once (one pool may serve as several: the policy also judges or captions)."""
+    return list({id(p): p for p in pools.values() if p is not None}.values())
 
 
 def pool_stats(pools: dict[str, EnginePool | None], now: float) -> dict[str, dict]:

@@ -2,7 +2,8 @@
 
 Requests are chat messages (plus frames for a video LMM); the engine applies the model's own chat template, so the
 same code drives the captioner, the policy and the judge. The policy's engine also takes new weights in place
-(`load_weight_buckets`), so a round's rollouts always come from the latest policy without a restart.
+(`load_weight_buckets`, or `receive_weight_broadcast` for the collective transport), so a round's rollouts always
+come from the latest policy without a restart.
 """
 from __future__ import annotations
 
@@ -167,6 +168,22 @@ class VLLMEngine:
         policy folder they were saved to)."""
         start = time.time()
         stats = self.llm.collective_rpc("load_weight_buckets", args=(list(buckets),))[0]
+        return self._weights_replaced(start, stats, label)
+
+    def receive_weight_broadcast(self, host: str, port: int, rank: int, world_size: int, backend: str, index: list,
+                                 timeout_s: float, label: str | None = None) -> dict:
+        """New weights, in place, by the collective transport (actors.weight_sync): joins the sender's group at
+        host:port as `rank` and receives the buckets `index` (rlaif.weights.BucketIndex) describes. Raises, with the
+        weights unchanged, when the group or a broadcast fails within `timeout_s`."""
+        if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:
+            # Every vLLM worker would join as the same rank; the object store serves sharded engines instead.
+            raise ValueError("the collective weight transport takes engines of one worker")
+        start = time.time()
+        stats = self.llm.collective_rpc("receive_weight_broadcast",
+                                        args=(host, port, rank, world_size, backend, index, timeout_s))[0]
+        return self._weights_replaced(start, stats, label)
+
+    def _weights_replaced(self, start: float, stats: dict, label: str | None) -> dict:
         self._drop_adapter()  # whole new weights: an adapter trained on the old ones no longer applies
         # Everything computed with the old weights must go: KV blocks, and the vision encoder's cached outputs
         # (the scheduler's bookkeeping too, or it asks the worker for embeddings that no longer exist).
@@ -212,9 +229,11 @@ class VLLMEngine:
 
     def health(self) -> dict:
         import torch
+        from vllm.platforms import current_platform
 
-        return {"role": self.role, "model": self.model_path, "pid": os.getpid(), "weights_version": self.weights_version,
-                "weights": self.weights, "adapter": self.lora_request.lora_path if self.lora_request else None,
+        return {"role": self.role, "model": self.model_path, "pid": os.getpid(), "device": current_platform.device_type,
+                "weights_version": self.weights_version, "weights": self.weights,
+                "adapter": self.lora_request.lora_path if self.lora_request else None,
                 "served": self.served, "threads": torch.get_num_threads(),
                 "recent_calls": list(self.recent_calls)}
 

@@ -1,14 +1,18 @@
 """Caption stage: every ingested video gets a detailed caption, the text proxy the judge uses as evidence.
 
-The same actor writes i-SRT's per-round re-descriptions (pipelines.describe) and the captions that caption
-evaluation checks (pipelines.caption_eval)."""
+Captions are written by the ingest stream itself when the pools are up before ingest (`CaptionDuringIngest`: each
+decoded batch goes to a captioning engine while later videos still decode), or afterwards from videos.parquet
+(`caption_videos`: a run resumed after ingest). The same actor writes i-SRT's per-round re-descriptions
+(pipelines.describe) and the captions that caption evaluation checks (pipelines.caption_eval)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
 import ray.data
 
 from actors.pool import EngineClient, EnginePool
@@ -19,6 +23,7 @@ from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
 from pipelines.frames_join import FRAME_COLUMNS
+from pipelines.ingest import CAPTIONS_FILE
 from pipelines.io import read_table, write_dataset, write_table
 
 log = logging.getLogger(__name__)
@@ -28,9 +33,11 @@ class CaptionVideos(EngineClient):
     """Captions a batch of videos; with `previous` ({video_id: description}) the engine instead re-describes each
     video given its previous description (i-SRT's self-retrospection)."""
 
-    def __init__(self, engines: list, sampling: dict, model: str, previous: dict[str, str] | None = None):
+    def __init__(self, engines: list, sampling: dict, model: str | None = None, previous: dict[str, str] | None = None):
         super().__init__(engines)
-        self.sampling, self.model, self.previous = sampling, model, previous
+        # No model given: the engines' own (this waits for an engine still starting, not the driver).
+        self.model = model or ray.get(engines[0].health.remote())["model"]
+        self.sampling, self.previous = sampling, previous
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.select(["video_id", "frames", "frames_shape", "duration_s"]).to_pylist()
@@ -40,6 +47,38 @@ class CaptionVideos(EngineClient):
         outs = self.call(requests, [seeded(self.sampling, r["video_id"], version, self.model) for r in rows])
         return pa.Table.from_pylist([{"video_id": r["video_id"], "caption": o[0]["text"].strip(), "model": self.model,
                                       "prompt_version": version} for r, o in zip(rows, outs)], schema=CAPTIONS)
+
+
+class CaptionDecoded(CaptionVideos):
+    """Ingest's streamed form: a batch of decoded rows (schemas.VIDEOS) comes back whole with the CAPTIONS columns
+    added, captioned where the video decoded and null where it is quarantined."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ok = batch.filter(pc.equal(batch.column("status"), "ok"))
+        captioned = {r["video_id"]: r for r in super().__call__(ok).to_pylist()} if ok.num_rows else {}
+        rows = [captioned.get(v, {}) for v in batch.column("video_id").to_pylist()]
+        for name in CAPTIONS.names[1:]:
+            batch = batch.append_column(CAPTIONS.field(name), pa.array([r.get(name) for r in rows], pa.string()))
+        return batch
+
+
+@dataclass
+class CaptionDuringIngest:
+    """What ingest needs to caption as it decodes: the captioning pool (its engines may still be starting) and the
+    caption sampling."""
+
+    pool: EnginePool
+    sampling: dict
+
+    def add_to(self, decoded: ray.data.Dataset) -> ray.data.Dataset:
+        return decoded.map_batches(
+            CaptionDecoded, fn_constructor_kwargs={"engines": self.pool.actors, "sampling": self.sampling},
+            batch_size=self.pool.cfg.batch_size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=len(self.pool.actors)), num_cpus=0.1)
+
+
+def caption_sampling(cfg: RunConfig) -> dict:
+    return {"n": 1, "temperature": cfg.caption.temperature, "max_tokens": cfg.caption.max_tokens}
 
 
 def caption_videos(run_dir: RunPath, pool: EnginePool, sampling: dict, out: RunPath, video_ids: list[str] | None = None,
@@ -80,14 +119,14 @@ def reference_captions(cfg: RunConfig, run_dir: RunPath) -> dict[str, str]:
     return dict(zip(table.column("video_id").to_pylist(), table.column("caption").to_pylist()))
 
 
-def run_caption(cfg: RunConfig, run_dir: RunPath, pool: EnginePool | None) -> int:
-    out = run_dir / "captions.parquet"
+def run_caption(cfg: RunConfig, run_dir: RunPath, pool: EnginePool | None, during_ingest: bool = False) -> int:
+    """`during_ingest`: the ingest stream of this run already wrote the captions; they are only counted."""
+    out = run_dir / CAPTIONS_FILE
     if cfg.caption.source == "file":
         table = captions_from_file(cfg.caption.file, read_table(run_dir / "videos.parquet", ["video_id", "uri"]))
         write_table(table, out)
         return table.num_rows
-    sampling = {"n": 1, "temperature": cfg.caption.temperature, "max_tokens": cfg.caption.max_tokens}
-    n = caption_videos(run_dir, pool, sampling, out)
+    n = read_table(out, ["video_id"]).num_rows if during_ingest else caption_videos(run_dir, pool, caption_sampling(cfg), out)
     empty = pc.sum(pc.equal(read_table(out, ["caption"]).column("caption"), "")).as_py() if n else 0
     log.info("captions: %d videos (%s empty)", n, empty)
     return n

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
-from actors.pool import EnginePool, pool_stats
-from rlaif.config import POLICY_AS_JUDGE, RunConfig
+from actors.pool import EnginePool, distinct_pools, pool_stats
+from rlaif.config import POLICY_AS_JUDGE, EnginePoolConfig, RunConfig
 from rlaif.storage import RunPath
 from rlaif.tiny_models import ensure_model
 
@@ -45,34 +46,67 @@ DEPENDS = {
 }
 
 
-def start_pools(cfg: RunConfig, run_dir: RunPath) -> dict[str, EnginePool | None]:
+@dataclass
+class PoolSpec:
+    """One engine pool to start (EnginePool's arguments)."""
+
+    role: str
+    model: str
+    cfg: EnginePoolConfig
+    video: bool
+    seed: int
+    weights_state: str | None = None
+    adapter_rank: int | None = None
+
+    def start(self, wait: bool) -> EnginePool:
+        return EnginePool(self.role, self.model, self.cfg, video=self.video, seed=self.seed,
+                          weights_state=self.weights_state, adapter_rank=self.adapter_rank, wait=wait)
+
+
+def pool_specs(cfg: RunConfig, run_dir: RunPath) -> dict[str, PoolSpec | str | None]:
     """policy, judge (the policy pool itself when models.judge is 'policy'; None when no LLM judges), captioner,
-    and one pool per extra responder (extra:<model>). The policy engines record the policy they hold in the run
-    folder, for engines that Ray restarts."""
-    policy = EnginePool("policy", cfg.models.policy, cfg.pools.policy, video=True, seed=cfg.seed,
-                        weights_state=str(run_dir / POLICY_ENGINES_STATE),
-                        adapter_rank=cfg.train.lora_r if cfg.loop.sync == "adapter" else None)
-    pools: dict[str, EnginePool | None] = {"policy": policy}
+    and one pool per extra responder (extra:<model>); a pool shared with another is that pool's name. The policy
+    engines record the policy they hold in the run folder, for engines that Ray restarts."""
+    specs: dict[str, PoolSpec | str | None] = {
+        "policy": PoolSpec("policy", cfg.models.policy, cfg.pools.policy, True, cfg.seed,
+                           weights_state=str(run_dir / POLICY_ENGINES_STATE),
+                           adapter_rank=cfg.train.lora_r if cfg.loop.sync == "adapter" else None)}
     if cfg.models.judge == POLICY_AS_JUDGE:
-        pools["judge"] = policy  # i-SRT: the policy judges with its current weights
+        specs["judge"] = "policy"  # i-SRT: the policy judges with its current weights
     elif cfg.needs_judge_engine():
-        pools["judge"] = EnginePool("judge", cfg.models.judge, cfg.pools.judge, video=False, seed=cfg.seed)
+        specs["judge"] = PoolSpec("judge", cfg.models.judge, cfg.pools.judge, False, cfg.seed)
     else:
-        pools["judge"] = None
+        specs["judge"] = None
     captioner = cfg.models.captioner or cfg.models.policy
     if cfg.caption.source == "model" and (captioner != cfg.models.policy or cfg.pools.captioner is not None):
-        pools["captioner"] = EnginePool("captioner", captioner, cfg.pools.captioner or cfg.pools.policy, video=True,
-                                        seed=cfg.seed)
+        specs["captioner"] = PoolSpec("captioner", captioner, cfg.pools.captioner or cfg.pools.policy, True, cfg.seed)
     else:
-        pools["captioner"] = policy  # captions come before any training: the starting policy writes them
+        specs["captioner"] = "policy"  # captions come before any training: the starting policy writes them
     for i, model in enumerate(cfg.models.extra_responders):
-        pools[f"extra:{model}"] = EnginePool(f"extra{i}", model, cfg.pools.extra, video=True, seed=cfg.seed + 100 * (i + 1))
+        specs[f"extra:{model}"] = PoolSpec(f"extra{i}", model, cfg.pools.extra, True, cfg.seed + 100 * (i + 1))
+    return specs
+
+
+def engine_cpus(specs: dict[str, PoolSpec | str | None]) -> float:
+    """Ray CPUs the pools of `specs` hold."""
+    return sum(s.cfg.num_cpus * s.cfg.replicas for s in specs.values() if isinstance(s, PoolSpec))
+
+
+def start_pools(cfg: RunConfig, run_dir: RunPath, wait: bool = True) -> dict[str, EnginePool | None]:
+    """The pools of `pool_specs`, a shared pool started once. `wait=False`: the engines may still be loading."""
+    pools: dict[str, EnginePool | None] = {}
+    for name, spec in pool_specs(cfg, run_dir).items():
+        pools[name] = pools[spec] if isinstance(spec, str) else spec.start(wait) if spec else None
     return pools
 
 
-def run_loop(cfg: RunConfig, run_dir: RunPath, stages: Stages) -> list[dict]:
+def run_loop(cfg: RunConfig, run_dir: RunPath, stages: Stages, pools: dict[str, EnginePool | None],
+             captioned_during_ingest: bool = False) -> list[dict]:
+    """`pools` (start_pools) are shut down by the caller. `captioned_during_ingest`: this run's ingest stream wrote
+    captions.parquet already (pipelines.caption.CaptionDuringIngest)."""
     manifest = stages.manifest
-    pools = start_pools(cfg, run_dir)
+    for p in distinct_pools(pools):
+        p.wait_ready()
     policy, judge = pools["policy"], pools["judge"]
     responders = [policy] + [p for k, p in pools.items() if k.startswith("extra:")]
     start_path = ensure_model(cfg.models.policy)
@@ -86,7 +120,8 @@ def run_loop(cfg: RunConfig, run_dir: RunPath, stages: Stages) -> list[dict]:
         return current if result.get("skipped") or not folder.exists() else str(folder)
 
     serve(start_path)  # also overwrites what a crashed earlier run recorded for restarted engines
-    stages.run("caption", DEPENDS["caption"], lambda: run_caption(cfg, run_dir, pools["captioner"]))
+    stages.run("caption", DEPENDS["caption"],
+               lambda: run_caption(cfg, run_dir, pools["captioner"], during_ingest=captioned_during_ingest))
     stages.run("questions", DEPENDS["questions"], lambda: run_questions(cfg, run_dir, judge))
     evals = [stages.run("round_base/eval", DEPENDS["round"],
                         lambda: run_eval(cfg, run_dir, run_dir / "round_base", policy, judge, -1))]
@@ -138,6 +173,4 @@ def run_loop(cfg: RunConfig, run_dir: RunPath, stages: Stages) -> list[dict]:
         manifest.put("pools", pool_stats(pools, time.time()))
     except Exception as err:  # noqa: BLE001
         log.warning("engine pool stats not recorded: %s", err)
-    for p in {id(p): p for p in pools.values() if p is not None}.values():
-        p.shutdown()
     return evals

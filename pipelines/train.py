@@ -118,7 +118,8 @@ def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
     elif config["adapter_sync"] and adapter is not None and not alpha:  # the engines hold lora_base: add the adapter
         synced = hot_load_adapter(config["engines"], str(final / "adapter"), label=str(final))
     else:
-        synced = broadcast_weights(config["engines"], model.state_dict().items(), config["bucket_mb"], label=str(final))
+        synced = broadcast_weights(config["engines"], model.state_dict().items(), config["bucket_mb"], label=str(final),
+                                   transport=config["sync_transport"])
     return {"save_s": time.time() - start, **synced}
 
 
@@ -203,6 +204,7 @@ def run_train(cfg: RlaifConfig, run_dir: RunPath, out_dir: RunPath, data: pa.Tab
                            "lora_init": lora_init, "reference": reference, "policy_out": str(out_dir / "policy"),
                            "extrapolation_alpha": t.extrapolation_alpha if objective == "dpo" else None,
                            "engines": engines, "bucket_mb": cfg.loop.sync_bucket_mb,
+                           "sync_transport": cfg.loop.sync_transport,
                            # the engines keep the starting policy and take adapters trained on it (loop.sync)
                            "adapter_sync": cfg.loop.sync == "adapter" and lora_base == ensure_model(cfg.models.policy)},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu,

@@ -107,6 +107,10 @@ class CaptionConfig(_Strict):
     reference_file: str | None = Field(
         None, description="Ground-truth captions (Parquet: `caption` and `uri` or `video_id`), never shown to the judge: "
                           "the target of train.caption_sft_weight and the reference of eval.caption_metrics.")
+    during_ingest: bool = Field(
+        True, description="source model: caption each batch of videos as soon as it is decoded, in the ingest stream "
+                          "(the engines start before ingest and caption while later videos still decode). Off, or on a "
+                          "run resumed after ingest: a caption stage reads videos.parquet after ingest.")
     self_retrospection: bool = Field(
         False, description="i-SRT: before each round's rollouts the policy re-describes every training video given its "
                            "previous description (round 0: the caption), and that description is the judge's evidence.")
@@ -222,6 +226,13 @@ class LoopConfig(_Strict):
     rounds: int = Field(2, ge=1, le=1000)
     eval_max_tokens: int = Field(32, ge=1)
     sync_bucket_mb: int = Field(256, ge=1, description="Size of the weight buckets broadcast to the policy engines.")
+    sync_transport: Literal["object_store", "collective"] = Field(
+        "object_store", description="How broadcast weights travel (loop.sync weights). object_store: each bucket is "
+                                    "put once in Ray's object store and the engines fetch it (zero-copy on the same "
+                                    "node). collective: a private torch.distributed group per sync between the "
+                                    "trainer's rank 0 and the engines, one broadcast per bucket: NCCL when they are "
+                                    "all on GPUs, gloo on CPU; if the group cannot be formed within a timeout, the "
+                                    "sync falls back to the object store and says so in its stats (sync_fallback).")
     sync: Literal["weights", "adapter"] = Field(
         "weights", description="How a round's policy reaches the policy engines. weights: the whole model, broadcast in "
                                "buckets. adapter (train.finetune lora with merge_each_round false): the engines keep "

@@ -12,6 +12,8 @@ from rlaif.decode import DecodedVideo, DecodeSpec, decode_video
 
 CRASH_MARK = "inject-segfault"  # a file whose name contains this kills its decoder with SIGSEGV
 HANG_MARK = "inject-hang"  # ... or makes it hang forever
+SLOW_MARK = "inject-slow"  # ... or take SLOW_DECODE_S longer (a slow disk or a long clip: shows stages overlapping)
+SLOW_DECODE_S = 1.5
 
 
 def decode_with_faults(uri: str, spec: DecodeSpec) -> DecodedVideo:
@@ -21,4 +23,6 @@ def decode_with_faults(uri: str, spec: DecodeSpec) -> DecodedVideo:
     if HANG_MARK in name:
         while True:
             time.sleep(3600)
+    if SLOW_MARK in name:
+        time.sleep(SLOW_DECODE_S)
     return decode_video(uri, spec)

@@ -26,6 +26,13 @@ class TensorSlot:
     nbytes: int
 
 
+@dataclass(frozen=True)
+class BucketIndex:
+    """A bucket without its bytes: what a receiver needs to allocate the buffer a collective broadcast fills."""
+    nbytes: int
+    slots: list[TensorSlot]
+
+
 @dataclass
 class Bucket:
     data: np.ndarray  # uint8, 1-D, contiguous (read-only when it comes out of the object store)
@@ -34,6 +41,15 @@ class Bucket:
     @property
     def nbytes(self) -> int:
         return self.data.nbytes
+
+    @property
+    def index(self) -> BucketIndex:
+        return BucketIndex(self.nbytes, self.slots)
+
+    @classmethod
+    def empty(cls, index: BucketIndex) -> "Bucket":
+        """A writable bucket of `index`'s layout, its bytes still to be received."""
+        return cls(np.empty(index.nbytes, dtype=np.uint8), index.slots)
 
 
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:

