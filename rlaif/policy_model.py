@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from rlaif.logprobs import sequence_logps, token_logps
+from rlaif.logprobs import logits_needed, sequence_logps, token_logps
 from rlaif.schemas import frames_of
 from rlaif.storage import local_folder
 from rlaif.vlm_inputs import collate, encode_example, model_inputs
@@ -43,8 +43,10 @@ def pair_batch(processor, rows: list[dict], video: bool) -> dict[str, torch.Tens
 
 
 def answer_token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-prob of each predicted token, mask of the answer tokens among them), both (B, T-1), from one forward."""
-    return token_logps(model(**model_inputs(batch)).logits, batch["input_ids"], batch["answer_mask"])
+    """(log-prob of each predicted token, mask of the answer tokens among them), both (B, K-1), from one forward that
+    computes logits only from the batch's first answer token on (rlaif.logprobs.logits_needed)."""
+    keep = logits_needed(batch["answer_mask"])
+    return token_logps(model(**model_inputs(batch), logits_to_keep=keep).logits, batch["input_ids"], batch["answer_mask"])
 
 
 def answer_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

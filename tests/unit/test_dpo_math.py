@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rlaif.dpo import dpo_loss, sft_nll
-from rlaif.logprobs import sequence_logps, token_logps
+from rlaif.logprobs import logits_needed, sequence_logps, token_logps
 from rlaif.weights import pack_buckets, unpack_bucket
 
 
@@ -74,3 +74,16 @@ def test_buckets_cast_floats_only():
     buckets = pack_buckets([("w", torch.randn(4)), ("i", torch.arange(3))], dtype=torch.bfloat16)
     back = dict(unpack_bucket(buckets[0]))
     assert back["w"].dtype == torch.bfloat16 and back["i"].dtype == torch.int64
+
+
+def test_logits_of_the_last_positions_give_the_same_answer_logps():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 6, 7)
+    ids = torch.randint(0, 7, (2, 6))
+    mask = torch.tensor([[0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 1]])
+    keep = logits_needed(mask)
+    assert keep == 4  # positions 2..5: position 2 predicts the earliest answer token, at 3
+    full = sequence_logps(*token_logps(logits, ids, mask))
+    kept = sequence_logps(*token_logps(logits[:, -keep:], ids, mask))
+    assert torch.equal(kept, full)
+    assert logits_needed(torch.zeros(2, 6, dtype=torch.long)) == 6
