@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import time
 
+import ray
+
+from actors.pool import distinct_pools
 from rlaif.config import RunConfig
 from rlaif.manifest import Manifest
 from rlaif.storage import RunPath, clean_partials
@@ -47,8 +50,6 @@ def run_pipeline(cfg: RunConfig, run_dir: RunPath | str, resume: bool = False, s
             pools = pools or start_pools(cfg, run_dir)
             run_loop(cfg, run_dir, stages, pools, captioned_during_ingest="ingest" in stages.ran_now and ingest["captioned"])
     finally:
-        from actors.pool import distinct_pools
-
         for pool in distinct_pools(pools or {}):
             pool.shutdown()
     return manifest
@@ -57,8 +58,6 @@ def run_pipeline(cfg: RunConfig, run_dir: RunPath | str, resume: bool = False, s
 def start_pools_before_ingest(cfg: RunConfig, run_dir: RunPath) -> dict | None:
     """The loop's pools, started without waiting for them, when the cluster has a CPU for a decode actor beside
     their engines (else None: they start after ingest, which then has the CPUs to itself)."""
-    import ray
-
     from pipelines.loop import engine_cpus, pool_specs, start_pools
 
     spare = ray.cluster_resources().get("CPU", 0) - engine_cpus(pool_specs(cfg, run_dir))
