@@ -93,10 +93,26 @@ def cmd_experiment(args) -> int:
     start = time.time()
     init_ray(cfg.ray)
     results = run_experiment(cfg, folder, resume=args.resume)
-    for name, text in results["verdicts"].items():
-        print(f"{name}: {text}")
+    from pipelines.experiment_report import arm_table
+
+    print("\nheld-out exact match (background, colour, shape, motion), start -> each round, paired change:\n"
+          + arm_table(results["seeds"]))
+    for check, value in results["bar"].items():
+        print(f"{check}: {value}")
     print(f"\nexperiment finished in {time.time() - start:.1f} s; report: {folder / 'report.md'}, plot: "
           f"{folder / 'plot.png'}")
+    return 0
+
+
+def cmd_judge_audit(args) -> int:
+    from pipelines.judge_audit import audit_markdown, run_judge_audit
+    from pipelines.ray_env import init_ray
+
+    cfg = _config(args)
+    folder = RunPath.of(args.run or f"runs/{cfg.name}-judge-audit")
+    init_ray(cfg.ray)
+    print("\n" + audit_markdown(run_judge_audit(cfg, folder, resume=args.resume)))
+    print(f"\njudged answers: {folder}/<judge>.parquet; tables: {folder / 'audit.md'}")
     return 0
 
 
@@ -204,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     e.add_argument("--resume", action="store_true", help="skip stages finished with the same config")
     e.set_defaults(fn=cmd_experiment)
+
+    ja = sub.add_parser("judge-audit", help="before spending compute: how often does each judge of the config's "
+                                            "`audit` section score a right answer above a wrong one, per kind")
+    ja.add_argument("config", help="config (YAML) with an `audit` section, e.g. configs/experiment.yaml")
+    ja.add_argument("--run", help="audit folder (default runs/<name>-judge-audit)")
+    ja.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. audit.videos=20")
+    ja.add_argument("--resume", action="store_true", help="skip judges already audited with the same config")
+    ja.set_defaults(fn=cmd_judge_audit)
 
     i = sub.add_parser("ingest", help="ingest alone: decode and sample videos into RUN/videos.parquet")
     i.add_argument("source", help="folder, glob, Parquet manifest (column uri/path/video) or one file")

@@ -43,9 +43,16 @@ def answers_dataset(run_dir: RunPath, pools: EnginePool | list[EnginePool], spli
                     round_idx: int) -> ray.data.Dataset | None:
     """Every prompt of `split` answered `sampling['n']` times by each pool, as a stream of ROLLOUTS batches (None when
     the split has no prompts): a following stage (the judge) can consume answers while later ones are generated."""
-    pools = pools if isinstance(pools, list) else [pools]
     prompts = read_table(run_dir / "prompts.parquet")
-    prompts = prompts.filter(pc.equal(prompts.column("split"), split)).select(["prompt_id", "video_id", "question"])
+    prompts = prompts.filter(pc.equal(prompts.column("split"), split))
+    return prompt_answers(run_dir, pools, prompts, sampling, round_idx)
+
+
+def prompt_answers(run_dir: RunPath, pools: EnginePool | list[EnginePool], prompts: pa.Table, sampling: dict,
+                   round_idx: int) -> ray.data.Dataset | None:
+    """answers_dataset for any prompts (prompt_id, video_id, question) of videos in run_dir/videos.parquet."""
+    pools = pools if isinstance(pools, list) else [pools]
+    prompts = prompts.select(["prompt_id", "video_id", "question"])
     if prompts.num_rows == 0:
         return None
     # Blocks of one engine batch each: an answered batch then goes on downstream (to the judge) at once, instead of

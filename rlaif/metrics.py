@@ -29,8 +29,10 @@ def exact_match(answer: str, reference: str) -> bool:
 
 
 def states_reference(answer: str, reference: str) -> bool:
-    """The reference answer's words appear, in order and adjacent, in the answer ("2" in "there are 2 circles")."""
-    ref, ans = _words(reference), _words(answer)
+    """The reference answer's words appear, in order and adjacent, in the answer ("2" in "there are 2 circles"),
+    compared as `exact_match` compares them (number words as digits, articles dropped), so an exact match always
+    states the reference."""
+    ref, ans = normalise_answer(reference), normalise_answer(answer)
     return bool(ref) and any(ans[i: i + len(ref)] == ref for i in range(len(ans) - len(ref) + 1))
 
 

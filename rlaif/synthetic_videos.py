@@ -105,6 +105,7 @@ def make_scene(
     min_objects: int = 1,
     max_objects: int = 3,
     p_duplicate: float = 0.4,
+    object_size: float = 0.09,
 ) -> dict[str, Any]:
     """Draw a random scene description (the ground truth). Pure function of `rng`'s state and the options.
 
@@ -119,7 +120,7 @@ def make_scene(
     if not 1 <= min_objects <= max_objects:
         raise ValueError("need 1 <= min_objects <= max_objects")
     side = min(width, height)
-    r = max(4, int(round(side * 0.09)))            # half-size: 10 px at 112
+    r = max(4, int(round(side * object_size)))     # half-size: 10 px at 112 by default
     travel = max(4, int(round(side * 0.35)))       # how far a moving object's centre goes over the clip
     margin = max(2, r // 3)                        # gap between swept boxes, so blurred edges never touch
 
@@ -156,6 +157,9 @@ def make_scene(
         })
     if len(objects) < min_objects:
         raise ValueError(f"could not place {min_objects} non-overlapping objects in {width}x{height}")
+    # Listed left to right (then top to bottom) by where they start: the caption then names them in an order a
+    # viewer can see, not in the order they were drawn, so a captioner can learn it.
+    objects.sort(key=lambda o: (o["start"][0], o["start"][1]))
     return {
         "background": background,
         "background_rgb": list(COLOURS[background]),
@@ -340,7 +344,7 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = 8, *, crf: int 
     return path
 
 
-_SCENE_KEYS = ("width", "height", "n_frames", "fps", "min_objects", "max_objects", "p_duplicate")
+_SCENE_KEYS = ("width", "height", "n_frames", "fps", "min_objects", "max_objects", "p_duplicate", "object_size")
 _WRITE_KEYS = ("crf", "gop")
 
 

@@ -266,6 +266,18 @@ def build_tiny_judge(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     return out
 
 
+def _build_captioner(out_dir: Path) -> Path:
+    from rlaif.warm_models import build_captioner  # lazily: it builds on tiny-qwen2-vl through ensure_model
+
+    return build_captioner(out_dir)
+
+
+def _build_warm(out_dir: Path) -> Path:
+    from rlaif.warm_models import build_warm
+
+    return build_warm(out_dir)
+
+
 def _build_smollm2(out_dir: Path) -> Path:
     from rlaif.smollm2 import convert_smollm2  # imported lazily: only this model needs the GGUF machinery
 
@@ -277,6 +289,9 @@ MODEL_BUILDERS: dict[str, Callable[[Path], object]] = {
     "tiny-qwen2-vl": build_tiny_qwen2_vl,
     # Same architecture, other weights: a second responder for MMAIP-V's multi-model response set.
     "tiny-qwen2-vl-b": lambda out: build_tiny_qwen2_vl(out, seed=1),
+    # tiny-qwen2-vl taught to see (rlaif.warm_models): captioning synthetic clips, then also answering questions.
+    "tiny-qwen2-vl-captioner": _build_captioner,
+    "tiny-qwen2-vl-warm": _build_warm,
     "tiny-judge": build_tiny_judge,
     "smollm2-135m-instruct": _build_smollm2,
 }

@@ -1,61 +1,102 @@
-"""The experiment's pure parts: the question draw, the inputs it writes, arm configs, pair figures, the verdict."""
-import random
-
+"""The experiment's pure parts: the inputs it writes per seed, the control's captions, arm configs, what the warm
+start depends on, pair figures and the bar."""
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.experiment import arm_config, make_inputs, one_question_per_kind
-from pipelines.experiment_report import pair_figures, verdict
+from pipelines.experiment import (WARMUP_DEPENDS, arm_config, make_inputs, other_clip_captions, seed_config)
+from pipelines.experiment_report import bar, pair_figures
 from pipelines.io import write_table
-from rlaif.config import load_config
+from rlaif.config import ConfigError, load_config
 from rlaif.storage import RunPath
 from tests.unit.test_config import REPO
 
 EXPERIMENT = REPO / "configs" / "experiment.yaml"
+SMALL = {"experiment.warmup_videos": 3, "experiment.dev_videos": 2, "experiment.train_videos": 3,
+         "experiment.heldout_videos": 2}
 
 
-def test_one_question_of_each_kind_drawn_with_the_seed():
-    qa = [{"kind": k, "question": f"{k}{i}"} for k in ("count", "colour", "motion") for i in range(3)]
-    picked = one_question_per_kind(qa, random.Random(0))
-    assert sorted(q["kind"] for q in picked) == ["colour", "count", "motion"]
-    assert picked == one_question_per_kind(qa, random.Random(0))
-
-
-def test_inputs_split_clips_three_ways_and_hold_out_the_real_ones(tmp_path):
-    cfg = load_config(EXPERIMENT, {"experiment.warmup_videos": 3, "experiment.train_videos": 2,
-                                   "experiment.heldout_videos": 2})
+def test_inputs_split_clips_four_ways_with_labels_only_where_they_belong(tmp_path):
+    cfg = seed_config(load_config(EXPERIMENT, SMALL), 1)
     paths = make_inputs(cfg, tmp_path)
     warmup = pq.read_table(paths["warmup"]).to_pylist()
+    dev = pq.read_table(paths["dev"]).to_pylist()
     questions = pq.read_table(paths["questions"]).to_pylist()
     manifest = set(pq.read_table(paths["manifest"]).column("uri").to_pylist())
     captions = {r["uri"]: r["caption"] for r in pq.read_table(paths["captions"]).to_pylist()}
-    warm_uris = {r["uri"] for r in warmup}
-    assert len(warm_uris) == 3 and not warm_uris & manifest  # warm-up clips are never in the loop
+    warm_uris, dev_uris = {r["uri"] for r in warmup}, {r["uri"] for r in dev}
+    assert len(warm_uris) == 3 and len(dev_uris) == 2 and not warm_uris & dev_uris
+    assert set(pq.read_table(paths["warmup_manifest"]).column("uri").to_pylist()) == warm_uris | dev_uris
+    assert not (warm_uris | dev_uris) & manifest  # warm-up and dev clips are never in the loop
     assert set(captions) == manifest and all(captions.values())
-    by_split = {s: {q["uri"] for q in questions if q["split"] == s} for s in ("train", "eval")}
-    assert len(by_split["train"]) == 2 and not by_split["train"] & by_split["eval"]
+    # The warm start also learns each clip's caption; every other warm-up row is one question of a kind.
+    assert sum(r["kind"] == "caption" for r in warmup) == 3 and all(r["answer"] for r in warmup)
+    by_split = {s: [q for q in questions if q["split"] == s] for s in ("train", "eval")}
+    assert {q["kind"] for q in by_split["train"]} <= set(cfg.experiment.train_kinds)  # no counts to train on
+    assert "count" in {q["kind"] for q in by_split["eval"]}
+    assert not {q["uri"] for q in by_split["train"]} & {q["uri"] for q in by_split["eval"]}
     real = [q for q in questions if q["kind"] == "real"]
     assert real and all(q["split"] == "eval" and q["reference_answer"] for q in real)
-    for uri in by_split["train"]:  # at most one question per kind per clip
+    carphone = [q["question"] for q in real if "carphone" in q["uri"]]  # one scene, two copies: different questions
+    assert len(carphone) == len(set(carphone)) == 6
+    for uri in {q["uri"] for q in questions if q["kind"] != "real"}:  # at most one question per kind per clip
         kinds = [q["kind"] for q in questions if q["uri"] == uri]
         assert len(kinds) == len(set(kinds)) >= 3
 
 
-def test_every_arm_is_a_valid_run_config_changed_only_by_its_overrides(tmp_path):
+def test_the_control_reads_another_train_clips_caption_and_held_out_clips_keep_theirs(tmp_path):
+    cfg = seed_config(load_config(EXPERIMENT, SMALL), 0)
+    paths = make_inputs(cfg, tmp_path)
+    own = {r["uri"]: r["caption"] for r in pq.read_table(paths["captions"]).to_pylist()}
+    other = {r["uri"]: r["caption"] for r in pq.read_table(paths["captions_other"]).to_pylist()}
+    train = {q["uri"] for q in pq.read_table(paths["questions"]).to_pylist() if q["split"] == "train"}
+    assert set(other) == set(own)
+    assert all(other[u] != own[u] for u in train) and sorted(other[u] for u in train) == sorted(own[u] for u in train)
+    assert all(other[u] == own[u] for u in own if u not in train)
+
+
+def test_other_clip_captions_is_a_derangement():
+    caps = [{"uri": f"u{i}", "caption": f"c{i}"} for i in range(7)]
+    moved = other_clip_captions(caps, seed=3)
+    assert [m["uri"] for m in moved] == [c["uri"] for c in caps]
+    assert all(m["caption"] != f"c{i}" for i, m in enumerate(moved))
+    assert sorted(m["caption"] for m in moved) == sorted(c["caption"] for c in caps)
+    with pytest.raises(ValueError):
+        other_clip_captions(caps[:1], seed=0)
+
+
+def test_every_shipped_arm_is_a_valid_run_config_changed_only_by_its_overrides(tmp_path):
     cfg = load_config(EXPERIMENT)
-    paths = {name: tmp_path / f"{name}.parquet" for name in ("questions", "captions")}
-    arms = {name: arm_config(cfg, name, overrides, "/models/warm", paths) for name, overrides in cfg.experiment.arms.items()}
-    assert set(arms) == {"smollm2_judge", "function_judge", "function_judge_fixed_reference", "function_judge_rpo"}
-    assert arms["function_judge_rpo"].train.sft_weight > 0 == arms["function_judge"].train.sft_weight
+    paths = {name: tmp_path / f"{name}.parquet" for name in ("questions", "captions", "captions_other")}
+    arms = {name: arm_config(cfg, name, o, "/models/warm", paths) for name, o in cfg.experiment.arms.items()}
+    assert list(arms)[0] == "main" and set(arms) == {"main", "control_other_clip", "minilm_judge"}
     for arm in arms.values():
         assert arm.models.policy == "/models/warm" and arm.questions.file == str(paths["questions"])
-        assert arm.caption.source == "file" and arm.seed == cfg.seed and arm.loop.rounds >= 3
-    assert arms["smollm2_judge"].models.judge == "smollm2-135m-instruct" and arms["smollm2_judge"].judge.kind == "score"
-    fixed, refreshed = arms["function_judge_fixed_reference"], arms["function_judge"]
-    assert (fixed.train.reference, refreshed.train.reference) == ("fixed", "refresh")
-    assert fixed.hash("rollout", "judge", "pairs") == refreshed.hash("rollout", "judge", "pairs")
-    assert not refreshed.needs_judge_engine()  # the scorer needs no LLM: no judge engine is started
+        assert arm.seed == cfg.seed and arm.train.sft_weight > 0 and arm.train.reference == "fixed"
+        assert not arm.needs_judge_engine() and not arm.judge.use_reference_answer  # no judge sees a reference
+    main, control = arms["main"], arms["control_other_clip"]
+    assert main.caption.file == str(paths["captions"]) and control.caption.file == str(paths["captions_other"])
+    assert main.hash("rollout", "judge", "pairs", "train") == control.hash("rollout", "judge", "pairs", "train")
+    assert arms["minilm_judge"].judge.function.endswith("CaptionSimilarity") and arms["minilm_judge"].pairs.min_margin < 1
+    with pytest.raises(ValueError, match="evidence"):
+        arm_config(cfg, "bad", {"evidence": "mine"}, "/models/warm", paths)
+    with pytest.raises(ConfigError, match="did you mean"):
+        arm_config(cfg, "typo", {"train.bta": 0.2}, "/models/warm", paths)
+
+
+def test_the_warm_start_does_not_depend_on_the_arms_nor_the_held_out_set():
+    cfg = load_config(EXPERIMENT)
+    same = [load_config(EXPERIMENT, {"experiment.arms": {**cfg.experiment.arms, "new": {"train.beta": 0.5}}}),
+            load_config(EXPERIMENT, {"experiment.heldout_videos": 7, "experiment.train_videos": 9})]
+    other = [load_config(EXPERIMENT, {"experiment.warmup_lr": 0.5}), seed_config(cfg, 5),
+             load_config(EXPERIMENT, {"experiment.scene": {"max_objects": 3}})]
+    assert all(cfg.hash(*WARMUP_DEPENDS) == c.hash(*WARMUP_DEPENDS) for c in same)
+    assert all(cfg.hash(*WARMUP_DEPENDS) != c.hash(*WARMUP_DEPENDS) for c in other)
+
+
+def test_scene_options_are_checked():
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_config(EXPERIMENT, {"experiment.scene": {"radius": 0.3}})
 
 
 def test_pair_figures_measure_preferences_against_ground_truth(tmp_path):
@@ -73,19 +114,17 @@ def test_pair_figures_measure_preferences_against_ground_truth(tmp_path):
     assert pair_figures(RunPath.of(tmp_path / "nothing"), {}) == {}
 
 
-@pytest.mark.parametrize("before, after, word", [(0.30, 0.50, "improved"), (0.30, 0.32, "no change beyond noise"),
-                                                 (0.50, 0.30, "got worse")])
-def test_verdict_compares_the_last_round_with_the_start_within_two_standard_errors(before, after, word):
-    rows = [{"round": -1, "answers": 200, "exact_match": before}, {"round": 2, "answers": 200, "exact_match": after}]
-    assert verdict(rows).endswith(word)
+def _arm(delta, p, colour=(0.0, 1.0)):
+    return {"change": {"main": {"delta": delta, "p": p},
+                       "by_kind": {"colour": {"delta": colour[0], "p": colour[1]}, "shape": {"delta": 0.1, "p": 0.2}}}}
 
 
-def test_the_warm_start_does_not_depend_on_the_arms():
-    from pipelines.experiment import WARMUP_DEPENDS
-
-    cfg = load_config(EXPERIMENT)
-    more_arms = load_config(EXPERIMENT, {"experiment.arms": {**cfg.experiment.arms, "new": {"train.beta": 0.5}}})
-    other_lr = load_config(EXPERIMENT, {"experiment.warmup_lr": 0.5})
-    assert cfg.hash(*WARMUP_DEPENDS) == more_arms.hash(*WARMUP_DEPENDS)  # an added arm reuses the warm policy
-    assert cfg.hash(*WARMUP_DEPENDS) != other_lr.hash(*WARMUP_DEPENDS)
-    assert cfg.hash("experiment") != more_arms.hash("experiment")
+def test_the_bar_needs_every_seed():
+    good = {"main": _arm(0.1, 0.001, colour=(0.2, 0.0001)), "control": _arm(0.0, 1.0)}
+    weak = {"main": _arm(0.1, 0.03, colour=(0.2, 0.002)), "control": _arm(0.05, 0.005)}
+    assert bar([{"arms": good}, {"arms": good}], "main", "control") == {
+        "main_gains_every_seed": True, "control_does_not_gain": True, "object_attribute_gains": ["colour"]}
+    assert bar([{"arms": good}, {"arms": weak}], "main", "control") == {
+        "main_gains_every_seed": False, "control_does_not_gain": False, "object_attribute_gains": ["colour"]}
+    losing = {"main": _arm(-0.2, 0.0001, colour=(-0.3, 0.0001))}
+    assert bar([{"arms": losing}], "main", None) == {"main_gains_every_seed": False, "object_attribute_gains": []}

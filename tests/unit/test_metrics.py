@@ -8,6 +8,9 @@ def test_normalised_answers():
     assert normalise_answer("There are two.") == ["2"] and normalise_answer("The RED square") == ["red", "square"]
     assert exact_match("Two", "2") and exact_match("it is red.", "red") and not exact_match("red and blue", "red")
     assert not exact_match("", "") and states_reference("there are 2 circles", "2")
+    # states_reference reads answers as exact_match does: an exact match always states the reference
+    assert states_reference("two", "2") and states_reference("there are two circles", "2")
+    assert states_reference("the background is blue", "blue") and not states_reference("blues", "blue")
 
 
 def test_judge_agreement_and_exact_match():
