@@ -62,7 +62,8 @@ def cmd_demo(args) -> int:
     cfg = _config(args, DEMO_OVERRIDES)
     run_dir = RunPath.of(args.run or cfg.run_dir or "runs/demo")
     start = time.time()
-    for role, name in (("policy", cfg.models.policy), ("judge", cfg.models.judge)):
+    roles = [("policy", cfg.models.policy)] + ([("judge", cfg.models.judge)] if cfg.needs_judge_engine() else [])
+    for role, name in roles:
         log.info("%s model: %s", role, ensure_model(name))
     manifest_path = prepare_demo(cfg, run_dir)
     init_ray(cfg.ray)
@@ -95,8 +96,9 @@ def cmd_experiment(args) -> int:
     results = run_experiment(cfg, folder, resume=args.resume)
     from pipelines.experiment_report import arm_table
 
-    print("\nheld-out exact match (background, colour, shape, motion), start -> each round, paired change:\n"
-          + arm_table(results["seeds"]))
+    if results["main_arm"]:
+        print("\nheld-out exact match (background, colour, shape, motion), start -> each round, paired change:\n"
+              + arm_table(results["seeds"]))
     for check, value in results["bar"].items():
         print(f"{check}: {value}")
     print(f"\nexperiment finished in {time.time() - start:.1f} s; report: {folder / 'report.md'}, plot: "
@@ -252,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     pl.set_defaults(fn=cmd_plan)
 
-    m = sub.add_parser("models", help="build (once, cached) and print the local test models")
+    m = sub.add_parser("models", help="build (once, cached) and print the local test models: tiny-qwen2-vl, "
+                                      "tiny-qwen2-vl-b, tiny-qwen2-vl-captioner, tiny-qwen2-vl-warm, tiny-judge, "
+                                      "smollm2-135m-instruct")
     m.add_argument("names", nargs="*", default=["tiny-qwen2-vl", "tiny-judge", "smollm2-135m-instruct"])
     m.set_defaults(fn=cmd_models)
 

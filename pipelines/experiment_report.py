@@ -184,7 +184,7 @@ def plot(seeds: list[dict], out) -> None:
     panels = [("main", "held-out exact match (background, colour, shape, motion)")] + [
         (k, f"held-out exact match: {k}") for k in OBJECT_KINDS]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    styles = ["-", "--", ":", "-."]
+    styles = ["-", "--", ":", "-."]  # one line style per seed, one colour per arm
     for ax, (key, title) in zip(axes.flat, panels):
         for si, s in enumerate(seeds):
             for ai, (name, a) in enumerate(s["arms"].items()):
@@ -192,10 +192,11 @@ def plot(seeds: list[dict], out) -> None:
                 ax.plot(range(len(ys)), [float("nan") if y is None else y for y in ys], styles[si % len(styles)],
                         marker="o", color=f"C{ai}", label=f"{name}, seed {s['seed']}")
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("DPO rounds done")
+        ax.set_xlabel("DPO rounds done (0: the warm start)")
+        ax.set_xticks(range(max(len(a["rounds"]) for s in seeds for a in s["arms"].values())))
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=7, handlelength=3)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -210,10 +211,9 @@ def write_report(cfg: RunConfig, folder: RunPath, seed_runs: list[dict], audit: 
                                                     if k in ("k", "temperature", "dev_questions", "by_kind", "prior_only")},
                       "warmup": run["warmup"], "prior": heldout_prior(paths["questions"], paths["warmup"]),
                       "arms": {name: arm_figures(d, paths["questions"]) for name, d in run["arms"].items()}})
-    arm_names = list(exp.arms)
-    main_arm = arm_names[0]
+    main_arm = next(iter(exp.arms), None)  # the first arm is the main method
     control = next((n for n, o in exp.arms.items() if o.get("evidence") == "other_clip"), None)
-    checked = bar(seeds, main_arm, control) if arm_names else {}
+    checked = bar(seeds, main_arm, control) if main_arm else {}
     results = {"seeds": seeds, "audit": audit, "bar": checked, "main_arm": main_arm, "control_arm": control,
                "overrides": exp.arms, "written": time.time()}
     (folder / "results.json").write_json(results)
@@ -250,7 +250,7 @@ def write_report(cfg: RunConfig, folder: RunPath, seed_runs: list[dict], audit: 
               "pass@K with another clip's frames in view equal to pass@K means the right samples come from answer "
               "priors, not from the video; grounded = pass@K minus that, with McNemar's p.", "", gate_table(seeds), "",
               "## Held-out exact match per arm (background, colour, shape, motion)", "", "![per-round figures](plot.png)",
-              "", arm_table(seeds), "", "## By question kind (start and last round)", "",
+              "", arm_table(seeds) if main_arm else "(no arms)", "", "## By question kind (start and last round)", "",
               "prior-only: the warm-up's most common answer to the same question, blind. Count questions are asked "
               "on held-out clips only (no judge checks them): they show whether training did harm.", "",
               kind_table(seeds), ""]

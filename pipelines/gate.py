@@ -65,7 +65,7 @@ def run_gate(cfg: RunConfig, warm_dir: RunPath, policy: str, paths: dict[str, Pa
         pool.shutdown()
     kinds = {p["prompt_id"]: p["kind"] for p in prompts}
     references = {p["prompt_id"]: p["reference_answer"] for p in prompts}
-    warmup = [r for r in pq.read_table(paths["dev"].parent / "warmup.parquet").to_pylist()]
+    warmup = pq.read_table(paths["dev"].parent / "warmup.parquet").to_pylist()  # the prior-only baseline's labels
     figures = {"k": k, "temperature": cfg.rollout.temperature, "dev_questions": len(prompts),
                "by_kind": gate_figures(kinds, references, answers["greedy"], answers["sampled"], answers["other_clip"]),
                "prior_only": prior_baseline(prompts, warmup)}

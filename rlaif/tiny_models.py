@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import itertools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ from pathlib import Path
 
 from rlaif.paths import cache_dir
 from rlaif.storage import local_folder
+
+log = logging.getLogger(__name__)
 
 # Bump when a builder's output changes: the cache folder name carries it, so stale builds are never reused.
 BUILD_VERSION = 1
@@ -297,6 +300,11 @@ MODEL_BUILDERS: dict[str, Callable[[Path], object]] = {
 }
 
 
+# What a first build costs, said when it starts (the others take seconds).
+BUILD_NOTES = {"tiny-qwen2-vl-captioner": ": about 3 minutes on 2 CPU cores",
+               "tiny-qwen2-vl-warm": ": about 4 minutes on 2 CPU cores, the captioner included"}
+
+
 def register_model(name: str, builder: Callable[[Path], object]) -> None:
     """Add a built-in model name; `ensure_model(name)` will then build it with `builder(out_dir)` on first use."""
     MODEL_BUILDERS[name] = builder
@@ -345,6 +353,8 @@ def ensure_model(name_or_path: str) -> str:
         for stale in final.parent.glob(f".{final.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        log.info("building %s once (then cached in %s)%s", name_or_path, final,
+                 BUILD_NOTES.get(name_or_path, ""))
         try:
             builder(tmp)
             os.rename(tmp, final)

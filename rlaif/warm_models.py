@@ -61,7 +61,7 @@ def one_per_kind(qa: list[dict], rng: random.Random) -> list[dict]:
     return [rng.choice(by_kind[k]) for k in sorted(by_kind)]
 
 
-def _loss(model, batch) -> "torch.Tensor":
+def _loss(model, batch):
     from rlaif.logprobs import sequence_logps
     from rlaif.policy_model import answer_token_logps
 
@@ -90,7 +90,7 @@ def _train(model, processor, batches, total_steps: int, lr: float, what: str) ->
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 100 == 0 or step == total_steps - 1:
             log.info("%s: step %d/%d loss %.3f (%.0f s)", what, step + 1, total_steps, losses[-1], time.time() - start)
     model.eval()
@@ -126,9 +126,10 @@ def warmup_rows(clips: list[tuple[dict, np.ndarray]], seed: int, captions: bool 
 
 
 def qa_warmup(model, processor, clips: int = WARMUP_CLIPS, epochs: int = WARMUP_EPOCHS, lr: float = WARMUP_LR,
-              batch_size: int = 16, scene: dict | None = None) -> list[float]:
+              batch_size: int = 16, scene: dict | None = None, captions: bool = True) -> list[float]:
     """Fine-tunes `model` in place on the questions (and captions) of `clips` labelled clips; returns the losses."""
-    rows = warmup_rows([render_clip(WARMUP_STREAM, i, scene) for i in range(clips)], seed=WARMUP_STREAM)
+    rows = warmup_rows([render_clip(WARMUP_STREAM, i, scene) for i in range(clips)], seed=WARMUP_STREAM,
+                       captions=captions)
     rng = random.Random(0)
 
     def batches():

@@ -14,9 +14,16 @@ def ray_local():
     ray.shutdown()
 
 
+# The machinery tests' model set: the random-weight tiny VLM (nothing to build), a random-weight LLM judge (so the
+# judge pool, structured outputs and its failures run) and a LoRA (so merge and broadcast run). Random-weight models
+# need sampling to give varied scores, and never stop (every answer is cut at max_tokens).
+MACHINERY = {"models.policy": "tiny-qwen2-vl", "models.judge": "tiny-judge", "judge.kind": "score",
+             "judge.max_tokens": 48, "judge.temperature": 1.0, "caption.temperature": 1.0,
+             "pairs.truncated_chosen": True, "train.finetune": "lora", "train.sft_weight": 0.0,
+             "train.reference": "refresh", "train.micro_batch_size": 2}
 # The tiny demo run the loop and resume tests share: two rounds on 4 synthetic clips and 2 broken files, with a
 # training checkpoint every step (so that a run killed mid-training has one to resume from).
-TINY = {"demo.synthetic_videos": 4, "demo.real_clips": False, "demo.broken_files": 2, "loop.rounds": 2,
+TINY = {**MACHINERY, "demo.synthetic_videos": 4, "demo.real_clips": False, "demo.broken_files": 2, "loop.rounds": 2,
         "rollout.max_tokens": 8, "caption.max_tokens": 16, "loop.eval_max_tokens": 8, "questions.max_per_video": 2,
         "questions.eval_fraction": 0.3, "train.checkpoint_every": 1, "train.epochs": 3, "train.lr": 0.01}
 

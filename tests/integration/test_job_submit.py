@@ -18,6 +18,7 @@ import pytest
 
 from rlaif.storage import RunPath
 from serve.target import resolve_target
+from tests.integration.conftest import MACHINERY
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +94,8 @@ def test_tiny_demo_runs_as_a_submitted_job(cluster, s3_bucket):
         ["bash", str(REPO / "cluster" / "submit.sh"), "demo", "--run", str(run_dir),
          "--set", "demo.synthetic_videos=4", "--set", "demo.real_clips=false", "--set", "demo.broken_files=2",
          "--set", "loop.rounds=1", "--set", "rollout.max_tokens=8", "--set", "caption.max_tokens=16",
-         "--set", "loop.eval_max_tokens=8", "--set", "questions.max_per_video=2"],
+         "--set", "loop.eval_max_tokens=8", "--set", "questions.max_per_video=2",
+         *(arg for key, value in MACHINERY.items() for arg in ("--set", f"{key}={value}"))],
         env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True, timeout=900)
     log = job.stdout + job.stderr
     print(f"\nray job submit finished in {time.time() - start:.0f} s; job log tail:\n" + "\n".join(job.stdout.splitlines()[-40:]))
