@@ -141,42 +141,35 @@ def qa_warmup(model, processor, clips: int = WARMUP_CLIPS, epochs: int = WARMUP_
     return _train(model, processor, batches(), epochs * math.ceil(len(rows) / batch_size), lr, "QA warm-up")
 
 
-def _save(model, processor, out: Path, name: str, info: dict) -> Path:
+def _build(out_dir, name: str, base: str, train, settings: dict) -> Path:
+    """Loads `base`, trains it in place with `train(model, processor)` -> losses, saves it as `name` into `out_dir`
+    with a provenance file (the settings, the first and last losses, the seconds)."""
+    import torch
+
+    from rlaif.policy_model import load_policy
+    from rlaif.tiny_models import ensure_model
+
+    torch.manual_seed(0)
+    model, processor = load_policy(ensure_model(base))
+    start = time.time()
+    losses = train(model, processor)
+    out = Path(out_dir)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     processor.tokenizer.save_pretrained(out)
-    (out / "rlaif_build.json").write_text(json.dumps({"name": name, **info}, indent=2) + "\n")
+    info = {"name": name, "base": base, **settings, "first_loss": losses[0],
+            "last_loss": float(np.mean(losses[-10:])), "seconds": round(time.time() - start, 1)}
+    (out / "rlaif_build.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
 
 
 def build_captioner(out_dir, base: str = "tiny-qwen2-vl") -> Path:
     """tiny-qwen2-vl-captioner (module docstring) into `out_dir`."""
-    import torch
-
-    from rlaif.policy_model import load_policy
-    from rlaif.tiny_models import ensure_model
-
-    torch.manual_seed(0)
-    model, processor = load_policy(ensure_model(base))
-    start = time.time()
-    losses = caption_pretrain(model, processor)
-    return _save(model, processor, Path(out_dir), "tiny-qwen2-vl-captioner", {
-        "base": base, "scene": PERCEPTION_SCENE, "steps": PERCEPTION_STEPS, "batch_size": PERCEPTION_BATCH,
-        "lr": PERCEPTION_LR, "first_loss": losses[0], "last_loss": float(np.mean(losses[-20:])),
-        "seconds": round(time.time() - start, 1)})
+    return _build(out_dir, "tiny-qwen2-vl-captioner", base, caption_pretrain, {
+        "scene": PERCEPTION_SCENE, "steps": PERCEPTION_STEPS, "batch_size": PERCEPTION_BATCH, "lr": PERCEPTION_LR})
 
 
 def build_warm(out_dir, base: str = "tiny-qwen2-vl-captioner") -> Path:
     """tiny-qwen2-vl-warm (module docstring) into `out_dir`."""
-    import torch
-
-    from rlaif.policy_model import load_policy
-    from rlaif.tiny_models import ensure_model
-
-    torch.manual_seed(0)
-    model, processor = load_policy(ensure_model(base))
-    start = time.time()
-    losses = qa_warmup(model, processor)
-    return _save(model, processor, Path(out_dir), "tiny-qwen2-vl-warm", {
-        "base": base, "clips": WARMUP_CLIPS, "epochs": WARMUP_EPOCHS, "lr": WARMUP_LR, "first_loss": losses[0],
-        "last_loss": float(np.mean(losses[-10:])), "seconds": round(time.time() - start, 1)})
+    return _build(out_dir, "tiny-qwen2-vl-warm", base, qa_warmup,
+                  {"clips": WARMUP_CLIPS, "epochs": WARMUP_EPOCHS, "lr": WARMUP_LR})
