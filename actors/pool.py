@@ -68,7 +68,7 @@ class EnginePool:
         """Make every engine serve the policy saved in folder `policy`: engines holding other weights (a resumed run,
         an engine restarted since the last sync) get it broadcast; the choice is recorded for future restarts.
         Returns how many engines were re-synced."""
-        from actors.weight_sync import broadcast_weights, saved_weights
+        from actors.weight_sync.send import broadcast_weights, saved_weights
         from rlaif.storage import RunPath
 
         if self.weights_state:

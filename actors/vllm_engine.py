@@ -49,16 +49,16 @@ class VLLMEngine:
         import torch
         from vllm import LLM
 
-        from rlaif.tiny_models import ensure_model
+        from rlaif.models import resolve_model
 
         if threads:  # before the engine starts: vLLM's CPU worker forbids changing it afterwards
             torch.set_num_threads(threads)
 
         self.role = role
         self.fault_oom_above = fault_oom_above
-        self.model_path = ensure_model(model)
+        self.model_path = resolve_model(model)
         kwargs = dict(dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=True,
-                      max_num_seqs=max_num_seqs, worker_extension_cls="actors.weight_receiver.WeightReceiver")
+                      max_num_seqs=max_num_seqs, worker_extension_cls="actors.weight_sync.receive.WeightReceiver")
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" and engine_kwargs.get("tensor_parallel_size", 1) == 1:
             kwargs["distributed_executor_backend"] = "uni"  # in-process; tensor parallelism needs vLLM's workers
         from vllm.platforms import current_platform
@@ -99,8 +99,8 @@ class VLLMEngine:
                  self.weights)
 
     def _load_folder(self, folder: str) -> None:
-        from actors.weight_sync import saved_weights
-        from rlaif.weights import pack_buckets
+        from actors.weight_sync.send import saved_weights
+        from actors.weight_sync.buckets import pack_buckets
 
         self.load_weight_buckets(*pack_buckets(saved_weights(folder).items()), label=folder)
 
@@ -163,7 +163,7 @@ class VLLMEngine:
         return SamplingParams(**sampling)
 
     def load_weight_buckets(self, *buckets, label: str | None = None) -> dict:
-        """New weights, in place: rlaif.weights.Bucket objects, passed as separate arguments so that Ray resolves
+        """New weights, in place: actors.weight_sync.buckets.Bucket objects, passed as separate arguments so that Ray resolves
         each ObjectRef (one object-store object per bucket, fetched once per node). `label` names them (the
         policy folder they were saved to)."""
         start = time.time()
@@ -172,8 +172,8 @@ class VLLMEngine:
 
     def receive_weight_broadcast(self, host: str, port: int, rank: int, world_size: int, backend: str, index: list,
                                  timeout_s: float, label: str | None = None) -> dict:
-        """New weights, in place, by the collective transport (actors.weight_sync): joins the sender's group at
-        host:port as `rank` and receives the buckets `index` (rlaif.weights.BucketIndex) describes. Raises, with the
+        """New weights, in place, by the collective transport (actors.weight_sync.send): joins the sender's group at
+        host:port as `rank` and receives the buckets `index` (actors.weight_sync.buckets.BucketIndex) describes. Raises, with the
         weights unchanged, when the group or a broadcast fails within `timeout_s`."""
         if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:
             # Every vLLM worker would join as the same rank; the object store serves sharded engines instead.

@@ -74,10 +74,10 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def cpu_engine_env() -> None:
-    """The environment the project's engines run with in Ray workers (pipelines.ray_env.WORKER_ENV), for a
+    """The environment the project's engines run with in Ray workers (pipelines.orchestration.ray_env.WORKER_ENV), for a
     benchmark that starts a bare vLLM engine in its own process: baseline and pool then differ only by the pool."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pipelines.ray_env import WORKER_ENV
+    from pipelines.orchestration.ray_env import WORKER_ENV
 
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)

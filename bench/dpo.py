@@ -6,14 +6,14 @@ pairs, batch, steps and objective, beside the machine's compute bound.
 
 Same on every row: sigmoid DPO with rlaif's TrainConfig defaults (beta, lr), constant lr, AdamW (torch's, weight
 decay 0), gradient clipping 1.0, fp32, full fine-tuning (--finetune lora: a LoRA of r = 8 on both sides, built by
-pipelines.train.lora_config); `steps` steps of `batch` pairs (with W workers, batch/W per worker), the pairs in the
+pipelines.stages.train.lora_config); `steps` steps of `batch` pairs (with W workers, batch/W per worker), the pairs in the
 same order (no shuffling), so the losses of a step can be compared. Pairs are synthetic text (fixed seed, prompt ~32
 tokens, answers ~16); the first steps x batch of them are used (cycled when there are fewer).
 
 Rows:
-- rlaif: pipelines.train.run_train on a local Ray (pipelines.ray_env.init_ray): TorchTrainer workers running
+- rlaif: pipelines.stages.train.run_train on a local Ray (pipelines.orchestration.ray_env.init_ray): TorchTrainer workers running
   DeepSpeed ZeRO-2 over gloo, fed by Ray Data. Its reference log-probs come with the pairs, computed before the round
-  by the pairs stage's own scorer (pipelines.pairs.ReferenceLogps), so a step is a policy forward + backward.
+  by the pairs stage's own scorer (pipelines.stages.pairs.ReferenceLogps), so a step is a policy forward + backward.
 - TRL, ref in step: DPOTrainer with a reference model that scores every batch inside the step.
 - TRL, precomputed ref: precompute_ref_log_probs=True, the same split of work as rlaif.
 TRL runs in this process with --threads torch threads; each Ray Train worker gets as many.
@@ -38,7 +38,7 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # built-in models are local; read before pipelines.ray_env's import
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # built-in models are local; read before pipelines.orchestration.ray_env's import
 
 from common import machine, matmul_peak_gflops, ratio, table  # noqa: E402 (also puts the repository on sys.path)
 
@@ -63,7 +63,7 @@ def run_rlaif(path: str, pairs, a, workers: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import pipelines.train as train
+    import pipelines.stages.train as train
     from rlaif.config import RunConfig, TrainConfig
     from rlaif.storage import RunPath
 
@@ -93,7 +93,7 @@ def run_trl(path: str, rows: list[dict], a, ref_in_step: bool) -> dict:
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from pipelines.train import lora_config
+    from pipelines.stages.train import lora_config
     from rlaif.config import TrainConfig
     from rlaif.policy_model import load_policy
 
@@ -160,11 +160,11 @@ def main() -> None:
     import ray
     import torch
 
-    from pipelines.pairs import ReferenceLogps
-    from pipelines.ray_env import MIN_LOCAL_CPUS, init_ray
+    from pipelines.stages.pairs import ReferenceLogps
+    from pipelines.orchestration.ray_env import MIN_LOCAL_CPUS, init_ray
     from rlaif.config import RayConfig
     from rlaif.policy_model import pair_batch
-    from rlaif.tiny_models import ensure_model
+    from rlaif.testkit.tiny_models import ensure_model
 
     torch.set_num_threads(a.threads)  # TRL, the matmul peak and the reference scoring: the workers' thread count
     path = ensure_model(a.model)

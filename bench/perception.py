@@ -1,4 +1,4 @@
-"""The dev-split measurement behind the warm policy's design (rlaif/warm_models.py): does a perception warm start
+"""The dev-split measurement behind the warm policy's design (rlaif/testkit/warm_models.py): does a perception warm start
 let the tiny VLM see objects? One setting per run:
 
     python bench/perception.py                                   # the shipped setting
@@ -7,7 +7,7 @@ let the tiny VLM see objects? One setting per run:
 
 Caption pretraining on fresh scenes, QA warm-up on labelled clips, then on `--dev` dev clips (their own seed stream,
 never a held-out clip of the experiment) per question kind: greedy exact match, pass@K at temperature 1, and pass@K
-with another dev clip's frames (the gate of pipelines/gate.py, here with transformers' generate on rendered frames
+with another dev clip's frames (the gate of pipelines/stages/gate.py, here with transformers' generate on rendered frames
 instead of vLLM on decoded H.264, so that a setting is measured in minutes without a cluster). Prints a table.
 """
 from __future__ import annotations
@@ -28,11 +28,11 @@ def main() -> None:
 
     from rlaif.headroom import gate_figures
     from rlaif.policy_model import load_policy
-    from rlaif.tiny_models import ensure_model
+    from rlaif.testkit.tiny_models import ensure_model
     from rlaif.vlm_inputs import encode_prompt
-    from rlaif.warm_models import (PERCEPTION_BATCH, PERCEPTION_LR, PERCEPTION_SCENE, PERCEPTION_STEPS, WARMUP_CLIPS,
+    from rlaif.testkit.warm_models import (PERCEPTION_BATCH, PERCEPTION_LR, PERCEPTION_SCENE, PERCEPTION_STEPS, WARMUP_CLIPS,
                                    WARMUP_EPOCHS, WARMUP_LR, caption_pretrain, one_per_kind, qa_warmup, render_clip)
-    from rlaif.synthetic_videos import questions_for
+    from rlaif.testkit.synthetic_videos import questions_for
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scene", type=json.loads, default=PERCEPTION_SCENE, help="make_scene options (JSON)")

@@ -74,7 +74,7 @@ def pool_tokens_per_s(folder: str, chats, k: int, max_tokens: int, max_num_seqs:
     import ray.data
 
     from actors.pool import EngineClient, EnginePool
-    from pipelines.ray_env import init_ray
+    from pipelines.orchestration.ray_env import init_ray
     from rlaif.config import EnginePoolConfig, RayConfig
 
     init_ray(RayConfig())
@@ -83,7 +83,7 @@ def pool_tokens_per_s(folder: str, chats, k: int, max_tokens: int, max_num_seqs:
     pool = EnginePool("policy", folder, cfg, video=False)
     sampling = {"n": k, "temperature": 1.0, "max_tokens": max_tokens, "ignore_eos": True}
 
-    class Answer(EngineClient):  # what pipelines.rollout.AnswerPrompts does, minus the video frames
+    class Answer(EngineClient):  # what pipelines.stages.rollout.AnswerPrompts does, minus the video frames
         def __call__(self, batch: pa.Table) -> pa.Table:
             outs = self.call([{"messages": m} for m in batch.column("messages").to_pylist()], sampling)
             return pa.table({"n_tokens": [s["n_tokens"] for samples in outs for s in samples]})
@@ -118,8 +118,8 @@ def main() -> None:
     args = p.parse_args()
     cpu_engine_env()
 
-    from actors.weight_sync import saved_weights
-    from rlaif.tiny_models import ensure_model
+    from actors.weight_sync.send import saved_weights
+    from rlaif.testkit.tiny_models import ensure_model
 
     folder = ensure_model(args.model)
     chats = prompts(args.prompts)

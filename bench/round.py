@@ -2,9 +2,9 @@
 
     python bench/round.py [--rounds 1] [--run DIR] [--config FILE] [--set key=value ...]
 
-Runs `rlaif demo --run DIR --set loop.rounds=1` (pipelines/cli.py) in this process, in a temporary run folder unless
+Runs `rlaif demo --run DIR --set loop.rounds=1` (pipelines/apps/cli.py) in this process, in a temporary run folder unless
 --run names one (kept), then reads the run's manifest.json:
-  - each stage's seconds (recorded by pipelines.stages) and its share of the demo's wall time, measured here around
+  - each stage's seconds (recorded by pipelines.orchestration.resume) and its share of the demo's wall time, measured here around
     the whole command; "outside stages" is the rest: test models, demo inputs, Ray start, engine pool start, shutdown;
   - per engine pool (policy, judge; the captioner is the policy pool): its engines' busy seconds (VLLMEngine's
     served.busy_s: time inside generate and weight loads) and the idle share 1 - busy / (engines x wall), where wall
@@ -51,7 +51,7 @@ def main() -> int:
 
     import ray
 
-    from pipelines.cli import main as rlaif
+    from pipelines.apps.cli import main as rlaif
     from rlaif.manifest import Manifest
 
     tmp = None if args.run else Path(tempfile.mkdtemp(prefix="rlaif-bench-round-"))
@@ -73,7 +73,7 @@ def main() -> int:
     print(f"\n{machine()}; `rlaif {' '.join(argv)}`\n")
     print(table(stage_rows(manifest["stages"], wall), ["stage", "seconds", "share"]))
     if "pools" not in manifest:
-        print("\nno engine pool stats in the manifest (recorded by pipelines/loop.py run_loop before shutdown)")
+        print("\nno engine pool stats in the manifest (recorded by pipelines/orchestration/loop.py run_loop before shutdown)")
         return 1
     print()
     print(table(pool_rows(manifest["pools"]), ["pool", "engines", "wall s", "busy s", "idle share"]))

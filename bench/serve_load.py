@@ -66,7 +66,7 @@ def load(url: str, body: dict, clients: int, seconds: float) -> dict:
 
 def direct(model: str, video: Path, question: str, max_tokens: int, clients: int, seconds: float) -> tuple[dict, dict]:
     from actors.vllm_engine import VLLMEngine
-    from pipelines.ray_env import WORKER_ENV
+    from pipelines.orchestration.ray_env import WORKER_ENV
     from rlaif.config import ServeConfig
     from rlaif.decode import DecodeSpec, decode_video
 
@@ -105,9 +105,9 @@ def main() -> None:
 
     from ray import serve
 
-    from pipelines.ray_env import init_ray
+    from pipelines.orchestration.ray_env import init_ray
     from rlaif.config import RayConfig, ServeConfig
-    from rlaif.synthetic_videos import write_synthetic_corpus
+    from rlaif.testkit.synthetic_videos import write_synthetic_corpus
     from serve.app import start
     from serve.target import resolve_target
 

@@ -5,7 +5,7 @@ the same bytes.
 
 Every method loads the same tensors into the same live vLLM engines (Ray actors, `actors.vllm_engine`), through the
 same receive path (`WeightReceiver.load_weight_buckets`: vLLM's in-place `reload_weights`):
-  - bucketed (actors.weight_sync.broadcast_weights): the weights packed into a few contiguous buckets, each put in the
+  - bucketed (actors.weight_sync.send.broadcast_weights): the weights packed into a few contiguous buckets, each put in the
     object store once, and one call per engine carrying every bucket;
   - collective (the same with loop.sync_transport collective): the same buckets, each one broadcast over a gloo group
     formed for the sync, sent from a Ray actor as the trainer's rank 0 sends them;
@@ -26,8 +26,8 @@ from common import best_of, copy_bandwidth_gbs, machine, ratio, table
 import ray  # noqa: E402
 
 from actors.vllm_engine import VLLMEngine  # noqa: E402
-from actors.weight_sync import broadcast_weights, saved_weights  # noqa: E402
-from rlaif.weights import pack_buckets  # noqa: E402
+from actors.weight_sync.send import broadcast_weights, saved_weights  # noqa: E402
+from actors.weight_sync.buckets import pack_buckets  # noqa: E402
 
 
 @ray.remote(num_cpus=0)
@@ -94,9 +94,9 @@ def main() -> None:
     p.add_argument("--lora-rank", type=int, default=8)
     args = p.parse_args()
 
-    from pipelines.ray_env import init_ray
+    from pipelines.orchestration.ray_env import init_ray
     from rlaif.config import RayConfig
-    from rlaif.tiny_models import ensure_model
+    from rlaif.testkit.tiny_models import ensure_model
 
     folder = ensure_model(args.model)
     state = saved_weights(folder)

@@ -26,4 +26,4 @@ runtime_env="{\"excludes\": [\".venv\", \"runs\", \".git\", \"*.egg-info\"], \"p
 wait_flag=()
 [ -n "${SUBMIT_NO_WAIT:-}" ] && wait_flag=(--no-wait)
 exec "$ray_bin" job submit --address "$RAY_ADDRESS" --working-dir "$here" --runtime-env-json "$runtime_env" \
-    "${wait_flag[@]}" -- python -m pipelines.cli "$@"
+    "${wait_flag[@]}" -- python -m pipelines.apps.cli "$@"

@@ -12,7 +12,7 @@ import random
 from collections import Counter, defaultdict
 
 from rlaif.judging import is_correct
-from rlaif.synthetic_videos import BACKGROUND_COLOURS, MOTIONS, OBJECT_COLOURS, SHAPES
+from rlaif.testkit.synthetic_videos import BACKGROUND_COLOURS, MOTIONS, OBJECT_COLOURS, SHAPES
 
 # The answers each kind can have: wrong candidates are drawn from the same set, so the judge must read the caption.
 ANSWER_SETS: dict[str, tuple[str, ...]] = {

@@ -2,7 +2,7 @@
 
 A reference caption is split into atomic facts (its sentences: the synthetic clips' ground-truth captions state one
 fact per sentence). A judge marks each fact as covered, missing or contradicted by the model's caption
-(pipelines.caption_eval asks it); the missing rate and the contradiction (hallucination) rate are the shares of facts
+(pipelines.stages.caption_eval asks it); the missing rate and the contradiction (hallucination) rate are the shares of facts
 so marked. The repetition rate needs no judge: the share of word 3-grams of a caption that repeat an earlier one,
 the degenerate looping that DPO on long outputs is known to cause.
 """

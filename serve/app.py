@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 
 from rlaif.config import ConfigError, ServeConfig
 from rlaif.schemas import REFUSED_FINISH
-from rlaif.serve_api import (ChatCompletionRequest, ChatCompletionResponse, ErrorResponse, ModelCard, ModelList,
+from serve.api import (ChatCompletionRequest, ChatCompletionResponse, ErrorResponse, ModelCard, ModelList,
                              RequestError, VideoPart, completion_response, prompt_messages, video_parts)
 
 from serve.target import ServeTarget

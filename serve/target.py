@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlaif.storage import RunPath, local_folder
-from rlaif.tiny_models import MODEL_BUILDERS, ensure_model
+from rlaif.models import built_in_names, is_built_in, resolve_model
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,8 @@ class ServeTarget:
 def resolve_target(target: str, use_adapter: bool = False, model_id: str | None = None) -> ServeTarget:
     """`use_adapter` serves a run's final policy as base + adapter instead of its merged weights. A run folder may be
     remote (s3://...): its final policy is served from a local copy."""
-    if target in MODEL_BUILDERS:
-        return ServeTarget(ensure_model(target), None, model_id or target)
+    if is_built_in(target):
+        return ServeTarget(resolve_model(target), None, model_id or target)
     run = RunPath.of(target)
     if (run / "manifest.json").exists():
         manifest = (run / "manifest.json").read_json()
@@ -35,7 +35,7 @@ def resolve_target(target: str, use_adapter: bool = False, model_id: str | None 
             if not (adapter / "adapter_config.json").exists():
                 raise ValueError(f"{final} has no LoRA adapter (an extrapolated or untrained policy): serve it merged")
             return resolve_target(local_folder(str(adapter)), model_id=name)
-        return ServeTarget(ensure_model(final), None, name)
+        return ServeTarget(resolve_model(final), None, name)
     path = Path(local_folder(target))
     if (path / "adapter_config.json").exists():
         base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
@@ -45,4 +45,4 @@ def resolve_target(target: str, use_adapter: bool = False, model_id: str | None 
     if (path / "config.json").exists():
         return ServeTarget(str(path.resolve()), None, model_id or path.resolve().name)
     raise ValueError(f"{target}: not a run folder, a model folder, an adapter folder or a built-in model "
-                     f"({', '.join(sorted(MODEL_BUILDERS))})")
+                     f"({', '.join(built_in_names())})")

@@ -14,7 +14,7 @@ from rlaif import decode
 from rlaif.config import ServeConfig
 from rlaif.decode import DecodeSpec, VideoRejected, decode_video
 from rlaif.isolation import ChildCrashed, ChildTimeout, IsolatedWorker
-from rlaif.serve_api import RequestError, parse_video_url
+from serve.api import RequestError, parse_video_url
 
 # Decoder verdicts that are the request's fault, by HTTP status (everything else it rejects is 400).
 _STATUS = {decode.TOO_LARGE: 413, decode.MISSING: 404, decode.NOT_A_FILE: 404, decode.UNREADABLE: 403,

@@ -6,7 +6,7 @@ def ray_local():
     """One real local Ray cluster shared by the integration tests."""
     import ray
 
-    from pipelines.ray_env import init_ray
+    from pipelines.orchestration.ray_env import init_ray
     from rlaif.config import RayConfig
 
     init_ray(RayConfig())
@@ -35,7 +35,7 @@ def tiny_config(tmp_path_factory):
 
     import yaml
 
-    from pipelines.demo import DEMO_OVERRIDES, make_demo_inputs
+    from pipelines.apps.demo import DEMO_OVERRIDES, make_demo_inputs
     from rlaif.config import parse_config, set_dotted
 
     root = tmp_path_factory.mktemp("tiny-inputs")
@@ -53,7 +53,7 @@ def tiny_config(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(ray_local, tiny_config, tmp_path_factory):
     """The tiny config run once, uninterrupted, in this process: (config, run folder, manifest)."""
-    from pipelines.runner import run_pipeline
+    from pipelines.orchestration.runner import run_pipeline
     from rlaif.config import load_config
 
     cfg = load_config(tiny_config)

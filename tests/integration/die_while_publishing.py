@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipelines.stages import Stages
+from pipelines.orchestration.resume import Stages
 from rlaif.config import RunConfig
 from rlaif.manifest import Manifest
 from rlaif.storage import RunPath, publish, staging_path

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.demo import prepare_demo
-from pipelines.io import read_table
-from pipelines.runner import run_pipeline
+from pipelines.apps.demo import prepare_demo
+from pipelines.stages.io import read_table
+from pipelines.orchestration.runner import run_pipeline
 from rlaif.config import load_config
 from rlaif.judging import EMPTY_ANSWER, SCORED, length_penalised
 from rlaif.policy_model import answer_logps, load_policy, pair_batch
-from rlaif.tiny_models import ensure_model
+from rlaif.testkit.tiny_models import ensure_model
 
 pytestmark = pytest.mark.integration
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -7,7 +7,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.stages import Stages
+from pipelines.orchestration.resume import Stages
 from rlaif.config import RunConfig
 from rlaif.manifest import Manifest
 from rlaif.storage import RunPath, clean_partials

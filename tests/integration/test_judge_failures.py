@@ -6,8 +6,8 @@ import pyarrow as pa
 import pytest
 
 from actors.pool import EnginePool
-from pipelines.io import read_table, write_table
-from pipelines.judge import judge_answers
+from pipelines.stages.io import read_table, write_table
+from pipelines.stages.judge import judge_answers
 from rlaif.config import EnginePoolConfig, JudgeConfig
 from rlaif.judging import ANSWER_REFUSED, EMPTY_ANSWER, JUDGE_REFUSED, SCORED
 from rlaif.schemas import CAPTIONS, PROMPTS, ROLLOUTS

@@ -7,8 +7,8 @@ import math
 import pyarrow.compute as pc
 import pytest
 
-from pipelines.io import read_table
-from pipelines.runner import run_pipeline
+from pipelines.stages.io import read_table
+from pipelines.orchestration.runner import run_pipeline
 from rlaif.judging import EMPTY_ANSWER, SCORED
 from rlaif.manifest import Manifest
 

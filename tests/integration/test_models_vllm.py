@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlaif.tiny_models import ensure_model
+from rlaif.testkit.tiny_models import ensure_model
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ import time
 import psutil
 import pytest
 
-from pipelines.io import read_table
+from pipelines.stages.io import read_table
 from rlaif.manifest import Manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-RLAIF = [sys.executable, "-m", "pipelines.cli", "run"]
+RLAIF = [sys.executable, "-m", "pipelines.apps.cli", "run"]
 # The interrupted run stops after round 0 (its rounds after the kills add time, not checks); the tables it shares
 # with the two-round uninterrupted run must come out the same.
 ONE_ROUND = ["--set", "loop.rounds=1"]

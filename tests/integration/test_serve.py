@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from rlaif.broken_videos import crash_recipes
+from rlaif.testkit.broken_videos import crash_recipes
 from rlaif.config import ServeConfig
-from rlaif.synthetic_videos import write_synthetic_corpus
+from rlaif.testkit.synthetic_videos import write_synthetic_corpus
 from serve.target import resolve_target
 
 pytestmark = pytest.mark.integration
@@ -232,7 +232,7 @@ def test_serves_base_plus_lora_adapter(server, tmp_path):
 
     from rlaif.config import TrainConfig
     from rlaif.policy_model import load_policy
-    from rlaif.tiny_models import ensure_model
+    from rlaif.testkit.tiny_models import ensure_model
     from serve.app import start
 
     url, cfg = server

@@ -12,15 +12,15 @@ import pytest
 import ray
 
 from actors.pool import EnginePool
-from pipelines.caption import CaptionDuringIngest, caption_videos
-from pipelines.ingest import run_ingest
-from pipelines.io import read_table
-from pipelines.judge import answer_and_judge, judge_answers
-from pipelines.rollout import generate_answers
+from pipelines.stages.caption import CaptionDuringIngest, caption_videos
+from pipelines.stages.ingest import run_ingest
+from pipelines.stages.io import read_table
+from pipelines.stages.judge import answer_and_judge, judge_answers
+from pipelines.stages.rollout import generate_answers
 from rlaif.config import EnginePoolConfig, IngestConfig, JudgeConfig
-from rlaif.faults import SLOW_DECODE_S, SLOW_MARK
+from rlaif.testkit.faults import SLOW_DECODE_S, SLOW_MARK
 from rlaif.schemas import VIDEOS
-from rlaif.synthetic_videos import write_synthetic_corpus
+from rlaif.testkit.synthetic_videos import write_synthetic_corpus
 from tests.integration.test_faults import run_dir  # noqa: F401  (the fixture: 4 videos, 12 prompts)
 
 pytestmark = pytest.mark.integration
@@ -83,7 +83,7 @@ def slow_clips(root) -> list[str]:
 
 
 def test_captions_stream_out_of_ingest_at_the_decoders_pace(policy, tmp_path):
-    cfg = IngestConfig(num_frames=4, batch_size=1, decoders=1, decoder="rlaif.faults:decode_with_faults")
+    cfg = IngestConfig(num_frames=4, batch_size=1, decoders=1, decoder="rlaif.testkit.faults:decode_with_faults")
     start = time.time()
     result = run_ingest(cfg, tmp_path, slow_clips(tmp_path), caption=CaptionDuringIngest(policy, CAPTION_SAMPLING))
     spans = sorted(s for s in ray.get(policy.actors[0].health.remote())["recent_calls"] if s[0] >= start)

@@ -11,16 +11,16 @@ import ray
 import torch
 
 from actors.vllm_engine import EngineActor
-from actors.weight_sync import broadcast_weights, saved_weights
-from pipelines.ingest import run_ingest
-from pipelines.io import write_table
-from pipelines.train import train_round
+from actors.weight_sync.send import broadcast_weights, saved_weights
+from pipelines.stages.ingest import run_ingest
+from pipelines.stages.io import write_table
+from pipelines.stages.train import train_round
 from rlaif.config import IngestConfig, parse_config
 from rlaif.policy_model import answer_logps, load_policy, pair_batch
 from rlaif.prompts import video_question_messages
 from rlaif.schemas import frames_of
-from rlaif.synthetic_videos import write_synthetic_corpus
-from rlaif.tiny_models import ensure_model
+from rlaif.testkit.synthetic_videos import write_synthetic_corpus
+from rlaif.testkit.tiny_models import ensure_model
 from rlaif.vlm_inputs import encode_prompt
 
 pytestmark = pytest.mark.integration

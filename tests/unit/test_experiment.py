@@ -4,9 +4,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.experiment import (WARMUP_DEPENDS, arm_config, make_inputs, other_clip_captions, seed_config)
-from pipelines.experiment_report import bar, pair_figures
-from pipelines.io import write_table
+from pipelines.apps.experiment import (WARMUP_DEPENDS, arm_config, make_inputs, other_clip_captions, seed_config)
+from pipelines.apps.experiment_report import bar, pair_figures
+from pipelines.stages.io import write_table
 from rlaif.config import ConfigError, load_config
 from rlaif.storage import RunPath
 from tests.unit.test_config import REPO

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from rlaif.config import ConfigError, ServeConfig, parse_config
-from rlaif.serve_api import ChatCompletionRequest, RequestError, parse_video_url, prompt_messages, video_parts
+from serve.api import ChatCompletionRequest, RequestError, parse_video_url, prompt_messages, video_parts
 from serve.target import resolve_target
 from serve.video import VideoLoader
 

@@ -1,4 +1,4 @@
-from pipelines.stages import Stages
+from pipelines.orchestration.resume import Stages
 from rlaif.config import parse_config
 from rlaif.manifest import Manifest
 

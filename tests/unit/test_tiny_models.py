@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from rlaif import smollm2, tiny_models
-from rlaif.tiny_models import (
+from rlaif.testkit import smollm2, tiny_models
+from rlaif.testkit.tiny_models import (
     MODEL_BUILDERS,
     SPECIAL_TOKENS,
     build_tiny_judge,

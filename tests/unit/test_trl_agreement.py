@@ -16,7 +16,7 @@ from trl import DPOConfig, DPOTrainer
 from rlaif.config import TrainConfig
 from rlaif.objectives import preference_loss
 from rlaif.policy_model import answer_logps, load_policy, pair_batch
-from rlaif.tiny_models import ensure_model
+from rlaif.testkit.tiny_models import ensure_model
 
 ROWS = [{"question": f"What colour is shape {i}?",
          "chosen": ["red", "The circle is blue.", "two"][i % 3],

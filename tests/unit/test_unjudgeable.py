@@ -1,7 +1,7 @@
 """What the judge stage does with answers it cannot or should not score, and how the eval counts them."""
 import pytest
 
-from pipelines.judge import judge_some, judgment_row
+from pipelines.stages.judge import judge_some, judgment_row
 from rlaif.config import JudgeConfig
 from rlaif.judging import (ANSWER_REFUSED, EMPTY_ANSWER, EMPTY_ANSWER_SCORE, JUDGE_REFUSED, PARSE_FAILED, SCORED,
                            parse_judgment, unjudgeable)

@@ -1,12 +1,12 @@
 """Weight buckets on the receiving side: a bucket rebuilt from its index and its bytes unpacks to the packed tensors,
-and the collective transport (rlaif.weight_group, gloo) carries the bytes from rank 0 to every other rank."""
+and the collective transport (actors.weight_sync.collective, gloo) carries the bytes from rank 0 to every other rank."""
 import threading
 
 import pytest
 import torch
 
-from rlaif.weight_group import open_store, receive_buckets, send_buckets
-from rlaif.weights import Bucket, pack_buckets, unpack_bucket
+from actors.weight_sync.collective import open_store, receive_buckets, send_buckets
+from actors.weight_sync.buckets import Bucket, pack_buckets, unpack_bucket
 
 
 def _weights():

@@ -1,0 +1,195 @@
+"""Judge stage: every answer gets a score 1–5 with its video's caption as the evidence (judge.kind):
+
+- `score` (LLaVA-Hound-DPO): the judge pool writes a short explanation and `Score: N`;
+- `aspects` (VLM-RLAIF's context-aware judge): accurate / helpful / natural / concise, each 1–5, averaged;
+- `function` (MMAIP-V's external scorer): a scoring function, no LLM, run in a Ray Data actor.
+
+LLM replies are constrained by vLLM structured outputs when enabled; whatever still does not parse is re-asked with a
+new seed up to `retries` times, and then kept with parse_ok=false and no score (counted, never guessed). A length
+penalty (judge.length_penalty) is taken off the judge's score last; `raw_score` keeps the judge's own.
+
+Every judgment says what happened in `status` (rlaif.judging): an empty answer is not sent to the judge and gets the
+lowest score by rule; an answer the policy engine refused to write (prompt over its context length), or a judging
+prompt the judge refused, gets no score. Truncated ("endless") answers are judged and counted; pairs never choose
+them. The stage's manifest record counts each.
+"""
+from __future__ import annotations
+
+import collections
+import importlib
+import json
+import logging
+from typing import Callable
+
+import pyarrow as pa
+import ray.data
+
+from actors.pool import EngineClient, EnginePool
+from rlaif.config import JudgeConfig
+from rlaif.judging import (EMPTY_ANSWER, EMPTY_ANSWER_SCORE, JUDGE_REFUSED, PARSE_FAILED, SCORED, Judgment,
+                           length_penalised, parse_aspects, parse_judgment, unjudgeable)
+from rlaif.prompts import aspect_output_regex, judge_messages, judge_output_regex
+from rlaif.schemas import JUDGMENTS, ROLLOUTS, TRUNCATED_FINISH
+from rlaif.seeding import seeded
+from rlaif.storage import RunPath
+
+from pipelines.stages.io import read_table, write_dataset, write_table
+from pipelines.stages.rollout import answers_dataset
+
+log = logging.getLogger(__name__)
+
+
+def judgment_row(row: dict, verdict: Judgment | None, attempts: int, judge_model: str, cfg: JudgeConfig,
+                 status: str) -> dict:
+    """`verdict` is the judge's (None when it was not asked or refused); `status` says which (rlaif.judging)."""
+    if status == EMPTY_ANSWER:
+        verdict = Judgment(EMPTY_ANSWER_SCORE, "empty answer: lowest score by rule, the judge was not asked", False)
+    verdict = verdict or Judgment(None, "", False)
+    score = verdict.score
+    if score is not None and cfg.length_penalty:
+        score = length_penalised(score, row["n_tokens"], cfg.length_penalty, cfg.length_budget)
+    return {**{k: row[k] for k in ROLLOUTS.names}, "score": score, "raw_score": verdict.score,
+            "aspects": json.dumps(verdict.aspects) if verdict.aspects else None, "explanation": verdict.explanation,
+            "parse_ok": verdict.parse_ok, "attempts": attempts, "judge_model": judge_model, "status": status}
+
+
+def judge_some(rows: list[dict], judge: Callable[[list[dict]], tuple[list, list[int]]]) -> list[tuple]:
+    """(verdict, attempts, status) per row: unjudgeable rows are settled here, the others go to `judge` (which
+    returns verdicts, None for a refused request, and attempts), each distinct (prompt_id, response) once."""
+    out: list[tuple] = [(None, 0, unjudgeable(r["response"], r["finish_reason"])) for r in rows]
+    # One request per distinct answer to a question: a policy often samples the same short answer several times,
+    # and the judge (greedy by default) would only repeat its verdict.
+    keys = [(r["prompt_id"], r["response"]) for r in rows]
+    first: dict[tuple, int] = {}
+    for i, (_, _, status) in enumerate(out):
+        if status is None:
+            first.setdefault(keys[i], i)
+    if first:
+        ask = list(first.values())
+        verdicts, attempts = judge([rows[i] for i in ask])
+        settled = {i: (v, a, JUDGE_REFUSED if v is None else SCORED if v.parse_ok else PARSE_FAILED)
+                   for i, v, a in zip(ask, verdicts, attempts)}
+        for i, (_, _, status) in enumerate(out):
+            if status is None:
+                out[i] = settled[first[keys[i]]]
+    return out
+
+
+class JudgeAnswers(EngineClient):
+    """LLM judge (kind score or aspects) through the judge pool."""
+
+    def __init__(self, engines: list, cfg: JudgeConfig, model: str, context: pa.Table):
+        super().__init__(engines)
+        self.cfg, self.model, self.context = cfg, model, context
+        aspects = cfg.kind == "aspects"
+        self.parse = parse_aspects if aspects else parse_judgment
+        self.regex = (aspect_output_regex if aspects else judge_output_regex)(cfg.max_tokens) if cfg.structured else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = with_context(batch, self.context).to_pylist()
+        results = judge_some(rows, self.judge)
+        return pa.Table.from_pylist([judgment_row(r, v, a, self.model, self.cfg, s)
+                                     for r, (v, a, s) in zip(rows, results)], schema=JUDGMENTS)
+
+    def judge(self, rows: list[dict]) -> tuple[list, list[int]]:
+        requests = [{"messages": judge_messages(r["caption"], r["question"], r["response"],
+                                                r["reference_answer"] if self.cfg.use_reference_answer else None,
+                                                aspects=self.cfg.kind == "aspects")}
+                    for r in rows]
+        sampling = {"max_tokens": self.cfg.max_tokens, "temperature": self.cfg.temperature}
+        if self.regex:
+            sampling["regex"] = self.regex
+        samplings = [seeded(sampling, r["prompt_id"], r["sample_idx"], r["round"], r["model"], "judge") for r in rows]
+        return self.call_parsed(requests, samplings, self.parse, lambda v: v.parse_ok, self.cfg.retries)
+
+
+class ScoreAnswers:
+    """External scoring function (kind function), built once per Ray Data actor."""
+
+    def __init__(self, cfg: JudgeConfig, context: pa.Table):
+        module, name = cfg.function.split(":")
+        self.scorer = getattr(importlib.import_module(module), name)()
+        self.cfg, self.model, self.context = cfg, cfg.function, context
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = with_context(batch, self.context).to_pylist()
+        results = judge_some(rows, self.score)
+        return pa.Table.from_pylist([judgment_row(r, v, a, self.model, self.cfg, s)
+                                     for r, (v, a, s) in zip(rows, results)], schema=JUDGMENTS)
+
+    def score(self, rows: list[dict]) -> tuple[list, list[int]]:
+        scores = self.scorer([r["caption"] for r in rows], [r["question"] for r in rows], [r["response"] for r in rows])
+        if len(scores) != len(rows):
+            raise RuntimeError(f"{self.model} returned {len(scores)} scores for {len(rows)} answers")
+        return [Judgment(min(5.0, max(1.0, float(s))), "", True) for s in scores], [1] * len(rows)
+
+
+def judging_context(run_dir: RunPath, captions: RunPath | None = None) -> pa.Table:
+    """What the judge reads beside each answer, by prompt_id: the question, the reference answer and the evidence
+    caption (small text tables). `captions` defaults to the run's captions.parquet (i-SRT passes the round's
+    re-descriptions)."""
+    prompts = read_table(run_dir / "prompts.parquet", ["prompt_id", "video_id", "question", "reference_answer"])
+    evidence = read_table(captions or run_dir / "captions.parquet", ["video_id", "caption"])
+    return prompts.join(evidence, "video_id").drop(["video_id"])
+
+
+def with_context(batch: pa.Table, context: pa.Table) -> pa.Table:
+    """Each answer with its question, reference and caption. Done inside the judging actor (which holds `context`)
+    rather than as a Ray Data stage of its own: a batch-size-less stage there would gather the whole stream first."""
+    joined = batch.join(context, "prompt_id")
+    if joined.num_rows != batch.num_rows:
+        raise RuntimeError(f"{batch.num_rows - joined.num_rows} answers have no prompt or caption to judge against")
+    return joined
+
+
+def judged_dataset(answers: ray.data.Dataset, context: pa.Table, pool: EnginePool | None,
+                   cfg: JudgeConfig) -> ray.data.Dataset:
+    """`answers` (ROLLOUTS rows, a stream or a table) judged against `context` (judging_context): JUDGMENTS rows."""
+    if cfg.kind == "function":
+        return answers.map_batches(ScoreAnswers, fn_constructor_kwargs={"cfg": cfg, "context": context}, batch_size=64,
+                                   batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
+    return answers.map_batches(
+        JudgeAnswers, fn_constructor_kwargs={"engines": pool.actors, "cfg": cfg, "model": pool.model_path,
+                                             "context": context},
+        batch_size=pool.cfg.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1)
+
+
+def judgment_counts(judgments: RunPath, cfg: JudgeConfig) -> dict:
+    """The judge stage's manifest record: rows, and how many of each status, retry and truncation."""
+    judged = read_table(judgments, ["status", "attempts", "finish_reason"]).to_pylist()
+    statuses = collections.Counter(r["status"] for r in judged)
+    info = {"rows": len(judged), "parse_failures": statuses[PARSE_FAILED],
+            "retried": sum(r["attempts"] > 1 for r in judged),
+            "truncated": sum(r["finish_reason"] == TRUNCATED_FINISH for r in judged),
+            "statuses": dict(sorted(statuses.items()))}
+    log.info("judged %d answers (%s): %s", len(judged), cfg.kind, info)
+    return info
+
+
+def judge_answers(run_dir: RunPath, pool: EnginePool | None, cfg: JudgeConfig, answers: RunPath, out: RunPath,
+                  captions: RunPath | None = None) -> dict:
+    """The answers saved in `answers` judged (see judging_context for `captions`)."""
+    rollouts = read_table(answers)
+    if rollouts.num_rows == 0:
+        write_table(JUDGMENTS.empty_table(), out)
+        return judgment_counts(out, cfg)
+    write_dataset(judged_dataset(ray.data.from_arrow(rollouts), judging_context(run_dir, captions), pool, cfg),
+                  out, JUDGMENTS)
+    return judgment_counts(out, cfg)
+
+
+def answer_and_judge(run_dir: RunPath, responders: EnginePool | list[EnginePool], judge: EnginePool | None,
+                     cfg: JudgeConfig, split: str, sampling: dict, round_idx: int, answers: RunPath, out: RunPath,
+                     captions: RunPath | None = None) -> dict:
+    """Rollout and judge as one stream (loop.stream_judge): the judge scores each batch of answers as it comes out
+    of the policy pool, so the two pools work at the same time instead of one after the other. Writes the same two
+    tables as generate_answers + judge_answers (the answers are the judgments' ROLLOUTS columns)."""
+    ds = answers_dataset(run_dir, responders, split, sampling, round_idx)
+    if ds is None:
+        write_table(ROLLOUTS.empty_table(), answers)
+        write_table(JUDGMENTS.empty_table(), out)
+    else:
+        write_dataset(judged_dataset(ds, judging_context(run_dir, captions), judge, cfg), out, JUDGMENTS)
+        write_table(read_table(out, ROLLOUTS.names), answers)
+    return judgment_counts(out, cfg)

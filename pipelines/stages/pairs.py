@@ -1,0 +1,63 @@
+"""Pairs stage: best vs worst answer per prompt (rlaif.pairs), then the reference policy's log-probs of both, computed
+once per round with transformers and stored with the pairs, so training holds no second model copy."""
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+import ray.data
+import torch
+
+from rlaif.config import RunConfig
+from rlaif.pairs import select_pairs
+from rlaif.policy_model import answer_logps, is_video_model, load_policy, pair_batch
+from rlaif.schemas import PAIRS
+from rlaif.storage import RunPath
+
+from pipelines.stages.frames_join import rows_with_frames
+from pipelines.stages.io import read_table, write_dataset
+
+log = logging.getLogger(__name__)
+
+
+class ReferenceLogps:
+    """Ray Data actor holding the reference policy; adds ref_logp_chosen / ref_logp_rejected to pair rows.
+    For IPO the log-probs are per-token means (length-normalised), else sums."""
+
+    def __init__(self, reference_path: str, average: bool, batch_pairs: int = 4):
+        self.model, self.processor = load_policy(reference_path)
+        self.model.eval()
+        self.video = is_video_model(reference_path)
+        self.average = average
+        self.batch_pairs = batch_pairs
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        chosen, rejected = [], []
+        for i in range(0, len(rows), self.batch_pairs):
+            part = rows[i: i + self.batch_pairs]
+            with torch.no_grad():
+                total, mean = answer_logps(self.model, pair_batch(self.processor, part, self.video))
+            lp = (mean if self.average else total).tolist()
+            chosen += lp[: len(part)]
+            rejected += lp[len(part):]
+        out = [{k: r.get(k) for k in PAIRS.names} | {"ref_logp_chosen": c, "ref_logp_rejected": j}
+               for r, c, j in zip(rows, chosen, rejected)]
+        return pa.Table.from_pylist(out, schema=PAIRS)
+
+
+def run_pairs(cfg: RunConfig, run_dir: RunPath, round_dir: RunPath, round_idx: int, reference_path: str) -> dict:
+    judged = read_table(round_dir / "judgments.parquet")
+    selected = select_pairs(judged, cfg.pairs.min_margin, cfg.pairs.max_length_ratio, cfg.pairs.truncated_chosen)
+    prompts = read_table(run_dir / "prompts.parquet", ["prompt_id", "video_id", "question"])
+    selected = selected.join(prompts, "prompt_id").append_column(
+        "round", pa.array([round_idx] * selected.num_rows, pa.int32()))
+    ds = rows_with_frames(run_dir / "videos.parquet", selected).map_batches(
+        ReferenceLogps, fn_constructor_kwargs={"reference_path": reference_path, "average": cfg.train.loss_type == "ipo"},
+        batch_size=8, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=cfg.train.cpus_per_worker, num_gpus=cfg.train.gpus_per_worker if cfg.train.use_gpu else 0)
+    write_dataset(ds, round_dir / "pairs.parquet", PAIRS)
+    n = read_table(round_dir / "pairs.parquet", ["prompt_id"]).num_rows
+    prompts_judged = len(set(judged.column("prompt_id").to_pylist())) if judged.num_rows else 0
+    log.info("pairs: %d of %d prompts had a preference (margin >= %g)", n, prompts_judged, cfg.pairs.min_margin)
+    return {"rows": n, "prompts": prompts_judged}

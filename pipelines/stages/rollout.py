@@ -1,0 +1,77 @@
+"""Rollout stage: the policy pool (current weights) answers every prompt K times, with the video in view; with
+models.extra_responders (MMAIP-V's response set) every other pool answers K times too, in the same table (the
+`model` column says who answered)."""
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray.data
+
+from actors.pool import EngineClient, EnginePool
+from rlaif.prompts import video_question_messages
+from rlaif.schemas import ROLLOUTS, frames_fps, frames_of
+from rlaif.seeding import seeded
+from rlaif.storage import RunPath
+
+from pipelines.stages.frames_join import rows_with_frames
+from pipelines.stages.io import read_table, write_dataset, write_table
+
+log = logging.getLogger(__name__)
+
+
+class AnswerPrompts(EngineClient):
+    def __init__(self, engines: list, sampling: dict, model: str, round_idx: int, sample_offset: int = 0):
+        super().__init__(engines)
+        self.sampling, self.model, self.round_idx = sampling, model, round_idx
+        self.sample_offset = sample_offset  # keeps (prompt_id, sample_idx) unique across the pools of one rollout
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        requests = [{"messages": video_question_messages(r["question"]), "frames": frames_of(r), "fps": frames_fps(r)}
+                    for r in rows]
+        samplings = [seeded(self.sampling, r["prompt_id"], self.round_idx, self.sample_offset, "answer") for r in rows]
+        outs = self.call(requests, samplings)
+        return pa.Table.from_pylist(
+            [{"prompt_id": r["prompt_id"], "sample_idx": self.sample_offset + k, "model": self.model, "response": s["text"].strip(),
+              "n_tokens": s["n_tokens"], "finish_reason": s["finish_reason"], "round": self.round_idx}
+             for r, samples in zip(rows, outs) for k, s in enumerate(samples)], schema=ROLLOUTS)
+
+
+def answers_dataset(run_dir: RunPath, pools: EnginePool | list[EnginePool], split: str, sampling: dict,
+                    round_idx: int) -> ray.data.Dataset | None:
+    """Every prompt of `split` answered `sampling['n']` times by each pool, as a stream of ROLLOUTS batches (None when
+    the split has no prompts): a following stage (the judge) can consume answers while later ones are generated."""
+    prompts = read_table(run_dir / "prompts.parquet")
+    prompts = prompts.filter(pc.equal(prompts.column("split"), split))
+    return prompt_answers(run_dir, pools, prompts, sampling, round_idx)
+
+
+def prompt_answers(run_dir: RunPath, pools: EnginePool | list[EnginePool], prompts: pa.Table, sampling: dict,
+                   round_idx: int) -> ray.data.Dataset | None:
+    """answers_dataset for any prompts (prompt_id, video_id, question) of videos in run_dir/videos.parquet."""
+    pools = pools if isinstance(pools, list) else [pools]
+    prompts = prompts.select(["prompt_id", "video_id", "question"])
+    if prompts.num_rows == 0:
+        return None
+    # Blocks of one engine batch each: an answered batch then goes on downstream (to the judge) at once, instead of
+    # waiting in its task's output block for the rest of the block's batches.
+    parts = [rows_with_frames(run_dir / "videos.parquet", prompts).repartition(
+        target_num_rows_per_block=pool.cfg.batch_size).map_batches(
+        AnswerPrompts, fn_constructor_kwargs={"engines": pool.actors, "sampling": sampling, "model": pool.model_path,
+                                              "round_idx": round_idx, "sample_offset": i * sampling["n"]},
+        batch_size=pool.cfg.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1) for i, pool in enumerate(pools)]
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def generate_answers(run_dir: RunPath, pools: EnginePool | list[EnginePool], split: str, sampling: dict, round_idx: int,
+                     out: RunPath) -> int:
+    """answers_dataset written to `out`; returns the number of answers."""
+    ds = answers_dataset(run_dir, pools, split, sampling, round_idx)
+    if ds is None:
+        write_table(ROLLOUTS.empty_table(), out)
+        return 0
+    write_dataset(ds, out, ROLLOUTS)
+    return read_table(out, ["prompt_id"]).num_rows

@@ -1,0 +1,28 @@
+"""Fault injection for tests and drills: decoders and inputs that fail the way real ones do.
+
+Never used unless a config names it (e.g. `ingest.decoder: rlaif.testkit.faults:decode_with_faults`).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from rlaif.decode import DecodedVideo, DecodeSpec, decode_video
+
+CRASH_MARK = "inject-segfault"  # a file whose name contains this kills its decoder with SIGSEGV
+HANG_MARK = "inject-hang"  # ... or makes it hang forever
+SLOW_MARK = "inject-slow"  # ... or take SLOW_DECODE_S longer (a slow disk or a long clip: shows stages overlapping)
+SLOW_DECODE_S = 1.5
+
+
+def decode_with_faults(uri: str, spec: DecodeSpec) -> DecodedVideo:
+    name = os.path.basename(uri)
+    if CRASH_MARK in name:
+        os.kill(os.getpid(), signal.SIGSEGV)  # the same death as decord's memcpy fault on corrupt input
+    if HANG_MARK in name:
+        while True:
+            time.sleep(3600)
+    if SLOW_MARK in name:
+        time.sleep(SLOW_DECODE_S)
+    return decode_video(uri, spec)
