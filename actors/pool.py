@@ -16,6 +16,7 @@ import ray
 
 from actors.vllm_engine import EngineActor, EngineOverloaded
 from rlaif.config import EnginePoolConfig
+from rlaif.placement import PoolPlan, engine_gpus
 from rlaif.schemas import REFUSED_FINISH
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class EnginePool:
         self.role = role
         self.cfg = cfg
         self.weights_state = weights_state
-        opts = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus * cfg.tensor_parallel_size if cfg.num_gpus else 0}
+        opts = self.actor_options(cfg)
         engine_kwargs: dict = {"tensor_parallel_size": cfg.tensor_parallel_size} if cfg.tensor_parallel_size > 1 else {}
         if cfg.gpu_memory_utilization is not None:
             engine_kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
@@ -52,6 +53,18 @@ class EnginePool:
         if wait:
             self.wait_ready()
 
+    @staticmethod
+    def actor_options(cfg: EnginePoolConfig) -> dict:
+        """The Ray resources of each engine actor: the GPUs are the plan's (rlaif.placement.engine_gpus), so that
+        `rlaif plan` packs what a run asks Ray for."""
+        return {"num_cpus": cfg.num_cpus, "num_gpus": engine_gpus(cfg)}
+
+    @classmethod
+    def from_plan(cls, plan: PoolPlan, *, weights_state: str | None = None, wait: bool = True) -> "EnginePool":
+        """The pool of one rlaif.placement.plan_pools entry; `weights_state`: the run folder's (policy pools)."""
+        return cls(plan.role, plan.model, plan.cfg, video=plan.video, seed=plan.seed, weights_state=weights_state,
+                   adapter_rank=plan.adapter_rank, wait=wait)
+
     def wait_ready(self) -> "EnginePool":
         if self.ready_at is None:
             self.model_path = self.health()[0]["model"]
@@ -59,6 +72,16 @@ class EnginePool:
             log.info("%s pool: %d engine(s) for %s ready in %.1f s", self.role, len(self.actors), self.model_path,
                      self.ready_at - self.started_at)
         return self
+
+    def map_batches(self, ds: "ray.data.Dataset", client: type, *, batch_size: int | None = None,
+                    **client_kwargs) -> "ray.data.Dataset":
+        """`ds` sent to this pool's engines a batch at a time: `client` (an EngineClient, built with the engines and
+        `client_kwargs`) runs in one Ray Data actor per engine, with a tenth of a CPU each (the engines do the work)."""
+        import ray.data
+
+        return ds.map_batches(client, fn_constructor_kwargs={"engines": self.actors, **client_kwargs},
+                              batch_size=batch_size or self.cfg.batch_size, batch_format="pyarrow",
+                              compute=ray.data.ActorPoolStrategy(size=len(self.actors)), num_cpus=0.1)
 
     def generate(self, requests: list[dict], sampling: dict) -> list[list[dict]]:
         """Small direct calls (a handful of requests) without Ray Data."""
@@ -68,7 +91,7 @@ class EnginePool:
         """Make every engine serve the policy saved in folder `policy`: engines holding other weights (a resumed run,
         an engine restarted since the last sync) get it broadcast; the choice is recorded for future restarts.
         Returns how many engines were re-synced."""
-        from actors.weight_sync.send import broadcast_weights, saved_weights
+        from actors.weight_sync import broadcast_weights, saved_weights
         from rlaif.storage import RunPath
 
         if self.weights_state:

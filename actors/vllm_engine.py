@@ -2,8 +2,9 @@
 
 Requests are chat messages (plus frames for a video LMM); the engine applies the model's own chat template, so the
 same code drives the captioner, the policy and the judge. The policy's engine also takes new weights in place
-(`load_weight_buckets`, or `receive_weight_broadcast` for the collective transport), so a round's rollouts always
-come from the latest policy without a restart.
+(the methods it inherits from actors.weight_sync.engine.WeightSyncEngine: `load_weight_buckets`,
+`receive_weight_broadcast`, `load_adapter`), so a round's rollouts always come from the latest policy without a
+restart.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from actors.weight_sync.engine import WeightSyncEngine
 from rlaif.schemas import PROMPT_TOO_LONG, REJECTED
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,9 @@ class EngineOverloaded(RuntimeError):
     """The engine ran out of memory on a batch this large; it is still usable. The caller splits the batch."""
 
 
-class VLLMEngine:
-    """A vLLM `LLM` with chat-in, samples-out methods. Used as a Ray actor (`EngineActor`) or in-process.
+class VLLMEngine(WeightSyncEngine):
+    """A vLLM `LLM` with chat-in, samples-out methods. Used as a Ray actor (`EngineActor`) or in-process. Weight sync's
+    receive methods (new weights or a LoRA adapter, in place) come from WeightSyncEngine (actors/weight_sync/).
 
     `weights_state` (a JSON file in the run folder, written by `EnginePool.hold`) names the policy folder the pool
     should hold: an engine that Ray restarts after its process died loads it before taking requests, so calls
@@ -98,12 +101,6 @@ class VLLMEngine:
         log.info("%s engine for %s ready in %.1f s (weights: %s)", role, self.model_path, time.time() - start,
                  self.weights)
 
-    def _load_folder(self, folder: str) -> None:
-        from actors.weight_sync.send import saved_weights
-        from actors.weight_sync.buckets import pack_buckets
-
-        self.load_weight_buckets(*pack_buckets(saved_weights(folder).items()), label=folder)
-
     def _prompt(self, request: dict) -> dict:
         text = self.tokenizer.apply_chat_template(request["messages"], tokenize=False, add_generation_prompt=True)
         prompt: dict = {"prompt": text}
@@ -161,66 +158,6 @@ class VLLMEngine:
         if regex:
             sampling["structured_outputs"] = StructuredOutputsParams(regex=regex)
         return SamplingParams(**sampling)
-
-    def load_weight_buckets(self, *buckets, label: str | None = None) -> dict:
-        """New weights, in place: actors.weight_sync.buckets.Bucket objects, passed as separate arguments so that Ray resolves
-        each ObjectRef (one object-store object per bucket, fetched once per node). `label` names them (the
-        policy folder they were saved to)."""
-        start = time.time()
-        stats = self.llm.collective_rpc("load_weight_buckets", args=(list(buckets),))[0]
-        return self._weights_replaced(start, stats, label)
-
-    def receive_weight_broadcast(self, host: str, port: int, rank: int, world_size: int, backend: str, index: list,
-                                 timeout_s: float, label: str | None = None) -> dict:
-        """New weights, in place, by the collective transport (actors.weight_sync.send): joins the sender's group at
-        host:port as `rank` and receives the buckets `index` (actors.weight_sync.buckets.BucketIndex) describes. Raises, with the
-        weights unchanged, when the group or a broadcast fails within `timeout_s`."""
-        if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:
-            # Every vLLM worker would join as the same rank; the object store serves sharded engines instead.
-            raise ValueError("the collective weight transport takes engines of one worker")
-        start = time.time()
-        stats = self.llm.collective_rpc("receive_weight_broadcast",
-                                        args=(host, port, rank, world_size, backend, index, timeout_s))[0]
-        return self._weights_replaced(start, stats, label)
-
-    def _weights_replaced(self, start: float, stats: dict, label: str | None) -> dict:
-        self._drop_adapter()  # whole new weights: an adapter trained on the old ones no longer applies
-        # Everything computed with the old weights must go: KV blocks, and the vision encoder's cached outputs
-        # (the scheduler's bookkeeping too, or it asks the worker for embeddings that no longer exist).
-        self.llm.reset_prefix_cache()
-        self.llm.llm_engine.reset_encoder_cache()
-        self.llm.reset_mm_cache()
-        self.weights_version += 1
-        self.weights = label or f"{self.model_path}@v{self.weights_version}"
-        self._record_call(start)
-        return {**stats, "version": self.weights_version}
-
-    def load_adapter(self, folder: str, label: str | None = None) -> dict:
-        """Hot-load a LoRA adapter (peft folder) trained on the weights this engine holds, in place of the previous
-        one: vLLM reads the adapter's few MB and applies it to every later request, the base weights untouched.
-        Needs an engine started with `adapter_rank`."""
-        from vllm.lora.request import LoRARequest
-
-        from rlaif.storage import local_folder
-
-        start = time.time()
-        self.adapters_loaded += 1
-        local = local_folder(folder)
-        request = LoRARequest(f"policy-{self.adapters_loaded}", self.adapters_loaded + 1, local)
-        self.llm.llm_engine.add_lora(request)  # loaded now, not by the next request
-        self._drop_adapter()
-        self.lora_request = request
-        self.llm.reset_prefix_cache()  # (the cache keys carry the adapter; this frees the old adapter's blocks)
-        self.weights_version += 1
-        self.weights = label or f"{self.model_path}+{folder}"
-        self._record_call(start)
-        return {"version": self.weights_version, "seconds": time.time() - start,
-                "bytes": sum(f.stat().st_size for f in Path(local).glob("*.safetensors"))}
-
-    def _drop_adapter(self) -> None:
-        if self.lora_request is not None:
-            self.llm.llm_engine.remove_lora(self.lora_request.lora_int_id)
-            self.lora_request = None
 
     def _record_call(self, start: float) -> None:
         end = time.time()

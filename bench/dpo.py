@@ -65,18 +65,18 @@ def run_rlaif(path: str, pairs, a, workers: int) -> dict:
 
     import pipelines.stages.train as train
     from rlaif.config import RunConfig, TrainConfig
-    from rlaif.storage import RunPath
+    from rlaif.layout import RoundLayout, RunLayout
 
     t = TrainConfig(workers=workers, cpus_per_worker=a.threads, micro_batch_size=a.batch // workers,
                     finetune=a.finetune)
     tmp = tempfile.TemporaryDirectory(prefix="bench-dpo-")  # Ray Train's checkpoint holds the optimizer state
-    run_dir = RunPath.of(tmp.name)
+    run = RunLayout(tmp.name)
     pq.write_table(pa.table({"video_id": ["text"], "frames": pa.array([b""], pa.binary()),
                              "frames_shape": pa.array([[0, 0, 0, 3]], pa.list_(pa.int32())), "duration_s": [0.0]}),
-                   str(run_dir / "videos.parquet"))
+                   str(run.videos))
     try:
         start = time.perf_counter()
-        out = train.run_train(RunConfig(name="bench-dpo", seed=a.seed, train=t), run_dir, run_dir / f"w{workers}",
+        out = train.run_train(RunConfig(name="bench-dpo", seed=a.seed, train=t), run, RoundLayout(run.dir / f"w{workers}"),
                               pairs, engines=[], lora_base=path, reference=path, train=t)
         wall = time.perf_counter() - start
     finally:

@@ -27,6 +27,7 @@ def two_stages(uris: list[str], args, folder: Path) -> dict:
     from actors.pool import EnginePool
     from pipelines.stages.caption import caption_videos
     from pipelines.stages.ingest import run_ingest
+    from rlaif.layout import RunLayout
 
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=folder))
     t0 = time.perf_counter()
@@ -35,7 +36,7 @@ def two_stages(uris: list[str], args, folder: Path) -> dict:
     pool = EnginePool("captioner", args.captioner, pool_config(), video=True)
     started = time.perf_counter()
     try:
-        caption_videos(run_dir, pool, sampling(args), run_dir / "captions.parquet")
+        caption_videos(RunLayout(run_dir), pool, sampling(args), RunLayout(run_dir).captions)
     finally:
         pool.shutdown()
     end = time.perf_counter()

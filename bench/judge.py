@@ -89,7 +89,7 @@ def main() -> None:
     cpu_engine_env()
 
     from actors.vllm_engine import VLLMEngine
-    from actors.weight_sync.send import saved_weights
+    from actors.weight_sync import saved_weights
     from rlaif.testkit.tiny_models import ensure_model
 
     folder = ensure_model(args.model)

@@ -118,7 +118,7 @@ def main() -> None:
     args = p.parse_args()
     cpu_engine_env()
 
-    from actors.weight_sync.send import saved_weights
+    from actors.weight_sync import saved_weights
     from rlaif.testkit.tiny_models import ensure_model
 
     folder = ensure_model(args.model)

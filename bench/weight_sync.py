@@ -4,9 +4,10 @@ the same bytes.
     python bench/weight_sync.py [--model smollm2-135m-instruct] [--engines 1] [--bucket-mb 256] [--repeat 3]
 
 Every method loads the same tensors into the same live vLLM engines (Ray actors, `actors.vllm_engine`), through the
-same receive path (`WeightReceiver.load_weight_buckets`: vLLM's in-place `reload_weights`):
-  - bucketed (actors.weight_sync.send.broadcast_weights): the weights packed into a few contiguous buckets, each put in the
-    object store once, and one call per engine carrying every bucket;
+same receive path (actors/weight_sync/receive.py `WeightReceiver.load_weight_buckets`: vLLM's in-place
+`reload_weights`):
+  - bucketed (actors.weight_sync.broadcast_weights): the weights packed into a few contiguous buckets, each put in
+    the object store once, and one call per engine carrying every bucket;
   - collective (the same with loop.sync_transport collective): the same buckets, each one broadcast over a gloo group
     formed for the sync, sent from a Ray actor as the trainer's rank 0 sends them;
   - per-parameter RPC (OpenRLHF's `update_weight` pattern): one call per tensor per engine. Here each call only hands
@@ -14,7 +15,7 @@ same receive path (`WeightReceiver.load_weight_buckets`: vLLM's in-place `reload
     per-tensor load: its time is a lower bound and the ratio a conservative one.
 The bound is the model's bytes over this machine's measured copy bandwidth: the time to copy the weights once.
 Also timed: LoRA mode (loop.sync adapter), where an engine started with LoRA support hot-loads a rank --lora-rank
-adapter of every linear layer (`VLLMEngine.load_adapter`) instead of receiving the merged weights.
+adapter of every linear layer (`WeightSyncEngine.load_adapter`) instead of receiving the merged weights.
 """
 from __future__ import annotations
 
@@ -26,8 +27,7 @@ from common import best_of, copy_bandwidth_gbs, machine, ratio, table
 import ray  # noqa: E402
 
 from actors.vllm_engine import VLLMEngine  # noqa: E402
-from actors.weight_sync.send import broadcast_weights, saved_weights  # noqa: E402
-from actors.weight_sync.buckets import pack_buckets  # noqa: E402
+from actors.weight_sync import broadcast_weights, pack_buckets, saved_weights  # noqa: E402
 
 
 @ray.remote(num_cpus=0)

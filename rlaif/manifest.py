@@ -10,13 +10,14 @@ import os
 import time
 from typing import Any
 
+from rlaif.layout import RunLayout
 from rlaif.storage import RunPath
 
 
 class Manifest:
     def __init__(self, run_dir: str | os.PathLike | RunPath):
         self.run_dir = RunPath.of(run_dir)
-        self.path = self.run_dir / "manifest.json"
+        self.path = RunLayout(self.run_dir).manifest
         self.data = self.path.read_json() if self.path.exists() else {"stages": {}}
 
     def stage(self, name: str) -> dict:

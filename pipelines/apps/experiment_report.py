@@ -18,6 +18,7 @@ from rlaif.headroom import prior_baseline
 from rlaif.manifest import Manifest
 from rlaif.metrics import exact_match
 from rlaif.stats import paired_change
+from rlaif.layout import ExperimentLayout, RoundLayout, RunLayout
 from rlaif.storage import RunPath
 
 from pipelines.stages.io import read_table
@@ -29,35 +30,35 @@ OBJECT_KINDS = ("colour", "shape", "motion")
 SIGNIFICANT = 0.01  # the bar's p threshold
 
 
-def _kinds(run_dir: RunPath, questions_file) -> dict[str, str]:
+def _kinds(run: RunLayout, questions_file) -> dict[str, str]:
     """prompt_id -> question kind (background, count, ..., real), through the clip's uri and the question text."""
     kind = {(r["uri"], r["question"]): r["kind"] for r in pq.read_table(questions_file).to_pylist()}
-    uri = dict(zip(*read_table(run_dir / "videos.parquet", ["video_id", "uri"]).to_pydict().values()))
-    prompts = read_table(run_dir / "prompts.parquet", ["prompt_id", "video_id", "question"]).to_pylist()
+    uri = dict(zip(*read_table(run.videos, ["video_id", "uri"]).to_pydict().values()))
+    prompts = read_table(run.prompts, ["prompt_id", "video_id", "question"]).to_pylist()
     return {p["prompt_id"]: kind.get((uri.get(p["video_id"]), p["question"]), "?") for p in prompts}
 
 
-def pair_figures(round_dir: RunPath, references: dict[str, str]) -> dict:
+def pair_figures(rd: RoundLayout, references: dict[str, str]) -> dict:
     """Pairs of the round, and among those where exactly one side is right by ground truth, the share where the
     chosen side is the right one (0.5 = the judge's preferences are a coin toss)."""
-    path = round_dir / "pairs.parquet"
+    path = rd.pairs
     if not path.exists():
         return {}
     pairs = read_table(path, ["prompt_id", "chosen", "rejected"]).to_pylist()
     decided = [(exact_match(p["chosen"], references[p["prompt_id"]]), exact_match(p["rejected"], references[p["prompt_id"]]))
                for p in pairs if references.get(p["prompt_id"])]
     informative = [c for c, r in decided if c != r]
-    rollouts = read_table(round_dir / "rollouts.parquet", ["prompt_id", "response"]).to_pylist()
+    rollouts = read_table(rd.rollouts, ["prompt_id", "response"]).to_pylist()
     sampled = [exact_match(r["response"], references[r["prompt_id"]]) for r in rollouts if references.get(r["prompt_id"])]
     return {"pairs": len(pairs), "pairs_one_side_right": len(informative),
             "pair_label_accuracy": sum(informative) / len(informative) if informative else None,
             "rollout_exact_match": sum(sampled) / len(sampled) if sampled else None}
 
 
-def correct_answers(round_dir: RunPath, references: dict[str, str]) -> dict[str, bool]:
+def correct_answers(rd: RoundLayout, references: dict[str, str]) -> dict[str, bool]:
     """Held-out prompt_id -> whether the round's greedy answer is exactly the reference."""
     return {r["prompt_id"]: exact_match(r["response"], references[r["prompt_id"]])
-            for r in read_table(round_dir / "eval_answers.parquet", ["prompt_id", "response"]).to_pylist()
+            for r in read_table(rd.eval_answers, ["prompt_id", "response"]).to_pylist()
             if references.get(r["prompt_id"])}
 
 
@@ -68,12 +69,13 @@ def _subset(right: dict[str, bool], kinds: dict[str, str], wanted) -> dict[str, 
 def arm_figures(run_dir: RunPath, questions_file) -> dict:
     """Per round: the eval's figures, the round's pairs, exact match overall/main/per kind; and the paired change
     from the warm start to the last round: main, per kind, counts."""
+    run = RunLayout(run_dir)
     references = {r["prompt_id"]: r["reference_answer"]
-                  for r in read_table(run_dir / "prompts.parquet", ["prompt_id", "reference_answer"]).to_pylist()}
-    kinds = _kinds(run_dir, questions_file)
+                  for r in read_table(run.prompts, ["prompt_id", "reference_answer"]).to_pylist()}
+    kinds = _kinds(run, questions_file)
     rounds, right_by_round = [], []
     for ev in eval_rows(run_dir):
-        folder = run_dir / ("round_base" if ev["round"] == -1 else f"round_{ev['round']}")
+        folder = run.rebirth if ev["round"] == "rebirth" else run.round(ev["round"])
         right = correct_answers(folder, references)
         right_by_round.append(right)
         by_kind = defaultdict(list)
@@ -226,8 +228,9 @@ def write_report(cfg: RunConfig, folder: RunPath, seed_runs: list[dict], audit: 
     checked = bar(seeds, main_arm, control) if main_arm else {}
     results = {"seeds": seeds, "audit": audit, "bar": checked, "main_arm": main_arm, "control_arm": control,
                "overrides": exp.arms, "written": time.time()}
-    (folder / "results.json").write_json(results)
-    plot(seeds, folder.local / "plot.png")
+    layout = ExperimentLayout(folder)
+    layout.results.write_json(results)
+    plot(seeds, layout.plot.local)
     warm = seeds[0]["warmup"] or {}
     lines = [f"# RLAIF experiment: {cfg.name}", "",
              f"Seeds {exp.seeds}; per seed {exp.warmup_videos} labelled warm-up clips, {exp.dev_videos} labelled dev "
@@ -268,5 +271,5 @@ def write_report(cfg: RunConfig, folder: RunPath, seed_runs: list[dict], audit: 
         for name, a in s["arms"].items():
             lines += [f"### seed {s['seed']}, {name}", "", f"Overrides: `{exp.arms[name]}`; {a['seconds']} s in its "
                       "stages.", "", detail_table(a), ""]
-    (folder / "report.md").write_text("\n".join(lines))
+    layout.report.write_text("\n".join(lines))
     return results

@@ -21,6 +21,7 @@ import ray.data
 from actors.pool import EnginePool
 from rlaif.audit import ranking_figures, wrong_answers
 from rlaif.config import POLICY_AS_JUDGE, RunConfig, parse_config, set_dotted
+from rlaif.layout import AuditLayout
 from rlaif.manifest import Manifest
 from rlaif.schemas import JUDGMENTS
 from rlaif.storage import RunPath
@@ -94,18 +95,18 @@ def run_judge(cfg: RunConfig, answers: pa.Table, context: pa.Table, out: RunPath
 
 def run_judge_audit(cfg: RunConfig, folder: RunPath, resume: bool = False) -> dict:
     """Audits every judge of cfg.audit.judges (the config's own judge when empty); returns audit.json's content."""
-    folder = RunPath.of(folder)
-    folder.mkdir()
-    manifest = Manifest(folder)
+    layout = AuditLayout(folder)
+    layout.dir.mkdir()
+    manifest = Manifest(layout.dir)
     answers, context = candidates(cfg)
-    write_table(answers, folder / "candidates.parquet")
+    write_table(answers, layout.candidates)
     right = {(r["prompt_id"], r["sample_idx"]): (r["right"], r["kind"])
              for r in answers.select(["prompt_id", "sample_idx", "right", "kind"]).to_pylist()}
     judges = cfg.audit.judges or {"configured": {}}
     results = {}
     for name, overrides in judges.items():
         jcfg = judge_config(cfg, overrides)
-        out = folder / f"{name}.parquet"
+        out = layout.judged(name)
         # Each judge's stage is hashed on its own config (the overrides included), and on resume is skipped alone.
         info = Stages(jcfg, manifest, resume).run(f"judge/{name}", (*AUDIT_DEPENDS, "models", "judge", "pools"),
                                                   lambda: run_judge(jcfg, answers, context, out))
@@ -117,8 +118,8 @@ def run_judge_audit(cfg: RunConfig, folder: RunPath, resume: bool = False) -> di
                  {k: None if f["rank_accuracy"] is None else round(f["rank_accuracy"], 2)
                   for k, f in results[name]["by_kind"].items()})
     audit = {"videos": cfg.audit.videos, "wrong_answers": cfg.audit.wrong_answers, "judges": results}
-    (folder / "audit.json").write_json(audit)
-    (folder / "audit.md").write_text(audit_markdown(audit) + "\n")
+    layout.figures.write_json(audit)
+    layout.table.write_text(audit_markdown(audit) + "\n")
     return audit
 
 

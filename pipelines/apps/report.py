@@ -1,6 +1,7 @@
 """Human-readable summaries of a run folder: stage times and the per-round eval table."""
 from __future__ import annotations
 
+from rlaif.layout import RunLayout
 from rlaif.manifest import Manifest
 from rlaif.storage import RunPath
 
@@ -17,10 +18,10 @@ def _fmt(v) -> str:
 
 
 def eval_rows(run_dir: RunPath) -> list[dict]:
-    paths = [run_dir / "round_base" / "eval.json"] + sorted(run_dir.glob("round_[0-9]*/eval.json"),
-                                                            key=lambda p: int(p.parent.name.split("_")[1]))
+    run = RunLayout(run_dir)
+    paths = [run.base.eval] + [r.eval for r in run.rounds()]
     rows = [p.read_json() for p in paths if p.exists()]
-    rebirth = run_dir / "rebirth" / "eval.json"
+    rebirth = run.rebirth.eval
     if rebirth.exists():
         rows.append({**rebirth.read_json(), "round": "rebirth"})
     return rows

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 
-import ray
-
-from actors.pool import distinct_pools
 from rlaif.config import RunConfig
+from rlaif.layout import RunLayout
 from rlaif.manifest import Manifest
 from rlaif.storage import RunPath, clean_partials
 
-from pipelines.stages.ingest import IngestResult, run_ingest
+from pipelines.orchestration.pools import EnginePools
 from pipelines.orchestration.resume import Stages
+from pipelines.stages.base import StageContext
+from pipelines.stages.ingest import ingest
 
 log = logging.getLogger(__name__)
 
@@ -28,55 +29,24 @@ def run_pipeline(cfg: RunConfig, run_dir: RunPath | str, resume: bool = False, s
     decoded batch as it comes (caption.during_ingest)."""
     if loop:
         cfg.check_inputs()  # before anything starts: a missing input file fails now, not after ingest
-    run_dir = RunPath.of(run_dir)
-    run_dir.mkdir()
-    manifest = Manifest(run_dir)
-    if resume and (n := clean_partials(run_dir)):
+    layout = RunLayout(run_dir)
+    layout.dir.mkdir()
+    manifest = Manifest(layout.dir)
+    if resume and (n := clean_partials(layout.dir)):
         log.info("resume: removed %d partial outputs of an interrupted run", n)
     if not resume and loop:
-        from pipelines.stages.train import TRAIN_STORAGE
-
         # A fresh run redoes everything: training checkpoints of an earlier run here must not be resumed from.
-        (run_dir / TRAIN_STORAGE).remove()
+        layout.train_storage.remove()
     manifest.data.update(name=cfg.name, config=cfg.model_dump(mode="json"), started=manifest.data.get("started", time.time()))
     stages = Stages(cfg, manifest, resume)
-    pools = start_pools_before_ingest(cfg, run_dir) if loop else None
-    try:
-        caption = caption_during_ingest(cfg, pools)
-        ingest = stages.run("ingest", ("ingest",), lambda: ingest_info(run_ingest(cfg.ingest, run_dir, source, caption)))
+    # The loop's pools, from plan to shutdown: started before ingest (without waiting) when the cluster has room for
+    # a decoder beside them, else after it; every one shut down on the way out, however the run ends.
+    with (EnginePools(cfg, layout.dir, start_early=True) if loop else nullcontext({})) as pools:
+        ctx = StageContext(cfg, layout, pools=pools, source=source)  # pools empty until started: ingest captions
+        ingested = stages.run_stage("ingest", ingest, ctx)           # as it decodes only when they are up already
         if loop:
             from pipelines.orchestration.loop import run_loop
-            from pipelines.orchestration.pools import start_pools
 
-            pools = pools or start_pools(cfg, run_dir)
-            run_loop(cfg, run_dir, stages, pools, captioned_during_ingest="ingest" in stages.ran_now and ingest["captioned"])
-    finally:
-        for pool in distinct_pools(pools or {}):
-            pool.shutdown()
+            run_loop(ctx.at(pools=pools.wait_ready(),
+                            captioned_during_ingest="ingest" in stages.ran_now and ingested["captioned"]), stages)
     return manifest
-
-
-def start_pools_before_ingest(cfg: RunConfig, run_dir: RunPath) -> dict | None:
-    """The loop's pools, started without waiting for them, when the cluster has a CPU for a decode actor beside
-    their engines (else None: they start after ingest, which then has the CPUs to itself)."""
-    from pipelines.orchestration.pools import engine_cpus, pool_specs, start_pools
-
-    spare = ray.cluster_resources().get("CPU", 0) - engine_cpus(pool_specs(cfg, run_dir))
-    if spare < 1:
-        log.info("engines start after ingest: %.1f CPUs beside them, a decoder needs 1", spare)
-        return None
-    return start_pools(cfg, run_dir, wait=False)
-
-
-def caption_during_ingest(cfg: RunConfig, pools: dict | None):
-    """What ingest needs to caption as it decodes (caption.during_ingest), or None."""
-    if pools is None or cfg.caption.source != "model" or not cfg.caption.during_ingest:
-        return None
-    from pipelines.stages.caption import CaptionDuringIngest, caption_sampling
-
-    return CaptionDuringIngest(pools["captioner"], caption_sampling(cfg))
-
-
-def ingest_info(result: IngestResult) -> dict:
-    return {"rows_in": result.n_inputs, "rows_ok": result.n_ok, "rows_quarantined": result.n_quarantined,
-            "reasons": result.reasons, "captioned": bool(result.captions_path)}

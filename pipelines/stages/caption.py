@@ -17,13 +17,14 @@ import ray.data
 
 from actors.pool import EngineClient, EnginePool
 from rlaif.config import RunConfig
+from rlaif.layout import RunLayout
 from rlaif.prompts import PROMPT_VERSION, caption_messages, retrospect_messages
 from rlaif.schemas import CAPTIONS, frames_fps, frames_of
 from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
+from pipelines.stages.base import StageContext, stage
 from pipelines.stages.frames_join import FRAME_COLUMNS
-from pipelines.stages.ingest import CAPTIONS_FILE
 from pipelines.stages.io import read_table, write_dataset, write_table
 
 log = logging.getLogger(__name__)
@@ -71,28 +72,21 @@ class CaptionDuringIngest:
     sampling: dict
 
     def add_to(self, decoded: ray.data.Dataset) -> ray.data.Dataset:
-        return decoded.map_batches(
-            CaptionDecoded, fn_constructor_kwargs={"engines": self.pool.actors, "sampling": self.sampling},
-            batch_size=self.pool.cfg.batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=len(self.pool.actors)), num_cpus=0.1)
+        return self.pool.map_batches(decoded, CaptionDecoded, sampling=self.sampling)
 
 
 def caption_sampling(cfg: RunConfig) -> dict:
     return {"n": 1, "temperature": cfg.caption.temperature, "max_tokens": cfg.caption.max_tokens}
 
 
-def caption_videos(run_dir: RunPath, pool: EnginePool, sampling: dict, out: RunPath, video_ids: list[str] | None = None,
-                   previous: dict[str, str] | None = None) -> int:
+def caption_videos(layout: RunLayout, pool: EnginePool, sampling: dict, out: RunPath,
+                   video_ids: list[str] | None = None, previous: dict[str, str] | None = None) -> int:
     """Captions (or, with `previous`, re-describes) the ingested videos, or those of `video_ids`, into `out`."""
-    ds = ray.data.read_parquet(str(run_dir / "videos.parquet"), columns=FRAME_COLUMNS)
+    ds = ray.data.read_parquet(str(layout.videos), columns=FRAME_COLUMNS)
     if video_ids is not None:
         wanted = sorted(video_ids)
         ds = ds.filter(expr=f"video_id in {wanted!r}" if wanted else "video_id == ''")
-    ds = ds.map_batches(
-        CaptionVideos, fn_constructor_kwargs={"engines": pool.actors, "sampling": sampling, "model": pool.model_path,
-                                              "previous": previous},
-        batch_size=pool.cfg.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1)
+    ds = pool.map_batches(ds, CaptionVideos, sampling=sampling, model=pool.model_path, previous=previous)
     write_dataset(ds, out, CAPTIONS)
     return read_table(out, ["video_id"]).num_rows
 
@@ -111,22 +105,25 @@ def captions_from_file(path: str, videos: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=CAPTIONS)
 
 
-def reference_captions(cfg: RunConfig, run_dir: RunPath) -> dict[str, str]:
+def reference_captions(cfg: RunConfig, layout: RunLayout) -> dict[str, str]:
     """{video_id: ground-truth caption} from caption.reference_file, for the ingested videos it covers."""
     if not cfg.caption.reference_file:
         return {}
-    table = captions_from_file(cfg.caption.reference_file, read_table(run_dir / "videos.parquet", ["video_id", "uri"]))
+    table = captions_from_file(cfg.caption.reference_file, read_table(layout.videos, ["video_id", "uri"]))
     return dict(zip(table.column("video_id").to_pylist(), table.column("caption").to_pylist()))
 
 
-def run_caption(cfg: RunConfig, run_dir: RunPath, pool: EnginePool | None, during_ingest: bool = False) -> int:
-    """`during_ingest`: the ingest stream of this run already wrote the captions; they are only counted."""
-    out = run_dir / CAPTIONS_FILE
+@stage("models", "caption")
+def caption(ctx: StageContext) -> int:
+    """Captions from caption.file, or from the captioner pool; captions the ingest stream of this run wrote already
+    (ctx.captioned_during_ingest) are only counted."""
+    cfg, out = ctx.cfg, ctx.layout.captions
     if cfg.caption.source == "file":
-        table = captions_from_file(cfg.caption.file, read_table(run_dir / "videos.parquet", ["video_id", "uri"]))
+        table = captions_from_file(cfg.caption.file, read_table(ctx.layout.videos, ["video_id", "uri"]))
         write_table(table, out)
         return table.num_rows
-    n = read_table(out, ["video_id"]).num_rows if during_ingest else caption_videos(run_dir, pool, caption_sampling(cfg), out)
+    n = (read_table(out, ["video_id"]).num_rows if ctx.captioned_during_ingest
+         else caption_videos(ctx.layout, ctx.captioner_pool, caption_sampling(cfg), out))
     empty = pc.sum(pc.equal(read_table(out, ["caption"]).column("caption"), "")).as_py() if n else 0
     log.info("captions: %d videos (%s empty)", n, empty)
     return n

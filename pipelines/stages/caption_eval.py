@@ -1,8 +1,8 @@
 """Caption evaluation stage (video-SALMONN 2): the policy captions the held-out videos greedily, the judge checks
 every fact of each video's reference caption against it, and the rates go into the round's eval.json.
 
-    out_dir/eval_captions.parquet   the policy's captions (CAPTIONS schema)
-    out_dir/caption_facts.parquet   one row per (video, reference fact): verdict covered | missing | contradicted
+    round_<r>/eval_captions.parquet   the policy's captions (CAPTIONS schema)
+    round_<r>/caption_facts.parquet   one row per (video, reference fact): verdict covered | missing | contradicted
 """
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
 
-from actors.pool import EngineClient, EnginePool
+from actors.pool import EngineClient
 from rlaif.caption_eval import caption_metrics, parse_verdict, reference_facts
-from rlaif.config import RunConfig
 from rlaif.prompts import FACT_CHECK_REGEX, fact_check_messages
 from rlaif.schemas import CAPTION_FACTS
-from rlaif.storage import RunPath
 
+from pipelines.stages.base import StageContext
 from pipelines.stages.caption import caption_videos, reference_captions
 from pipelines.stages.io import read_table, write_dataset
 
@@ -49,25 +48,23 @@ class CheckFacts(EngineClient):
                                     schema=CAPTION_FACTS)
 
 
-def run_caption_eval(cfg: RunConfig, run_dir: RunPath, out_dir: RunPath, policy: EnginePool, judge: EnginePool) -> dict:
-    prompts = read_table(run_dir / "prompts.parquet", ["video_id", "split"])
+def caption_eval(ctx: StageContext) -> dict:
+    """Part of the eval stage (eval.caption_metrics): the caption figures of the round's eval.json."""
+    cfg, layout, out, judge = ctx.cfg, ctx.layout, ctx.out, ctx.judge_pool
+    prompts = read_table(layout.prompts, ["video_id", "split"])
     held_out = set(prompts.filter(pc.equal(prompts.column("split"), "eval")).column("video_id").to_pylist())
-    references = {v: c for v, c in reference_captions(cfg, run_dir).items() if v in held_out}
+    references = {v: c for v, c in reference_captions(cfg, layout).items() if v in held_out}
     if not references:
         log.warning("caption eval: no held-out video has a reference caption")
         return caption_metrics([], [])
     sampling = {"n": 1, "temperature": cfg.eval.caption_temperature, "max_tokens": cfg.eval.caption_max_tokens,
                 "seed": cfg.seed}
-    captions_path = out_dir / "eval_captions.parquet"
-    caption_videos(run_dir, policy, sampling, captions_path, sorted(references))
-    captions = dict(zip(*read_table(captions_path, ["video_id", "caption"]).to_pydict().values()))
+    caption_videos(layout, ctx.policy_pool, sampling, out.eval_captions, sorted(references))
+    captions = dict(zip(*read_table(out.eval_captions, ["video_id", "caption"]).to_pydict().values()))
     facts = [{"video_id": v, "fact_idx": i, "fact": fact, "caption": captions[v]}
              for v in sorted(captions) for i, fact in enumerate(reference_facts(references[v]))]
-    ds = ray.data.from_items(facts).map_batches(
-        CheckFacts, fn_constructor_kwargs={"engines": judge.actors, "structured": cfg.judge.structured,
-                                           "retries": cfg.judge.retries},
-        batch_size=judge.cfg.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=len(judge.actors)), num_cpus=0.1)
-    write_dataset(ds, out_dir / "caption_facts.parquet", CAPTION_FACTS)
-    verdicts = read_table(out_dir / "caption_facts.parquet", ["verdict"]).column("verdict").to_pylist()
+    ds = judge.map_batches(ray.data.from_items(facts), CheckFacts, structured=cfg.judge.structured,
+                           retries=cfg.judge.retries)
+    write_dataset(ds, out.caption_facts, CAPTION_FACTS)
+    verdicts = read_table(out.caption_facts, ["verdict"]).column("verdict").to_pylist()
     return caption_metrics(verdicts, [captions[v] for v in sorted(captions)])

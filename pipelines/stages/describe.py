@@ -4,28 +4,29 @@ description is that round's evidence for the judge (round_r/captions.parquet), s
 the policy instead of staying the starting captioner's."""
 from __future__ import annotations
 
-
 import pyarrow.compute as pc
 
-from actors.pool import EnginePool
-from rlaif.config import RunConfig
+from rlaif.layout import RunLayout
 from rlaif.storage import RunPath
 
-from pipelines.stages.caption import caption_videos
+from pipelines.stages.base import StageContext, stage
+from pipelines.stages.caption import caption_sampling, caption_videos
 from pipelines.stages.io import read_table
 
 
-def previous_descriptions(run_dir: RunPath, round_idx: int) -> RunPath:
-    earlier = run_dir / f"round_{round_idx - 1}" / "captions.parquet"
-    return earlier if round_idx > 0 and earlier.exists() else run_dir / "captions.parquet"
+def previous_descriptions(layout: RunLayout, round_idx: int) -> RunPath:
+    earlier = layout.round(round_idx - 1).captions
+    return earlier if round_idx > 0 and earlier.exists() else layout.captions
 
 
-def run_describe(cfg: RunConfig, run_dir: RunPath, round_dir: RunPath, round_idx: int, policy: EnginePool) -> dict:
-    prompts = read_table(run_dir / "prompts.parquet", ["video_id", "split"])
+@stage("caption")
+def describe(ctx: StageContext) -> dict:
+    """round_<r>/captions.parquet: the policy's re-descriptions of the training videos, the round's evidence."""
+    prompts = read_table(ctx.layout.prompts, ["video_id", "split"])
     train_videos = set(prompts.filter(pc.equal(prompts.column("split"), "train")).column("video_id").to_pylist())
-    source = previous_descriptions(run_dir, round_idx)
+    source = previous_descriptions(ctx.layout, ctx.round)
     previous = {v: c for v, c in zip(*read_table(source, ["video_id", "caption"]).to_pydict().values())
                 if v in train_videos}
-    sampling = {"n": 1, "temperature": cfg.caption.temperature, "max_tokens": cfg.caption.max_tokens}
-    n = caption_videos(run_dir, policy, sampling, round_dir / "captions.parquet", sorted(previous), previous)
-    return {"rows": n, "previous": source.relative_to(run_dir).as_posix()}
+    n = caption_videos(ctx.layout, ctx.policy_pool, caption_sampling(ctx.cfg), ctx.out.captions, sorted(previous),
+                       previous)
+    return {"rows": n, "previous": source.relative_to(ctx.layout.dir).as_posix()}

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from actors.pool import EnginePool
-from rlaif.config import RunConfig
 from rlaif.metrics import eval_metrics
-from rlaif.storage import RunPath
 
-from pipelines.stages.caption_eval import run_caption_eval
+from pipelines.stages.base import StageContext, stage
+from pipelines.stages.caption_eval import caption_eval
 from pipelines.stages.io import read_table
 from pipelines.stages.judge import answer_and_judge, judge_answers
 from pipelines.stages.rollout import generate_answers
@@ -18,23 +16,26 @@ from pipelines.stages.rollout import generate_answers
 log = logging.getLogger(__name__)
 
 
-def run_eval(cfg: RunConfig, run_dir: RunPath, out_dir: RunPath, policy: EnginePool, judge: EnginePool | None,
-             round_idx: int) -> dict:
-    out_dir.mkdir()
+@stage("loop.eval_max_tokens", "loop.stream_judge", "judge", "eval")
+def evaluate(ctx: StageContext) -> dict:
+    """The policy's greedy answers to the held-out questions, judged against the run's captions (the same evidence
+    every round, so rounds compare), and the round's eval.json."""
+    cfg, out = ctx.cfg, ctx.out
+    ctx = ctx.at(evidence=None)
+    out.dir.mkdir()
     sampling = {"n": 1, "temperature": 0.0, "max_tokens": cfg.loop.eval_max_tokens}
-    answers, judged = out_dir / "eval_answers.parquet", out_dir / "eval_judgments.parquet"
     if cfg.loop.stream_judge:
-        answer_and_judge(run_dir, policy, judge, cfg.judge, "eval", sampling, round_idx, answers, judged)
+        answer_and_judge(ctx, [ctx.policy_pool], "eval", sampling, out.eval_answers, out.eval_judgments)
     else:
-        generate_answers(run_dir, policy, "eval", sampling, round_idx, answers)
-        judge_answers(run_dir, judge, cfg.judge, answers, judged)
-    rows = read_table(judged).to_pylist()
-    refs = dict(zip(*read_table(run_dir / "prompts.parquet", ["prompt_id", "reference_answer"]).to_pydict().values()))
+        generate_answers(ctx.layout, ctx.policy_pool, "eval", sampling, ctx.round, out.eval_answers)
+        judge_answers(ctx, out.eval_answers, out.eval_judgments)
+    rows = read_table(out.eval_judgments).to_pylist()
+    refs = dict(zip(*read_table(ctx.layout.prompts, ["prompt_id", "reference_answer"]).to_pydict().values()))
     for r in rows:
         r["reference_answer"] = refs.get(r["prompt_id"])
-    metrics = {"round": round_idx, **eval_metrics(rows)}
+    metrics = {"round": ctx.round, **eval_metrics(rows)}
     if cfg.eval.caption_metrics:
-        metrics.update(run_caption_eval(cfg, run_dir, out_dir, policy, judge))
-    (out_dir / "eval.json").write_json(metrics)
-    log.info("eval round %s: %s", round_idx, metrics)
+        metrics.update(caption_eval(ctx))
+    out.eval.write_json(metrics)
+    log.info("eval round %s: %s", ctx.round, metrics)
     return metrics

@@ -24,9 +24,11 @@ from rlaif.config import IngestConfig
 from rlaif.decode import DecodeSpec
 from rlaif.schemas import CAPTIONS, QUARANTINE, QUARANTINE_COLUMNS, VIDEOS
 from rlaif.sources import list_video_uris, video_id_for
-from rlaif.video_rows import VideoRowDecoder
+from rlaif.layout import RunLayout
 from rlaif.storage import RunPath
+from rlaif.video_rows import VideoRowDecoder
 
+from pipelines.stages.base import StageContext, stage
 from pipelines.stages.io import read_table, write_dataset
 
 if TYPE_CHECKING:
@@ -34,9 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VIDEOS_FILE = "videos.parquet"
-CAPTIONS_FILE = "captions.parquet"  # written here when ingest captions as it decodes, else by pipelines.stages.caption
-QUARANTINE_FILE = "quarantine.parquet"
 
 
 @dataclass
@@ -58,7 +57,7 @@ def decode_spec(cfg: IngestConfig) -> DecodeSpec:
 
 def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str] | None = None,
                caption: CaptionDuringIngest | None = None) -> IngestResult:
-    run_dir = RunPath.of(run_dir)
+    layout = RunLayout(run_dir)
     source = source if source is not None else cfg.source
     if source is None:
         raise ValueError("ingest needs a source: set ingest.source in the config or pass SOURCE")
@@ -85,15 +84,15 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     if caption is not None:
         decoded = caption.add_to(decoded)
     decoded = decoded.materialize()
-    run_dir.mkdir()
-    videos, quarantine = run_dir / VIDEOS_FILE, run_dir / QUARANTINE_FILE
+    layout.dir.mkdir()
+    videos, quarantine = layout.videos, layout.quarantine
     ok = decoded.filter(expr="status == 'ok'")
     write_dataset(ok.select_columns(VIDEOS.names), videos, VIDEOS)
     write_dataset(decoded.filter(expr="status != 'ok'").select_columns(QUARANTINE_COLUMNS), quarantine, QUARANTINE)
 
     captions = ""
     if caption is not None:
-        captions = str(run_dir / CAPTIONS_FILE)
+        captions = str(layout.captions)
         write_dataset(ok.select_columns(CAPTIONS.names), captions, CAPTIONS)
     bad = read_table(quarantine, ["reason"]).column("reason").to_pylist()
     n_ok = read_table(videos, ["video_id"]).num_rows
@@ -103,3 +102,18 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     if result.n_ok + result.n_quarantined != result.n_inputs:
         raise RuntimeError(f"ingest lost rows: {result.n_inputs} in, {result.n_ok} ok + {result.n_quarantined} quarantined")
     return result
+
+
+@stage("ingest")
+def ingest(ctx: StageContext) -> dict:
+    """videos.parquet and quarantine.parquet from ctx.source (ingest.source if None); when the engine pools are up
+    already (ctx.pools) and caption.during_ingest, captions.parquet too, as the videos decode."""
+    from pipelines.stages.caption import CaptionDuringIngest, caption_sampling
+
+    cfg = ctx.cfg
+    caption = None
+    if ctx.pools and cfg.caption.source == "model" and cfg.caption.during_ingest:
+        caption = CaptionDuringIngest(ctx.captioner_pool, caption_sampling(cfg))
+    result = run_ingest(cfg.ingest, ctx.layout.dir, ctx.source, caption)
+    return {"rows_in": result.n_inputs, "rows_ok": result.n_ok, "rows_quarantined": result.n_quarantined,
+            "reasons": result.reasons, "captioned": bool(result.captions_path)}

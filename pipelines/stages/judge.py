@@ -30,11 +30,13 @@ from rlaif.judging import (EMPTY_ANSWER, EMPTY_ANSWER_SCORE, JUDGE_REFUSED, PARS
                            length_penalised, parse_aspects, parse_judgment, unjudgeable)
 from rlaif.prompts import aspect_output_regex, judge_messages, judge_output_regex
 from rlaif.schemas import JUDGMENTS, ROLLOUTS, TRUNCATED_FINISH
+from rlaif.layout import RunLayout
 from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
+from pipelines.stages.base import StageContext, stage
 from pipelines.stages.io import read_table, write_dataset, write_table
-from pipelines.stages.rollout import answers_dataset
+from pipelines.stages.rollout import answers_dataset, rollout_sampling
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +126,12 @@ class ScoreAnswers:
         return [Judgment(min(5.0, max(1.0, float(s))), "", True) for s in scores], [1] * len(rows)
 
 
-def judging_context(run_dir: RunPath, captions: RunPath | None = None) -> pa.Table:
+def judging_context(layout: RunLayout, captions: RunPath | None = None) -> pa.Table:
     """What the judge reads beside each answer, by prompt_id: the question, the reference answer and the evidence
     caption (small text tables). `captions` defaults to the run's captions.parquet (i-SRT passes the round's
     re-descriptions)."""
-    prompts = read_table(run_dir / "prompts.parquet", ["prompt_id", "video_id", "question", "reference_answer"])
-    evidence = read_table(captions or run_dir / "captions.parquet", ["video_id", "caption"])
+    prompts = read_table(layout.prompts, ["prompt_id", "video_id", "question", "reference_answer"])
+    evidence = read_table(captions or layout.captions, ["video_id", "caption"])
     return prompts.join(evidence, "video_id").drop(["video_id"])
 
 
@@ -148,11 +150,7 @@ def judged_dataset(answers: ray.data.Dataset, context: pa.Table, pool: EnginePoo
     if cfg.kind == "function":
         return answers.map_batches(ScoreAnswers, fn_constructor_kwargs={"cfg": cfg, "context": context}, batch_size=64,
                                    batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
-    return answers.map_batches(
-        JudgeAnswers, fn_constructor_kwargs={"engines": pool.actors, "cfg": cfg, "model": pool.model_path,
-                                             "context": context},
-        batch_size=pool.cfg.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1)
+    return pool.map_batches(answers, JudgeAnswers, cfg=cfg, model=pool.model_path, context=context)
 
 
 def judgment_counts(judgments: RunPath, cfg: JudgeConfig) -> dict:
@@ -167,29 +165,42 @@ def judgment_counts(judgments: RunPath, cfg: JudgeConfig) -> dict:
     return info
 
 
-def judge_answers(run_dir: RunPath, pool: EnginePool | None, cfg: JudgeConfig, answers: RunPath, out: RunPath,
-                  captions: RunPath | None = None) -> dict:
-    """The answers saved in `answers` judged (see judging_context for `captions`)."""
+def judge_answers(ctx: StageContext, answers: RunPath, out: RunPath) -> dict:
+    """The answers saved in `answers` judged by the judge pool against ctx.evidence (the run's captions if None)."""
     rollouts = read_table(answers)
     if rollouts.num_rows == 0:
         write_table(JUDGMENTS.empty_table(), out)
-        return judgment_counts(out, cfg)
-    write_dataset(judged_dataset(ray.data.from_arrow(rollouts), judging_context(run_dir, captions), pool, cfg),
-                  out, JUDGMENTS)
-    return judgment_counts(out, cfg)
+        return judgment_counts(out, ctx.cfg.judge)
+    context = judging_context(ctx.layout, ctx.evidence)
+    write_dataset(judged_dataset(ray.data.from_arrow(rollouts), context, ctx.judge_pool, ctx.cfg.judge), out, JUDGMENTS)
+    return judgment_counts(out, ctx.cfg.judge)
 
 
-def answer_and_judge(run_dir: RunPath, responders: EnginePool | list[EnginePool], judge: EnginePool | None,
-                     cfg: JudgeConfig, split: str, sampling: dict, round_idx: int, answers: RunPath, out: RunPath,
-                     captions: RunPath | None = None) -> dict:
+def answer_and_judge(ctx: StageContext, responders: list[EnginePool], split: str, sampling: dict, answers: RunPath,
+                     out: RunPath) -> dict:
     """Rollout and judge as one stream (loop.stream_judge): the judge scores each batch of answers as it comes out
     of the policy pool, so the two pools work at the same time instead of one after the other. Writes the same two
     tables as generate_answers + judge_answers (the answers are the judgments' ROLLOUTS columns)."""
-    ds = answers_dataset(run_dir, responders, split, sampling, round_idx)
+    ds = answers_dataset(ctx.layout, responders, split, sampling, ctx.round)
     if ds is None:
         write_table(ROLLOUTS.empty_table(), answers)
         write_table(JUDGMENTS.empty_table(), out)
     else:
-        write_dataset(judged_dataset(ds, judging_context(run_dir, captions), judge, cfg), out, JUDGMENTS)
+        context = judging_context(ctx.layout, ctx.evidence)
+        write_dataset(judged_dataset(ds, context, ctx.judge_pool, ctx.cfg.judge), out, JUDGMENTS)
         write_table(read_table(out, ROLLOUTS.names), answers)
-    return judgment_counts(out, cfg)
+    return judgment_counts(out, ctx.cfg.judge)
+
+
+@stage("judge")
+def judge(ctx: StageContext) -> dict:
+    """round_<r>/rollouts.parquet judged into round_<r>/judgments.parquet (loop.stream_judge false)."""
+    return judge_answers(ctx, ctx.out.rollouts, ctx.out.judgments)
+
+
+@stage("rollout", "models.extra_responders", "judge")
+def rollout_judge(ctx: StageContext) -> dict:
+    """The rollout stage and the judge stage as one stream (loop.stream_judge): round_<r>/rollouts.parquet and
+    round_<r>/judgments.parquet."""
+    return answer_and_judge(ctx, ctx.responders, "train", rollout_sampling(ctx.cfg), ctx.out.rollouts,
+                            ctx.out.judgments)

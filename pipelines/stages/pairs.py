@@ -8,12 +8,11 @@ import pyarrow as pa
 import ray.data
 import torch
 
-from rlaif.config import RunConfig
 from rlaif.pairs import select_pairs
 from rlaif.policy_model import answer_logps, is_video_model, load_policy, pair_batch
 from rlaif.schemas import PAIRS
-from rlaif.storage import RunPath
 
+from pipelines.stages.base import StageContext, stage
 from pipelines.stages.frames_join import rows_with_frames
 from pipelines.stages.io import read_table, write_dataset
 
@@ -46,18 +45,22 @@ class ReferenceLogps:
         return pa.Table.from_pylist(out, schema=PAIRS)
 
 
-def run_pairs(cfg: RunConfig, run_dir: RunPath, round_dir: RunPath, round_idx: int, reference_path: str) -> dict:
-    judged = read_table(round_dir / "judgments.parquet")
+@stage("pairs", "train.reference", "train.loss_type", "train.cpus_per_worker", "train.gpus_per_worker", "train.use_gpu")
+def pairs(ctx: StageContext) -> dict:
+    """round_<r>/pairs.parquet: best vs worst answer per question (rlaif.pairs), with the reference policy's
+    log-probs of both (ctx.reference), computed here once, so training holds no second model copy."""
+    cfg, out = ctx.cfg, ctx.out
+    judged = read_table(out.judgments)
     selected = select_pairs(judged, cfg.pairs.min_margin, cfg.pairs.max_length_ratio, cfg.pairs.truncated_chosen)
-    prompts = read_table(run_dir / "prompts.parquet", ["prompt_id", "video_id", "question"])
+    prompts = read_table(ctx.layout.prompts, ["prompt_id", "video_id", "question"])
     selected = selected.join(prompts, "prompt_id").append_column(
-        "round", pa.array([round_idx] * selected.num_rows, pa.int32()))
-    ds = rows_with_frames(run_dir / "videos.parquet", selected).map_batches(
-        ReferenceLogps, fn_constructor_kwargs={"reference_path": reference_path, "average": cfg.train.loss_type == "ipo"},
+        "round", pa.array([ctx.round] * selected.num_rows, pa.int32()))
+    ds = rows_with_frames(ctx.layout.videos, selected).map_batches(
+        ReferenceLogps, fn_constructor_kwargs={"reference_path": ctx.reference, "average": cfg.train.loss_type == "ipo"},
         batch_size=8, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=cfg.train.cpus_per_worker, num_gpus=cfg.train.gpus_per_worker if cfg.train.use_gpu else 0)
-    write_dataset(ds, round_dir / "pairs.parquet", PAIRS)
-    n = read_table(round_dir / "pairs.parquet", ["prompt_id"]).num_rows
+    write_dataset(ds, out.pairs, PAIRS)
+    n = read_table(out.pairs, ["prompt_id"]).num_rows
     prompts_judged = len(set(judged.column("prompt_id").to_pylist())) if judged.num_rows else 0
     log.info("pairs: %d of %d prompts had a preference (margin >= %g)", n, prompts_judged, cfg.pairs.min_margin)
     return {"rows": n, "prompts": prompts_judged}

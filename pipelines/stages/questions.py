@@ -8,15 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from actors.pool import EnginePool
-from rlaif.config import QuestionsConfig, RunConfig
+from rlaif.config import QuestionsConfig
 from rlaif.prompts import question_messages
 from rlaif.questions import assign_splits, parse_qa, qa_regex
 from rlaif.schemas import PROMPTS
-from rlaif.storage import RunPath
 
+from pipelines.stages.base import StageContext, stage
 from pipelines.stages.io import read_table, write_table
 
 log = logging.getLogger(__name__)
+
 
 def prompts_from_file(q: QuestionsConfig, videos: pa.Table) -> list[dict]:
     given = pq.read_table(q.file)
@@ -59,19 +60,21 @@ def prompts_from_captions(q: QuestionsConfig, captions: pa.Table, pool: EnginePo
     return rows, failures
 
 
-def run_questions(cfg: RunConfig, run_dir: RunPath, pool: EnginePool | None) -> dict:
-    q = cfg.questions
+@stage("questions", "seed")
+def questions(ctx: StageContext) -> dict:
+    """prompts.parquet: the questions of every ingested video, with their split."""
+    cfg, q = ctx.cfg, ctx.cfg.questions
     failures = 0
     if q.source == "file":
-        rows = prompts_from_file(q, read_table(run_dir / "videos.parquet", ["video_id", "uri"]))
-    else:
-        rows, failures = prompts_from_captions(q, read_table(run_dir / "captions.parquet"), pool)
+        rows = prompts_from_file(q, read_table(ctx.layout.videos, ["video_id", "uri"]))
+    else:  # the judge pool writes them from the captions
+        rows, failures = prompts_from_captions(q, read_table(ctx.layout.captions), ctx.judge_pool)
     # A split the questions file gives wins (a fixed held-out set); the others are drawn by video.
     splits = assign_splits([r["video_id"] for r in rows if not r.get("split")], q.eval_fraction, cfg.seed)
     for r in rows:
         r["split"] = r.get("split") or splits[r["video_id"]]
     table = pa.Table.from_pylist(rows, schema=PROMPTS)
-    write_table(table, run_dir / "prompts.parquet")
+    write_table(table, ctx.layout.prompts)
     n_eval = sum(r["split"] == "eval" for r in rows)
     log.info("prompts: %d (%d train, %d eval), %d unparsable generations", len(rows), len(rows) - n_eval, n_eval, failures)
     return {"rows": len(rows), "train": len(rows) - n_eval, "eval": n_eval, "parse_failures": failures}

@@ -10,11 +10,14 @@ import pyarrow.compute as pc
 import ray.data
 
 from actors.pool import EngineClient, EnginePool
+from rlaif.config import RunConfig
+from rlaif.layout import RunLayout
 from rlaif.prompts import video_question_messages
 from rlaif.schemas import ROLLOUTS, frames_fps, frames_of
 from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
+from pipelines.stages.base import StageContext, stage
 from pipelines.stages.frames_join import rows_with_frames
 from pipelines.stages.io import read_table, write_dataset, write_table
 
@@ -39,39 +42,48 @@ class AnswerPrompts(EngineClient):
              for r, samples in zip(rows, outs) for k, s in enumerate(samples)], schema=ROLLOUTS)
 
 
-def answers_dataset(run_dir: RunPath, pools: EnginePool | list[EnginePool], split: str, sampling: dict,
+def rollout_sampling(cfg: RunConfig) -> dict:
+    return {"n": cfg.rollout.samples_per_prompt, "temperature": cfg.rollout.temperature, "top_p": cfg.rollout.top_p,
+            "max_tokens": cfg.rollout.max_tokens}
+
+
+def answers_dataset(layout: RunLayout, pools: EnginePool | list[EnginePool], split: str, sampling: dict,
                     round_idx: int) -> ray.data.Dataset | None:
     """Every prompt of `split` answered `sampling['n']` times by each pool, as a stream of ROLLOUTS batches (None when
     the split has no prompts): a following stage (the judge) can consume answers while later ones are generated."""
-    prompts = read_table(run_dir / "prompts.parquet")
+    prompts = read_table(layout.prompts)
     prompts = prompts.filter(pc.equal(prompts.column("split"), split))
-    return prompt_answers(run_dir, pools, prompts, sampling, round_idx)
+    return prompt_answers(layout, pools, prompts, sampling, round_idx)
 
 
-def prompt_answers(run_dir: RunPath, pools: EnginePool | list[EnginePool], prompts: pa.Table, sampling: dict,
+def prompt_answers(layout: RunLayout, pools: EnginePool | list[EnginePool], prompts: pa.Table, sampling: dict,
                    round_idx: int) -> ray.data.Dataset | None:
-    """answers_dataset for any prompts (prompt_id, video_id, question) of videos in run_dir/videos.parquet."""
+    """answers_dataset for any prompts (prompt_id, video_id, question) of the run's ingested videos."""
     pools = pools if isinstance(pools, list) else [pools]
     prompts = prompts.select(["prompt_id", "video_id", "question"])
     if prompts.num_rows == 0:
         return None
     # Blocks of one engine batch each: an answered batch then goes on downstream (to the judge) at once, instead of
     # waiting in its task's output block for the rest of the block's batches.
-    parts = [rows_with_frames(run_dir / "videos.parquet", prompts).repartition(
-        target_num_rows_per_block=pool.cfg.batch_size).map_batches(
-        AnswerPrompts, fn_constructor_kwargs={"engines": pool.actors, "sampling": sampling, "model": pool.model_path,
-                                              "round_idx": round_idx, "sample_offset": i * sampling["n"]},
-        batch_size=pool.cfg.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=len(pool.actors)), num_cpus=0.1) for i, pool in enumerate(pools)]
+    parts = [pool.map_batches(rows_with_frames(layout.videos, prompts).repartition(
+        target_num_rows_per_block=pool.cfg.batch_size), AnswerPrompts, sampling=sampling, model=pool.model_path,
+        round_idx=round_idx, sample_offset=i * sampling["n"]) for i, pool in enumerate(pools)]
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def generate_answers(run_dir: RunPath, pools: EnginePool | list[EnginePool], split: str, sampling: dict, round_idx: int,
-                     out: RunPath) -> int:
+def generate_answers(layout: RunLayout, pools: EnginePool | list[EnginePool], split: str, sampling: dict,
+                     round_idx: int, out: RunPath) -> int:
     """answers_dataset written to `out`; returns the number of answers."""
-    ds = answers_dataset(run_dir, pools, split, sampling, round_idx)
+    ds = answers_dataset(layout, pools, split, sampling, round_idx)
     if ds is None:
         write_table(ROLLOUTS.empty_table(), out)
         return 0
     write_dataset(ds, out, ROLLOUTS)
     return read_table(out, ["prompt_id"]).num_rows
+
+
+@stage("rollout", "models.extra_responders")
+def rollout(ctx: StageContext) -> int:
+    """The round's answers (K per training question, from every responder) into round_<r>/rollouts.parquet
+    (loop.stream_judge false; else pipelines.stages.judge.rollout_judge does rollout and judging as one stream)."""
+    return generate_answers(ctx.layout, ctx.responders, "train", rollout_sampling(ctx.cfg), ctx.round, ctx.out.rollouts)

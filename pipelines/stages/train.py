@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 
 import pyarrow as pa
 import ray
@@ -23,15 +24,33 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from rlaif.config import RunConfig as RlaifConfig
 from rlaif.config import TrainConfig
-from rlaif.storage import RunPath, local_folder, local_staging, publish_folder
+from rlaif.layout import PolicyLayout, RoundLayout, RunLayout
 from rlaif.models import resolve_model
+from rlaif.storage import RunPath, local_folder, local_staging, publish_folder
 
+from pipelines.stages.base import StageContext, stage
 from pipelines.stages.frames_join import rows_with_frames
 from pipelines.stages.io import read_table
 
 log = logging.getLogger(__name__)
 
-TRAIN_STORAGE = "ray_train"  # Ray Train's checkpoints, under the run folder
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What every Ray Train worker of one training run gets (train_loop_config={"job": TrainJob})."""
+
+    train: TrainConfig  # the optimisation settings (for rebirth and the warm start, a modified copy of cfg.train)
+    seed: int
+    objective: str  # "dpo": rows are pairs (rlaif.objectives.preference_loss); "sft": rows are prompt/target
+    lora_base: str  # folder of the model the LoRA (or full fine-tuning) starts from
+    lora_init: str | None  # a previous round's adapter to keep training (train.merge_each_round false)
+    reference: str  # θ_ref of MMAIP-V's extrapolation
+    policy_out: str  # where the new policy is saved (round_<r>/policy)
+    extrapolation_alpha: float | None  # MMAIP-V's α (DPO only), None: no extrapolation
+    engines: list  # the policy engines to bring to the new policy (none for the warm start)
+    bucket_mb: int  # loop.sync_bucket_mb
+    sync_transport: str  # loop.sync_transport
+    adapter_sync: bool  # the engines keep the starting policy and hot-load adapters trained on it (loop.sync adapter)
 
 
 def _skip_deepspeed_shm_build() -> None:
@@ -64,7 +83,7 @@ def lora_config(t: TrainConfig):
                       bias="none")
 
 
-def trained_weights(engine, t: TrainConfig, config: dict):
+def trained_weights(engine, t: TrainConfig, job: TrainJob):
     """All ranks: gather what was trained (ZeRO-3 shards it). Rank 0: (the new policy as a transformers model on a
     fresh copy of the base weights, its adapter when it is a LoRA (merged into it later), the base's processor);
     other ranks: Nones."""
@@ -80,7 +99,7 @@ def trained_weights(engine, t: TrainConfig, config: dict):
         state = {k: v.detach().float().clone() for k, v in trained.items()}
     if ray.train.get_context().get_world_rank() != 0:
         return None, None, None
-    base, processor = load_policy(config["lora_base"])
+    base, processor = load_policy(job.lora_base)
     if full:
         base.load_state_dict(state)
         return base, None, processor
@@ -89,39 +108,40 @@ def trained_weights(engine, t: TrainConfig, config: dict):
     return peft_model, peft_model, processor
 
 
-def export_and_sync(engine, t: TrainConfig, config: dict) -> dict:
+def export_and_sync(engine, t: TrainConfig, job: TrainJob) -> dict:
     """Rank 0: extrapolate the new weights when asked (MMAIP-V), save the new policy (merged, plus the adapter of a
     LoRA), and bring the engines to it: the merged weights broadcast, or (loop.sync adapter, engines holding the
     weights the LoRA was trained on) the adapter hot-loaded."""
-    from actors.weight_sync.send import broadcast_weights, hot_load_adapter
+    from actors.weight_sync import broadcast_weights, hot_load_adapter
     from rlaif.extrapolate import extrapolate
     from rlaif.policy_model import load_policy
 
-    model, adapter, processor = trained_weights(engine, t, config)
+    model, adapter, processor = trained_weights(engine, t, job)
     if model is None:
         return {}
     start = time.time()
-    alpha = config.get("extrapolation_alpha")
-    reference = load_policy(config["reference"])[0].state_dict() if alpha else None  # θ_ref of the extrapolation
+    alpha = job.extrapolation_alpha
+    reference = load_policy(job.reference)[0].state_dict() if alpha else None  # θ_ref of the extrapolation
     # Saved on the local disk first, then published to the run folder (which may be an object store).
-    final = RunPath.of(config["policy_out"])
+    final = RunPath.of(job.policy_out)
     staged = local_staging(final)
     if adapter is not None:
         # An extrapolated policy is no longer base + adapter: its adapter is kept under another name (θ_dpo's record).
-        adapter.save_pretrained(staged / ("dpo_adapter" if alpha else "adapter"))
+        layout = PolicyLayout(staged)
+        adapter.save_pretrained((layout.dpo_adapter if alpha else layout.adapter).local)
         model = adapter.merge_and_unload()
     if alpha:
         model.load_state_dict(extrapolate(reference, model.state_dict(), alpha))
     model.save_pretrained(staged)
     processor.save_pretrained(staged)
     publish_folder(staged, final)
-    if not config["engines"]:
+    if not job.engines:
         synced = {}
-    elif config["adapter_sync"] and adapter is not None and not alpha:  # the engines hold lora_base: add the adapter
-        synced = hot_load_adapter(config["engines"], str(final / "adapter"), label=str(final))
+    elif job.adapter_sync and adapter is not None and not alpha:  # the engines hold lora_base: add the adapter
+        synced = hot_load_adapter(job.engines, str(PolicyLayout(final).adapter), label=str(final))
     else:
-        synced = broadcast_weights(config["engines"], model.state_dict().items(), config["bucket_mb"], label=str(final),
-                                   transport=config["sync_transport"])
+        synced = broadcast_weights(job.engines, model.state_dict().items(), job.bucket_mb, label=str(final),
+                                   transport=job.sync_transport)
     return {"save_s": time.time() - start, **synced}
 
 
@@ -136,15 +156,16 @@ def train_worker(config: dict) -> None:
     from rlaif.objectives import preference_loss, sft_loss
     from rlaif.policy_model import is_video_model, load_policy
 
-    t = TrainConfig(**config["train"])
+    job: TrainJob = config["job"]
+    t = job.train
     if not t.use_gpu:
         _skip_deepspeed_shm_build()
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(job.seed)
     ctx = ray.train.get_context()
-    model, processor = load_policy(config["lora_base"])
-    video = is_video_model(config["lora_base"])
-    if config.get("lora_init"):  # merge_each_round=False: the LoRA of the previous round keeps training
-        model = PeftModel.from_pretrained(model, local_folder(config["lora_init"]), is_trainable=True)
+    model, processor = load_policy(job.lora_base)
+    video = is_video_model(job.lora_base)
+    if job.lora_init:  # merge_each_round=False: the LoRA of the previous round keeps training
+        model = PeftModel.from_pretrained(model, local_folder(job.lora_init), is_trainable=True)
     elif t.finetune == "lora":
         model = get_peft_model(model, lora_config(t))  # (finetune "full": every weight trains)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -172,7 +193,7 @@ def train_worker(config: dict) -> None:
                 continue
             started = time.perf_counter()
             rows = batch.to_pylist()
-            if config["objective"] == "sft":
+            if job.objective == "sft":
                 loss, metrics = sft_loss(engine, processor, rows, video)
             else:
                 loss, metrics = preference_loss(engine, processor, rows, t, video)
@@ -182,17 +203,18 @@ def train_worker(config: dict) -> None:
             history.append({"step": step, **metrics, "step_s": time.perf_counter() - started})  # throughput, per step
             if step % t.checkpoint_every == 0:
                 save({"step": step, **history[-1]}, step)
-    sync = export_and_sync(engine, t, config)
+    sync = export_and_sync(engine, t, job)
     final = {"step": step, "resumed_from_step": start_step, "history": history if ctx.get_world_rank() == 0 else [],
              **sync}
     save(final, step)
 
 
-def run_train(cfg: RlaifConfig, run_dir: RunPath, out_dir: RunPath, data: pa.Table, *, engines: list, lora_base: str,
+def run_train(cfg: RlaifConfig, layout: RunLayout, out: RoundLayout, data: pa.Table, *, engines: list, lora_base: str,
               reference: str, objective: str = "dpo", train: TrainConfig | None = None,
               lora_init: str | None = None) -> dict:
     """Trains a LoRA on `lora_base` (starting from the adapter `lora_init` when given) over `data` (rows with a
-    video_id), writes out_dir/policy, and broadcasts it to `engines`. `reference` is θ_ref of the extrapolation."""
+    video_id of the run's videos), writes out.policy, and broadcasts it to `engines`. `reference` is θ_ref of the
+    extrapolation."""
     t = train or cfg.train
     workers = min(t.workers, data.num_rows)
     if workers == 0:
@@ -202,21 +224,19 @@ def run_train(cfg: RlaifConfig, run_dir: RunPath, out_dir: RunPath, data: pa.Tab
         log.warning("train: only %d rows, using %d worker(s) instead of %d", data.num_rows, workers, t.workers)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"train": t.model_dump(), "seed": cfg.seed, "objective": objective, "lora_base": lora_base,
-                           "lora_init": lora_init, "reference": reference, "policy_out": str(out_dir / "policy"),
-                           "extrapolation_alpha": t.extrapolation_alpha if objective == "dpo" else None,
-                           "engines": engines, "bucket_mb": cfg.loop.sync_bucket_mb,
-                           "sync_transport": cfg.loop.sync_transport,
-                           # the engines keep the starting policy and take adapters trained on it (loop.sync)
-                           "adapter_sync": cfg.loop.sync == "adapter" and lora_base == resolve_model(cfg.models.policy)},
+        train_loop_config={"job": TrainJob(
+            train=t, seed=cfg.seed, objective=objective, lora_base=lora_base, lora_init=lora_init, reference=reference,
+            policy_out=str(out.policy), extrapolation_alpha=t.extrapolation_alpha if objective == "dpo" else None,
+            engines=engines, bucket_mb=cfg.loop.sync_bucket_mb, sync_transport=cfg.loop.sync_transport,
+            adapter_sync=cfg.loop.sync == "adapter" and lora_base == resolve_model(cfg.models.policy))},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker,
                                                            **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        datasets={"train": rows_with_frames(run_dir / "videos.parquet", data)},
+        datasets={"train": rows_with_frames(layout.videos, data)},
         # Ray Train resumes a run of the same name from its last checkpoint (a driver killed mid-training, then
         # --resume); the config hash in the name keeps a changed config from resuming another config's training.
-        run_config=RunConfig(name=f"{cfg.name}-{out_dir.name}-{cfg.hash()}", storage_path=str(run_dir / TRAIN_STORAGE),
+        run_config=RunConfig(name=f"{cfg.name}-{out.dir.name}-{cfg.hash()}", storage_path=str(layout.train_storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=1), failure_config=FailureConfig(max_failures=2)),
     )
     start = time.time()
@@ -231,21 +251,24 @@ def run_train(cfg: RlaifConfig, run_dir: RunPath, out_dir: RunPath, data: pa.Tab
             "history": history, **metrics}
 
 
-def train_round(cfg: RlaifConfig, run_dir: RunPath, round_dir: RunPath, *, policy_in: str, start: str, reference: str,
-                engines: list, previous_adapter: str | None) -> dict:
-    """One DPO round on round_dir/pairs.parquet. With merge_each_round the LoRA is fresh on the round's starting
-    policy (mrDPO); without it the previous round's adapter keeps training on the starting model. With
-    train.caption_sft_weight each pair also carries its video's ground-truth caption."""
+@stage("train", "loop.sync", "loop.sync_transport", "models.policy")
+def train(ctx: StageContext) -> dict:
+    """One DPO round on round_<r>/pairs.parquet -> round_<r>/policy, broadcast to the policy engines. With
+    merge_each_round the LoRA is fresh on the round's starting policy (mrDPO); without it the previous round's adapter
+    keeps training on the starting model. With train.caption_sft_weight each pair also carries its video's
+    ground-truth caption."""
     from pipelines.stages.caption import reference_captions
 
-    pairs = read_table(round_dir / "pairs.parquet")
+    cfg = ctx.cfg
+    pairs = read_table(ctx.out.pairs)
     if cfg.train.caption_sft_weight and pairs.num_rows:
-        truth = reference_captions(cfg, run_dir)
+        truth = reference_captions(cfg, ctx.layout)
         pairs = pairs.append_column("gt_caption", pa.array([truth.get(v) for v in pairs.column("video_id").to_pylist()],
                                                            pa.string()))
     if cfg.train.merge_each_round:
-        lora_base, lora_init = policy_in, None
+        lora_base, lora_init = ctx.policy, None
     else:
-        lora_base, lora_init = start, previous_adapter
-    return run_train(cfg, run_dir, round_dir, pairs, engines=engines, lora_base=lora_base, lora_init=lora_init,
-                     reference=reference)
+        lora_base, lora_init = ctx.start, ctx.adapter
+    engines = ctx.policy_pool.actors if ctx.pools.get("policy") else []  # (no pool: nothing to broadcast to)
+    return run_train(cfg, ctx.layout, ctx.out, pairs, engines=engines, lora_base=lora_base, lora_init=lora_init,
+                     reference=ctx.reference)

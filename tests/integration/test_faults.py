@@ -17,13 +17,15 @@ from pipelines.stages.ingest import run_ingest
 from pipelines.stages.io import read_table, write_table
 from pipelines.stages.judge import judge_answers
 from pipelines.stages.rollout import generate_answers
-from pipelines.stages.train import train_round
-from rlaif.config import EnginePoolConfig, IngestConfig, JudgeConfig, parse_config
+from pipelines.stages.base import StageContext
+from pipelines.stages.train import train
+from rlaif.config import EnginePoolConfig, IngestConfig, JudgeConfig, RunConfig, parse_config
+from rlaif.layout import RunLayout
 from rlaif.policy_model import load_policy
 from rlaif.prompts import video_question_messages
 from rlaif.schemas import CAPTIONS, PROMPT_TOO_LONG, PROMPTS, frames_of
 from rlaif.testkit.synthetic_videos import write_synthetic_corpus
-from rlaif.testkit.tiny_models import ensure_model
+from rlaif.models import resolve_model as ensure_model
 from tests.integration.test_train_broadcast import _pairs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -110,7 +112,7 @@ def test_policy_engine_killed_mid_rollout_loses_no_row_and_comes_back_with_the_c
         assert current != base, "the test needs a policy that answers differently"
         start = time.time()
         killer, killed = in_thread(kill_when_serving, pool.actors[0])
-        thread, out = in_thread(generate_answers, run_dir, pool, "train", SAMPLING, 0, run_dir / "rollouts.parquet")
+        thread, out = in_thread(generate_answers, RunLayout(run_dir), pool, "train", SAMPLING, 0, run_dir / "rollouts.parquet")
         killer.join(timeout=300)
         killed = killed["result"]
         thread.join(timeout=300)
@@ -126,7 +128,7 @@ def test_policy_engine_killed_mid_rollout_loses_no_row_and_comes_back_with_the_c
         assert after["weights"] == other_policy and probe(pool, run_dir) == current  # not the starting weights
         # Answers are seeded per request: the stage redone without a fault gives the same rows, so a redo after a
         # crash reproduces what the uninterrupted run would have written.
-        generate_answers(run_dir, pool, "train", SAMPLING, 0, run_dir / "rollouts_again.parquet")
+        generate_answers(RunLayout(run_dir), pool, "train", SAMPLING, 0, run_dir / "rollouts_again.parquet")
         order = [("prompt_id", "ascending"), ("sample_idx", "ascending")]
         assert (read_table(run_dir / "rollouts_again.parquet").sort_by(order).column("response").to_pylist()
                 == rollouts.sort_by(order).column("response").to_pylist())
@@ -148,8 +150,8 @@ def test_judge_engine_killed_mid_judging_loses_no_row(run_dir):
         cfg = JudgeConfig(structured=True, max_tokens=24, temperature=1.0)
         start = time.time()
         killer, killed = in_thread(kill_when_serving, pool.actors[0])
-        thread, out = in_thread(judge_answers, run_dir, pool, cfg, run_dir / "to_judge.parquet",
-                                run_dir / "judged.parquet")
+        ctx = StageContext(RunConfig(judge=cfg), RunLayout(run_dir), {"judge": pool})
+        thread, out = in_thread(judge_answers, ctx, run_dir / "to_judge.parquet", run_dir / "judged.parquet")
         killer.join(timeout=300)
         killed = killed["result"]
         thread.join(timeout=300)
@@ -174,7 +176,7 @@ def test_a_batch_too_large_for_the_engine_is_split_and_a_prompt_over_its_context
         pid = ray.get(pool.actors[0].health.remote())["pid"]
         prompts[0]["question"] = "describe " * 600  # 2400 tokens: far over max_model_len=512
         write_table(pa.Table.from_pylist(prompts, schema=PROMPTS), run_dir / "prompts.parquet")
-        n = generate_answers(run_dir, pool, "train", SAMPLING, 0, run_dir / "rollouts_split.parquet")
+        n = generate_answers(RunLayout(run_dir), pool, "train", SAMPLING, 0, run_dir / "rollouts_split.parquet")
         rollouts = read_table(run_dir / "rollouts_split.parquet")
         assert n == 24
         assert_each_row_once(rollouts, 12, SAMPLING["n"])
@@ -220,8 +222,7 @@ def test_a_train_worker_killed_mid_round_resumes_from_the_last_checkpoint(run_di
     killer = threading.Thread(target=kill_after_first_checkpoint)
     killer.start()
     began = time.time()
-    result = train_round(cfg, tmp_path, round_dir, policy_in=start, start=start, reference=start, engines=[],
-                         previous_adapter=None)
+    result = train(StageContext(cfg, RunLayout(tmp_path), round=0, policy=start, start=start, reference=start))
     killer.join(timeout=5)
     assert killed, "no worker was killed"
     assert result["step"] == 8 and result["resumed_from_step"] >= 1  # 2 pairs per worker x 4 epochs

@@ -6,9 +6,11 @@ import pyarrow as pa
 import pytest
 
 from actors.pool import EnginePool
+from pipelines.stages.base import StageContext
 from pipelines.stages.io import read_table, write_table
 from pipelines.stages.judge import judge_answers
-from rlaif.config import EnginePoolConfig, JudgeConfig
+from rlaif.config import EnginePoolConfig, JudgeConfig, RunConfig
+from rlaif.layout import RunLayout
 from rlaif.judging import ANSWER_REFUSED, EMPTY_ANSWER, JUDGE_REFUSED, SCORED
 from rlaif.schemas import CAPTIONS, PROMPTS, ROLLOUTS
 
@@ -20,6 +22,10 @@ def judge_pool(ray_local):
     pool = EnginePool("judge", "tiny-judge", EnginePoolConfig(max_model_len=1024, batch_size=4), video=False)
     yield pool
     pool.shutdown()
+
+
+def _ctx(run_dir, pool: EnginePool, cfg: JudgeConfig) -> StageContext:
+    return StageContext(RunConfig(judge=cfg), RunLayout(run_dir), {"judge": pool})
 
 
 @pytest.fixture()
@@ -37,7 +43,7 @@ def run_dir(tmp_path):
 
 def test_unparsable_replies_are_retried_counted_and_left_unscored(judge_pool, run_dir):
     cfg = JudgeConfig(structured=False, retries=2, max_tokens=12)
-    info = judge_answers(run_dir, judge_pool, cfg, run_dir / "rollouts.parquet", run_dir / "judged.parquet")
+    info = judge_answers(_ctx(run_dir, judge_pool, cfg), run_dir / "rollouts.parquet", run_dir / "judged.parquet")
     rows = read_table(run_dir / "judged.parquet").to_pylist()
     assert len(rows) == 6 and info["rows"] == 6
     failed = [r for r in rows if not r["parse_ok"]]
@@ -48,7 +54,7 @@ def test_unparsable_replies_are_retried_counted_and_left_unscored(judge_pool, ru
 
 def test_structured_outputs_always_parse(judge_pool, run_dir):
     cfg = JudgeConfig(structured=True, max_tokens=24, temperature=1.0)
-    info = judge_answers(run_dir, judge_pool, cfg, run_dir / "rollouts.parquet", run_dir / "judged.parquet")
+    info = judge_answers(_ctx(run_dir, judge_pool, cfg), run_dir / "rollouts.parquet", run_dir / "judged.parquet")
     rows = read_table(run_dir / "judged.parquet").to_pylist()
     assert info["parse_failures"] == 0 and all(r["parse_ok"] and 1 <= r["score"] <= 5 and r["attempts"] == 1 for r in rows)
 
@@ -68,7 +74,7 @@ def test_empty_refused_endless_and_over_context_answers_are_counted_never_silent
                                        "finish_reason": finish, "round": 0} for p, text, finish, n in answers],
                                      schema=ROLLOUTS), run_dir / "rollouts.parquet")
     cfg = JudgeConfig(structured=True, max_tokens=24, temperature=1.0)
-    info = judge_answers(run_dir, judge_pool, cfg, run_dir / "rollouts.parquet", run_dir / "judged.parquet")
+    info = judge_answers(_ctx(run_dir, judge_pool, cfg), run_dir / "rollouts.parquet", run_dir / "judged.parquet")
     rows = {r["prompt_id"]: r for r in read_table(run_dir / "judged.parquet").to_pylist()}
     assert {p: r["status"] for p, r in rows.items()} == {
         "fine": SCORED, "empty": EMPTY_ANSWER, "refused": ANSWER_REFUSED, "endless": SCORED, "over": JUDGE_REFUSED}

@@ -12,14 +12,16 @@ import pytest
 import ray
 
 from actors.pool import EnginePool
+from pipelines.stages.base import StageContext
 from pipelines.stages.caption import CaptionDuringIngest, caption_videos
 from pipelines.stages.ingest import run_ingest
 from pipelines.stages.io import read_table
 from pipelines.stages.judge import answer_and_judge, judge_answers
 from pipelines.stages.rollout import generate_answers
-from rlaif.config import EnginePoolConfig, IngestConfig, JudgeConfig
-from rlaif.testkit.faults import SLOW_DECODE_S, SLOW_MARK
+from rlaif.config import EnginePoolConfig, IngestConfig, JudgeConfig, RunConfig
+from rlaif.layout import RunLayout
 from rlaif.schemas import VIDEOS
+from rlaif.testkit.faults import SLOW_DECODE_S, SLOW_MARK
 from rlaif.testkit.synthetic_videos import write_synthetic_corpus
 from tests.integration.test_faults import run_dir  # noqa: F401  (the fixture: 4 videos, 12 prompts)
 
@@ -46,11 +48,12 @@ def test_streamed_rollout_and_judge_match_the_staged_ones_and_overlap(run_dir, p
     judge = EnginePool("judge", "tiny-judge", EnginePoolConfig(max_model_len=1024, batch_size=4), video=False)
     cfg = JudgeConfig(max_tokens=16, temperature=1.0, retries=0)
     try:
-        generate_answers(run_dir, policy, "train", SAMPLING, 0, run_dir / "staged_rollouts.parquet")
-        staged = judge_answers(run_dir, judge, cfg, run_dir / "staged_rollouts.parquet", run_dir / "staged_judged.parquet")
+        ctx = StageContext(RunConfig(judge=cfg), RunLayout(run_dir), {"policy": policy, "judge": judge}, round=0)
+        generate_answers(ctx.layout, policy, "train", SAMPLING, 0, run_dir / "staged_rollouts.parquet")
+        staged = judge_answers(ctx, run_dir / "staged_rollouts.parquet", run_dir / "staged_judged.parquet")
         start = time.time()
-        streamed = answer_and_judge(run_dir, policy, judge, cfg, "train", SAMPLING, 0,
-                                    run_dir / "streamed_rollouts.parquet", run_dir / "streamed_judged.parquet")
+        streamed = answer_and_judge(ctx, [policy], "train", SAMPLING, run_dir / "streamed_rollouts.parquet",
+                                    run_dir / "streamed_judged.parquet")
         spans = {p.role: [s for s in ray.get(p.actors[0].health.remote())["recent_calls"] if s[0] >= start]
                  for p in (policy, judge)}
     finally:
@@ -87,7 +90,7 @@ def test_captions_stream_out_of_ingest_at_the_decoders_pace(policy, tmp_path):
     start = time.time()
     result = run_ingest(cfg, tmp_path, slow_clips(tmp_path), caption=CaptionDuringIngest(policy, CAPTION_SAMPLING))
     spans = sorted(s for s in ray.get(policy.actors[0].health.remote())["recent_calls"] if s[0] >= start)
-    caption_videos(tmp_path, policy, CAPTION_SAMPLING, tmp_path / "staged_captions.parquet")
+    caption_videos(RunLayout(tmp_path), policy, CAPTION_SAMPLING, tmp_path / "staged_captions.parquet")
 
     assert (result.n_ok, result.n_quarantined) == (N_SLOW, 1) and result.captions_path
     assert pq.read_schema(next((tmp_path / "videos.parquet").glob("*.parquet"))).names == VIDEOS.names

@@ -11,11 +11,11 @@ import ray
 import torch
 
 from actors.vllm_engine import EngineActor
-from actors.weight_sync.send import broadcast_weights, saved_weights
+from actors.weight_sync import broadcast_weights, saved_weights
 from pipelines.stages.ingest import run_ingest
-from pipelines.stages.io import write_table
-from pipelines.stages.train import train_round
+from pipelines.stages.train import run_train
 from rlaif.config import IngestConfig, parse_config
+from rlaif.layout import RoundLayout, RunLayout
 from rlaif.policy_model import answer_logps, load_policy, pair_batch
 from rlaif.prompts import video_question_messages
 from rlaif.schemas import frames_of
@@ -104,10 +104,11 @@ def test_round_trains_and_reaches_the_live_engine(videos, request, tmp_path, zer
                                   "micro_batch_size": 1, "merge_each_round": sync == "weights"}})
     round_dir = tmp_path / "round_0"
     round_dir.mkdir()
-    write_table(_pairs(rows, start), round_dir / "pairs.parquet")
     shutil.copytree(root / "videos.parquet", tmp_path / "videos.parquet")
-    result = train_round(cfg, tmp_path, round_dir, policy_in=start, start=start, reference=start,
-                         engines=[policy_engine], previous_adapter=None)
+    # The train stage's call for round 0 either way: a fresh LoRA on the starting policy (merge_each_round), or the
+    # LoRA that carries over (sync adapter) with no earlier adapter yet.
+    result = run_train(cfg, RunLayout(tmp_path), RoundLayout(round_dir), _pairs(rows, start), engines=[policy_engine],
+                       lora_base=start, reference=start)
 
     assert result["engines_synced"] == 1 and result["sync_mode"] == sync and result["step"] == 6
     assert result.get("sync_transport") == ("collective" if sync == "weights" else None)

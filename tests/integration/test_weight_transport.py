@@ -7,7 +7,7 @@ import ray
 import torch
 
 from actors.vllm_engine import EngineActor
-from actors.weight_sync.send import broadcast_weights
+from actors.weight_sync import broadcast_weights
 from rlaif.policy_model import load_policy
 from rlaif.testkit.tiny_models import ensure_model
 from rlaif.vlm_inputs import encode_prompt

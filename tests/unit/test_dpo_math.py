@@ -6,7 +6,7 @@ import torch
 
 from rlaif.dpo import dpo_loss, sft_nll
 from rlaif.logprobs import logits_needed, sequence_logps, token_logps
-from actors.weight_sync.buckets import pack_buckets, unpack_bucket
+from actors.weight_sync import pack_buckets, unpack_bucket
 
 
 def test_sigmoid_dpo_matches_the_formula():

@@ -6,9 +6,9 @@ import pytest
 
 from pipelines.apps.experiment import (WARMUP_DEPENDS, arm_config, make_inputs, other_clip_captions, seed_config)
 from pipelines.apps.experiment_report import bar, pair_figures
+from rlaif.layout import RoundLayout
 from pipelines.stages.io import write_table
 from rlaif.config import ConfigError, load_config
-from rlaif.storage import RunPath
 from tests.unit.test_config import REPO
 
 EXPERIMENT = REPO / "configs" / "experiment.yaml"
@@ -100,18 +100,18 @@ def test_scene_options_are_checked():
 
 
 def test_pair_figures_measure_preferences_against_ground_truth(tmp_path):
-    rd = RunPath.of(tmp_path)
+    rd = RoundLayout(tmp_path)
     write_table(pa.Table.from_pylist([
         {"prompt_id": "p0", "chosen": "blue", "rejected": "red"},   # right over wrong
         {"prompt_id": "p0", "chosen": "red", "rejected": "blue"},   # wrong over right
         {"prompt_id": "p1", "chosen": "two", "rejected": "2"},      # both right: not counted
         {"prompt_id": "p2", "chosen": "up", "rejected": "down"},    # no reference: not counted
-    ]), rd / "pairs.parquet")
+    ]), rd.pairs)
     write_table(pa.table({"prompt_id": ["p0", "p0", "p1", "p1"], "response": ["blue", "x", "2", "3"]}),
-                rd / "rollouts.parquet")
+                rd.rollouts)
     figures = pair_figures(rd, {"p0": "blue", "p1": "2"})
     assert figures == {"pairs": 4, "pairs_one_side_right": 2, "pair_label_accuracy": 0.5, "rollout_exact_match": 0.5}
-    assert pair_figures(RunPath.of(tmp_path / "nothing"), {}) == {}
+    assert pair_figures(RoundLayout(tmp_path / "nothing"), {}) == {}
 
 
 def _arm(delta, p, colour=(0.0, 1.0)):

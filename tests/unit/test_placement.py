@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.config import load_config, parse_config
-from rlaif.placement import Actor, pack, run_actors
+from rlaif.config import EnginePoolConfig, load_config, parse_config
+from rlaif.placement import Actor, PoolPlan, engine_gpus, pack, plan_pools, run_actors
 
 GPU_PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "gpu").glob("*.yaml"))
 
@@ -23,6 +23,35 @@ def test_actors_follow_the_config():
     assert "judge pool" not in {a.component for a in run_actors(scored)}
     # ... unless it must still write the questions.
     assert "judge pool" in {a.component for a in run_actors(parse_config({"judge": {"kind": "function"}}))}
+    assert {a.component: a.model for a in run_actors(cfg)} == {
+        "policy pool": "tiny-qwen2-vl", "judge pool": "tiny-judge", "extra0 pool": "tiny-qwen2-vl-b",
+        "trainer": "tiny-qwen2-vl"}
+
+
+def test_engine_gpus_are_num_gpus_times_tensor_parallel_size():
+    assert engine_gpus(EnginePoolConfig(num_gpus=1, tensor_parallel_size=4)) == 4
+    assert engine_gpus(EnginePoolConfig(num_gpus=0.5)) == 0.5
+    assert engine_gpus(EnginePoolConfig(tensor_parallel_size=2)) == 0  # a CPU engine
+
+
+def test_plan_pools_aliases_shared_pools_and_seeds_extra_responders():
+    cfg = parse_config({"seed": 7, "models": {"judge": "policy", "extra_responders": ["tiny-qwen2-vl-b", "smollm2"]}})
+    plans = plan_pools(cfg)
+    assert list(plans) == ["policy", "judge", "captioner", "extra:tiny-qwen2-vl-b", "extra:smollm2"]
+    assert plans["judge"] == "policy" and plans["captioner"] == "policy"  # i-SRT; the starting policy captions
+    assert [(plans[k].role, plans[k].seed) for k in plans if k.startswith("extra:")] == [("extra0", 107), ("extra1", 207)]
+    assert plans["policy"] == PoolPlan("policy", "tiny-qwen2-vl", cfg.pools.policy, True, 7)
+    assert plan_pools(parse_config({"judge": {"kind": "function"},
+                                    "questions": {"source": "file", "file": "qa.parquet"}}))["judge"] is None
+    # A captioner of its own: another model, or the policy's model in a pool of its own.
+    own = plan_pools(parse_config({"models": {"captioner": "tiny-qwen2-vl-captioner"}}))["captioner"]
+    assert (own.role, own.model, own.video) == ("captioner", "tiny-qwen2-vl-captioner", True)
+    sized = parse_config({"pools": {"captioner": {"replicas": 3}}})
+    assert plan_pools(sized)["captioner"].cfg.replicas == 3
+    assert [a.component for a in run_actors(sized)].count("captioner pool") == 3
+    # Captions from a file: no captioner pool even with its model set.
+    assert plan_pools(parse_config({"models": {"captioner": "tiny-qwen2-vl-captioner"},
+                                    "caption": {"source": "file", "file": "c.parquet"}}))["captioner"] == "policy"
 
 
 def test_packing_whole_and_shared_gpus():

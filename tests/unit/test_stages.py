@@ -30,3 +30,17 @@ def test_resume_skips_done_stages_and_redoes_everything_after_the_first_redo(tmp
     _run_all(parse_config({"ingest": {"num_frames": 4}}), tmp_path, True, calls)
     assert calls == ["a", "b", "c"]  # the config they depend on changed
     assert Manifest(tmp_path).stage("c")["rows"] == 1 and "seconds" in Manifest(tmp_path).stage("c")
+
+
+def test_a_run_folder_of_an_earlier_layout_is_refused_with_a_clear_message(tmp_path):
+    import json
+
+    import pytest
+
+    from pipelines.orchestration.resume import LayoutMismatch
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"ingest": {"status": "done", "config_hash": "x"}}}))
+    with pytest.raises(LayoutMismatch, match="earlier version .* start a new run folder"):
+        Stages(parse_config({}), Manifest(tmp_path), resume=True)
+    Stages(parse_config({}), Manifest(tmp_path), resume=False)  # a fresh run over it is fine, and marks the layout
+    assert Manifest(tmp_path).data["layout_version"] >= 2

@@ -5,8 +5,8 @@ import threading
 import pytest
 import torch
 
+from actors.weight_sync import Bucket, pack_buckets, unpack_bucket
 from actors.weight_sync.collective import open_store, receive_buckets, send_buckets
-from actors.weight_sync.buckets import Bucket, pack_buckets, unpack_bucket
 
 
 def _weights():
