@@ -8,12 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.stages.gate import run_gate
 from pipelines.orchestration.runner import run_pipeline
+from pipelines.stages.gate import run_gate
 from rlaif.config import load_config
-from rlaif.storage import RunPath
+from rlaif.layout import SeedLayout
+from rlaif.models import resolve_model as ensure_model
 from rlaif.testkit.synthetic_videos import make_scene, questions_for, write_synthetic_corpus
-from rlaif.testkit.tiny_models import ensure_model
 from rlaif.testkit.warm_models import PERCEPTION_SCENE, one_per_kind
 from tests.unit.test_experiment import EXPERIMENT
 
@@ -28,14 +28,15 @@ def test_the_warm_policy_answers_from_the_video(ray_local, tmp_path):
            for c in clips for q in one_per_kind(c.qa, rng) if q["kind"] in ("background", "colour")]
     labelled = [{"question": q["question"], "answer": q["answer"], "kind": q["kind"]}  # the prior-only baseline's
                 for i in range(200) for q in questions_for(make_scene(np.random.default_rng([43, i]), **PERCEPTION_SCENE))]
-    pq.write_table(pa.Table.from_pylist(dev), tmp_path / "dev.parquet")
-    pq.write_table(pa.Table.from_pylist(labelled), tmp_path / "warmup.parquet")
-    pq.write_table(pa.table({"uri": [str(c.path) for c in clips]}), tmp_path / "manifest.parquet")
+    seed = SeedLayout(tmp_path)  # laid out as an experiment seed's folder: inputs/, warmup/
+    seed.inputs.dir.mkdir()
+    pq.write_table(pa.Table.from_pylist(dev), str(seed.inputs.dev))
+    pq.write_table(pa.Table.from_pylist(labelled), str(seed.inputs.warmup))
+    pq.write_table(pa.table({"uri": [str(c.path) for c in clips]}), str(seed.inputs.warmup_manifest))
 
     cfg = load_config(EXPERIMENT)
-    warm_dir = RunPath.of(tmp_path / "run")
-    run_pipeline(cfg, warm_dir, source=str(tmp_path / "manifest.parquet"), loop=False)
-    gate = run_gate(cfg, warm_dir, policy, {"dev": tmp_path / "dev.parquet"})
+    run_pipeline(cfg, seed.warmup.dir, source=str(seed.inputs.warmup_manifest), loop=False)
+    gate = run_gate(cfg, seed, policy)
     background, colour = gate["by_kind"]["background"], gate["by_kind"]["colour"]
     print(f"\nwarm policy on 24 fresh clips: background {background}\ncolour {colour}\nprior-only {gate['prior_only']}")
     assert background["n"] == 24 and background["greedy"] >= 0.8
