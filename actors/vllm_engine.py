@@ -12,6 +12,7 @@ import collections
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,39 @@ class EngineOverloaded(RuntimeError):
     """The engine ran out of memory on a batch this large; it is still usable. The caller splits the batch."""
 
 
+# Where an engine marks the generate call it is running: Ray's internal key-value store, kept by the GCS, so a mark
+# outlives the engine's process. A call whose mark is still there after its engine died was running when the engine
+# died (it killed the engine, or was on it when something else did); a call that only waited in the engine's queue,
+# or was sent while the engine restarted, has none. actors.pool.EngineClient counts only the first kind against the
+# batch (EnginePoolConfig.crash_retries).
+CALL_MARKS = "rlaif-engine-calls"
+
+
+def _kv():
+    from ray.experimental import internal_kv
+
+    return internal_kv if internal_kv._internal_kv_initialized() else None
+
+
+def mark_call(call_id: str, running: bool) -> None:
+    """Mark (running) or unmark the call `call_id` (a no-op outside Ray)."""
+    if (kv := _kv()) is None:
+        return
+    if running:
+        kv._internal_kv_put(call_id, b"1", namespace=CALL_MARKS)
+    else:
+        kv._internal_kv_del(call_id, namespace=CALL_MARKS)
+
+
+def call_was_running(call_id: str) -> bool:
+    """Whether the call `call_id` was running on its engine when the engine died (its mark is still there); the mark
+    is removed."""
+    if (kv := _kv()) is None or not kv._internal_kv_exists(call_id, namespace=CALL_MARKS):
+        return False
+    kv._internal_kv_del(call_id, namespace=CALL_MARKS)
+    return True
+
+
 class VLLMEngine(WeightSyncEngine):
     """A vLLM `LLM` with chat-in, samples-out methods. Used as a Ray actor (`EngineActor`) or in-process. Weight sync's
     receive methods (new weights or a LoRA adapter, in place) come from WeightSyncEngine (actors/weight_sync/).
@@ -43,11 +77,13 @@ class VLLMEngine(WeightSyncEngine):
     `weights_state` (a JSON file in the run folder, written by `EnginePool.hold`) names the policy folder the pool
     should hold: an engine that Ray restarts after its process died loads it before taking requests, so calls
     retried on it are answered by the current policy, not the starting weights. `fault_oom_above` (drills and tests
-    only) makes a batch of more requests fail as out of memory would."""
+    only) makes a batch of more requests fail as out of memory would; `fault_crash_marker` (drills and tests only)
+    makes the engine's process kill itself (SIGKILL) on a request whose messages contain it."""
 
     def __init__(self, model: str, *, role: str = "policy", max_model_len: int = 2048, seed: int = 0,
                  dtype: str = "float32", max_num_seqs: int = 64, video: bool = True, lora_path: str | None = None,
-                 weights_state: str | None = None, fault_oom_above: int | None = None, threads: int | None = None,
+                 weights_state: str | None = None, fault_oom_above: int | None = None,
+                 fault_crash_marker: str | None = None, threads: int | None = None,
                  adapter_rank: int | None = None, **engine_kwargs: Any):
         import torch
         from vllm import LLM
@@ -59,6 +95,7 @@ class VLLMEngine(WeightSyncEngine):
 
         self.role = role
         self.fault_oom_above = fault_oom_above
+        self.fault_crash_marker = fault_crash_marker
         self.model_path = resolve_model(model)
         kwargs = dict(dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=True,
                       max_num_seqs=max_num_seqs, worker_extension_cls="actors.weight_sync.receive.WeightReceiver")
@@ -108,16 +145,34 @@ class VLLMEngine(WeightSyncEngine):
             prompt["multi_modal_data"] = {"video": video_input(request["frames"], request.get("fps", 2.0))}
         return prompt
 
-    def generate(self, requests: list[dict], sampling: dict | list[dict]) -> list[list[dict]]:
+    # Ray does not retry a generate call whose engine died: actors.pool.EngineClient does, a bounded number of times
+    # (EnginePoolConfig.crash_retries), so that a request that kills every engine it reaches is not retried forever.
+    @ray.method(max_task_retries=0)
+    def generate(self, requests: list[dict], sampling: dict | list[dict], call_id: str | None = None
+                 ) -> list[list[dict]]:
         """For each request, `sampling['n']` samples: {text, n_tokens, finish_reason, prompt_tokens}.
 
         `sampling` holds vLLM SamplingParams fields (one dict for all requests, or one per request); `regex`
-        constrains the output (structured outputs).
+        constrains the output (structured outputs). `call_id`: the call is marked as running while it runs (see
+        CALL_MARKS), so that a client can tell, if this process dies, that it died under this call.
         """
+        if call_id is None:
+            return self._generate_batch(requests, sampling)
+        mark_call(call_id, running=True)
+        try:
+            return self._generate_batch(requests, sampling)
+        finally:
+            mark_call(call_id, running=False)
+
+    def _generate_batch(self, requests: list[dict], sampling: dict | list[dict]) -> list[list[dict]]:
         import torch
         from vllm.exceptions import VLLMValidationError
 
         samplings = sampling if isinstance(sampling, list) else [sampling] * len(requests)
+        if self.fault_crash_marker and any(self.fault_crash_marker in str(r["messages"]) for r in requests):
+            log.error("%s engine (pid %d): a request carries the crash marker %r: killing this process (injected)",
+                      self.role, os.getpid(), self.fault_crash_marker)
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.fault_oom_above is not None and len(requests) > self.fault_oom_above:
             raise EngineOverloaded(f"injected: a batch of {len(requests)} > {self.fault_oom_above} requests")
         try:
@@ -130,7 +185,7 @@ class VLLMEngine(WeightSyncEngine):
             raise EngineOverloaded(f"a batch of {len(requests)} requests: {err}") from None
         except VLLMValidationError as err:  # e.g. a prompt over max_model_len: refuse that one, answer the rest
             if len(requests) > 1:
-                return [self.generate([r], [s])[0] for r, s in zip(requests, samplings)]
+                return [self._generate_batch([r], [s])[0] for r, s in zip(requests, samplings)]
             too_long = err.parameter == "input_tokens" or any(w in str(err) for w in ("model length", "context length"))
             reason = PROMPT_TOO_LONG if too_long else REJECTED
             log.warning("%s engine refused a request (%s): %s", self.role, reason, err)
@@ -182,7 +237,10 @@ def _held_policy(weights_state: str | None) -> str | None:
     return state.read_json()["policy"] if state and state.exists() else None
 
 
-# The actor form. Restarted by Ray if its process dies; calls in flight are retried on the new instance, so a
-# stage that forwards batches to it loses no rows; a restarted policy engine first loads the policy its pool holds
-# (weights_state, written by EnginePool.hold).
-EngineActor = ray.remote(max_restarts=-1, max_task_retries=-1)(VLLMEngine)
+# The actor form. Restarted by Ray whenever its process dies; a restarted policy engine first loads the policy its
+# pool holds (weights_state, written by EnginePool.hold). Calls in flight when it died are retried a bounded number of
+# times: `generate` by actors.pool.EngineClient (crash_retries, then the batch is split and a request that alone still
+# kills the engine is answered engine_crashed), the other methods (health, weight loads: idempotent) by Ray, up to
+# ENGINE_TASK_RETRIES times, after which the caller gets Ray's RayActorError instead of a retry forever.
+ENGINE_TASK_RETRIES = 3
+EngineActor = ray.remote(max_restarts=-1, max_task_retries=ENGINE_TASK_RETRIES)(VLLMEngine)

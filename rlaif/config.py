@@ -44,7 +44,17 @@ class IngestConfig(_Strict):
     limit: int | None = Field(None, ge=1, description="Ingest at most this many videos (after sorting), for quick runs.")
     decoder: str = Field("rlaif.decode:decode_video", pattern=r"^[\w.]+:\w+$",
                          description="'module:function' decoding one video (uri, DecodeSpec) -> DecodedVideo; swap in "
-                                     "another decoder, or rlaif.testkit.faults:decode_with_faults to inject crashes in tests.")
+                                     "another decoder, or rlaif.testkit.faults:decode_with_faults to inject crashes in tests. "
+                                     "It must raise rlaif.decode.VideoRejected for bad input: any other exception is "
+                                     "counted as an internal error (a bug).")
+    max_internal_error_share: float = Field(
+        0.0, ge=0, le=1,
+        description="Internal errors are videos whose decoding raised an exception outside the decoder libraries' "
+                    "calls: a bug in ray-rlaif or in the configured decoder, not bad input. They are quarantined as "
+                    "`internal_error` with their traceback either way; when more than this share of the inputs has "
+                    "one, ingest fails (after writing videos.parquet and quarantine.parquet) naming the count and the "
+                    "first traceback. 0 (the default): any internal error fails the run, because a bug that hit one "
+                    "video may have silently changed others; raise it to finish a large run despite a rare, known one.")
 
 
 POLICY_AS_JUDGE = "policy"
@@ -85,9 +95,20 @@ class EnginePoolConfig(_Strict):
         description="KV-cache block size in tokens (None: vLLM's, 128 on CPU). Prompts share cached prefixes in whole "
                     "blocks: a smaller block lets the judge reuse more of the instructions and caption that its "
                     "prompts for one video have in common.")
+    crash_retries: int = Field(
+        1, ge=0, le=16,
+        description="A batch whose call killed its engine (the engine's process died while it ran: an out-of-memory "
+                    "kill, a crash; Ray restarts the engine) is sent again whole this many times, then split in "
+                    "halves, each sent once, down to single requests; a request that alone still kills its engine "
+                    "after this many retries gets no answer (finish_reason engine_crashed), is recorded, and is not "
+                    "sent again. The run goes on.")
     fault_oom_above: int | None = Field(
         None, ge=0, description="Fault drills and tests only: an engine fails a batch of more requests as out of memory "
                                 "would (the client then splits it). Never set in a real run.")
+    fault_crash_marker: str | None = Field(
+        None, min_length=1,
+        description="Fault drills and tests only: an engine kills its own process (SIGKILL, as the kernel's "
+                    "out-of-memory killer would) when a request's messages contain this text. Never set in a real run.")
 
 
 class PoolsConfig(_Strict):
@@ -232,7 +253,12 @@ class LoopConfig(_Strict):
                                     "node). collective: a private torch.distributed group per sync between the "
                                     "trainer's rank 0 and the engines, one broadcast per bucket: NCCL when they are "
                                     "all on GPUs, gloo on CPU; if the group cannot be formed within a timeout, the "
-                                    "sync falls back to the object store and says so in its stats (sync_fallback).")
+                                    "sync falls back to the object store, logs a warning with the cause and records "
+                                    "it in the train stage's stats (sync_fallback), which the run's summary shows.")
+    sync_transport_required: bool = Field(
+        False, description="With sync_transport collective: a collective sync that fails is an error (the train "
+                           "stage fails, naming the cause) instead of a fallback to the object store. For GPU runs "
+                           "where NCCL is expected to work and a silent slowdown would hide a broken setup.")
     sync: Literal["weights", "adapter"] = Field(
         "weights", description="How a round's policy reaches the policy engines. weights: the whole model, broadcast in "
                                "buckets. adapter (train.finetune lora with merge_each_round false): the engines keep "
@@ -243,6 +269,13 @@ class LoopConfig(_Strict):
                           "the judge pool scores answers while the policy pool is still writing the rest, so neither "
                           "pool waits for the other to finish. false: two stages (round_r/rollout, round_r/judge), "
                           "each resumable on its own.")
+
+    @model_validator(mode="after")
+    def _required_transport_is_collective(self) -> "LoopConfig":
+        if self.sync_transport_required and self.sync_transport != "collective":
+            raise ValueError("loop.sync_transport_required needs loop.sync_transport 'collective' (the object store "
+                             "has no fallback to require away)")
+        return self
 
 
 class EvalConfig(_Strict):
@@ -294,14 +327,38 @@ class ServeConfig(_Strict):
     frame_width: int = Field(112, ge=28, le=4096)
     max_video_bytes: int = Field(64 << 20, ge=1, description="Larger videos are refused (413).")
     max_source_frames: int = Field(100_000, ge=1, description="Videos declaring more frames are refused.")
-    decode_timeout_s: float = Field(30, gt=0, description="A decode taking longer is killed; the request gets a 4xx.")
+    decode_timeout_s: float = Field(30, gt=0, description="A video's fetch and decode taking longer together is "
+                                                          "killed; the request gets a 4xx.")
+    decode_workers: int = Field(2, ge=1, le=64, description="Decode child processes per ingress replica: how many "
+                                                            "videos it fetches and decodes at once.")
+    decode_queue: int = Field(8, ge=0, le=4096, description="Requests per ingress replica that may wait for a free "
+                                                            "decode child; more are refused at once (503, Retry-After).")
+    body_timeout_s: float = Field(60, gt=0, description="A request body not received in full within this time "
+                                                        "is refused (408).")
     allowed_video_root: str | None = Field(None, description="Local folder whose files requests may name "
                                                              "(file:// or a path); None: no local files.")
-    allowed_url_prefixes: list[str] = Field([], description="URL prefixes requests may name (fetched by the "
-                                                            "server); empty: no fetching.")
+    allowed_url_prefixes: list[str] = Field([], description=(
+        "URL prefixes requests may name (fetched by the server); empty: no fetching. http(s)://host[:port]/path, "
+        "s3://bucket/path or gs://bucket/path, without userinfo, query or fragment. Matched as normalised URLs: "
+        "scheme, host and port exactly, the path on segment boundaries (`/videos` allows `/videos/a.mp4`, not "
+        "`/videos-b/a.mp4`); redirects are followed only to allowed URLs (serve/urls.py)."))
 
     @model_validator(mode="after")
     def _bounds(self) -> "ServeConfig":
+        from urllib.parse import urlsplit
+
+        for prefix in self.allowed_url_prefixes:
+            try:
+                parts = urlsplit(prefix)
+                ok = (prefix.isascii() and not any(c.isspace() or c == "\\" for c in prefix)
+                      and parts.scheme.lower() in ("http", "https", "s3", "gs") and bool(parts.hostname)
+                      and "@" not in parts.netloc and not parts.query and not parts.fragment
+                      and "?" not in prefix and "#" not in prefix and (parts.port is None or parts.port > 0))
+            except ValueError:  # a bad port
+                ok = False
+            if not ok:
+                raise ValueError(f"serve.allowed_url_prefixes: {prefix!r} is not an http(s)://host/path, "
+                                 f"s3://bucket/path or gs://bucket/path URL without userinfo, query or fragment")
         if self.min_replicas > self.max_replicas:
             raise ValueError("serve.min_replicas must not exceed serve.max_replicas")
         if self.num_frames > self.max_frames or self.default_max_tokens > self.max_tokens_limit:

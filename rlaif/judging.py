@@ -16,6 +16,8 @@ PARSE_FAILED = "parse_failed"
 EMPTY_ANSWER = "empty_answer"
 ANSWER_REFUSED = "answer_refused"  # the answering engine refused the prompt (over its context length): no answer
 JUDGE_REFUSED = "judge_refused"  # the judge engine refused the judging prompt: no verdict
+ENGINE_CRASHED = "engine_crashed"  # the prompt killed the answering engine every time it was sent: no answer
+JUDGE_CRASHED = "judge_crashed"  # the judging prompt killed the judge engine every time it was sent: no verdict
 EMPTY_ANSWER_SCORE = 1.0
 
 _SCORE = re.compile(r"score\s*[:=]?\s*\**\s*([1-5])(?:\s*(?:/|out of)\s*5)?\b", re.IGNORECASE)
@@ -71,9 +73,11 @@ def is_correct(score: float | None, threshold: float = 3) -> bool:
 
 
 def unjudgeable(response: str, finish_reason: str | None) -> str | None:
-    """Why an answer is not sent to the judge (ANSWER_REFUSED, EMPTY_ANSWER), or None when it is."""
-    from rlaif.schemas import REFUSED_FINISH
+    """Why an answer is not sent to the judge (ENGINE_CRASHED, ANSWER_REFUSED, EMPTY_ANSWER), or None when it is."""
+    from rlaif.schemas import ENGINE_CRASHED as CRASHED_FINISH, REFUSED_FINISH
 
+    if finish_reason == CRASHED_FINISH:
+        return ENGINE_CRASHED
     if finish_reason in REFUSED_FINISH:
         return ANSWER_REFUSED
     if not (response or "").strip():

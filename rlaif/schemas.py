@@ -23,10 +23,15 @@ VIDEOS = pa.schema([
     ("frame_indices", pa.list_(pa.int32())),  # which source frames were sampled
     ("frames_shape", pa.list_(pa.int32())),   # (T, H, W, 3)
     ("frames", pa.large_binary()),            # raw uint8 RGB, C order
+    ("warnings", pa.list_(pa.string())),      # a kept video's oddities, "code: detail" (rlaif.decode: short_stream...)
 ])
 
-QUARANTINE_COLUMNS = ["video_id", "uri", "reason", "error"]
-QUARANTINE = pa.schema([VIDEOS.field(c) for c in QUARANTINE_COLUMNS])
+# What the decoder step emits (rlaif.video_rows): a VIDEOS row, plus the traceback of an internal error (a bug, not
+# bad input: reason "internal_error"). videos.parquet keeps the VIDEOS columns, quarantine.parquet QUARANTINE's.
+DECODED = pa.schema(list(VIDEOS) + [("traceback", pa.string())])
+
+QUARANTINE_COLUMNS = ["video_id", "uri", "reason", "error", "traceback"]
+QUARANTINE = pa.schema([DECODED.field(c) for c in QUARANTINE_COLUMNS])
 
 
 def frames_of(row: dict) -> np.ndarray:
@@ -44,10 +49,12 @@ CAPTION_FACTS = pa.schema([("video_id", pa.string()), ("fact_idx", pa.int32()), 
 PROMPTS = pa.schema([("prompt_id", pa.string()), ("video_id", pa.string()), ("question", pa.string()),
                      ("reference_answer", pa.string()), ("split", pa.string()), ("source", pa.string())])
 
-# finish_reason of a request an engine refused (e.g. a prompt over its context length): there is no answer.
+# finish_reason of a request an engine refused (e.g. a prompt over its context length), or that the client gave up on
+# because it killed its engine every time it was sent (actors.pool.EngineClient): there is no answer.
 PROMPT_TOO_LONG = "prompt_too_long"
 REJECTED = "rejected"
-REFUSED_FINISH = (PROMPT_TOO_LONG, REJECTED)
+ENGINE_CRASHED = "engine_crashed"
+REFUSED_FINISH = (PROMPT_TOO_LONG, REJECTED, ENGINE_CRASHED)
 TRUNCATED_FINISH = "length"  # an answer cut at max_tokens (an "endless" one)
 
 ROLLOUTS = pa.schema([("prompt_id", pa.string()), ("sample_idx", pa.int32()), ("model", pa.string()),

@@ -130,7 +130,7 @@ def video_parts(request: ChatCompletionRequest) -> list[VideoPart]:
 
 def parse_video_url(url: str, max_bytes: int) -> VideoSource:
     """Which kind of video a `video_url` names; uploaded bytes are decoded here, within `max_bytes`."""
-    if url.startswith("data:"):
+    if url[:5].lower() == "data:":
         header, sep, payload = url.partition(",")
         if not sep or ";base64" not in header:
             raise RequestError(400, "a data: video URL must be base64 (data:video/mp4;base64,...)")
@@ -143,12 +143,13 @@ def parse_video_url(url: str, max_bytes: int) -> VideoSource:
         if not data:
             raise RequestError(400, "the uploaded video is empty")
         return VideoSource("bytes", data=data)
-    if url.startswith("file://"):
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "file":
         return VideoSource("path", location=url[len("file://"):])
-    if url.startswith(("http://", "https://", "s3://", "gs://")):
+    if scheme in ("http", "https", "s3", "gs"):  # checked against the allow-list as a normalised URL (serve/urls.py)
         return VideoSource("url", location=url)
-    if "://" in url:
-        raise RequestError(400, f"unsupported video URL scheme: {url.split('://')[0]}")
+    if scheme:
+        raise RequestError(400, f"unsupported video URL scheme: {url.split('://')[0][:40]}")
     return VideoSource("path", location=url)
 
 

@@ -1,6 +1,7 @@
 """The Ray Serve application for an aligned policy: OpenAI-compatible `/v1/chat/completions` and `/v1/models`.
 
-    HTTP → ChatIngress (FastAPI: bearer auth, validation, video → frames in a crash-isolated child process)
+    HTTP → ChatIngress (FastAPI: bearer auth, bounded body, validation, video → frames in a pool of crash-isolated
+                        child processes)
          → PolicyEngine (one vLLM engine per replica, autoscaled; concurrent requests batched with serve.batch)
 
 The engine is the same `VLLMEngine` that generates rollouts during training, so the served model sees videos
@@ -14,7 +15,7 @@ import hmac
 import logging
 import os
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
 from fastapi.responses import JSONResponse
@@ -30,7 +31,7 @@ from serve.target import ServeTarget
 
 log = logging.getLogger(__name__)
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 408, 413, 422, 503)}
 # Declares the bearer scheme in the OpenAPI schema; the middleware below enforces it (before the body is read).
 BEARER = [Depends(HTTPBearer(auto_error=False))]
 api = FastAPI(title="ray-rlaif", version="1",
@@ -40,21 +41,71 @@ api = FastAPI(title="ray-rlaif", version="1",
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                        headers=headers)
 
 
-@api.middleware("http")
-async def require_token_and_bounded_body(request: Request, call_next):
-    """Auth before anything else is read; then a body-size bound from Content-Length, before the body is read."""
-    if request.url.path.startswith("/v1/"):
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {request.app.state.token}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return error(401, "missing or wrong bearer token", "authentication_error")
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > request.app.state.max_body):
-            return error(413, f"request body over {request.app.state.max_body} bytes")
-    return await call_next(request)
+class AuthAndBoundedBody:
+    """Pure ASGI middleware, in front of every route: the bearer token before anything else is read (/v1 routes), then
+    the body read in full before the app sees it, bounded by `max_body` bytes whether or not it declares a
+    Content-Length (a chunked body is counted as it arrives and refused, 413, as soon as it passes the bound) and
+    by `body_timeout_s` (a body that trickles in is refused, 408)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        # The running app's state (Ray Serve runs a copy of `api` in the replica, not this module's object).
+        state = scope["app"].state
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if scope["path"].startswith("/v1/"):
+            expected = f"Bearer {state.token}"
+            if not hmac.compare_digest(headers.get("authorization", "").encode(), expected.encode()):
+                return await error(401, "missing or wrong bearer token", "authentication_error")(scope, receive, send)
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > state.max_body):
+            return await error(413, f"request body over {state.max_body} bytes")(scope, receive, send)
+        chunks: list[bytes] = []
+
+        async def read_body() -> str:
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return "gone"
+                body = message.get("body", b"")
+                size += len(body)
+                if size > state.max_body:
+                    return "too large"
+                chunks.append(body)
+                if not message.get("more_body", False):
+                    return "done"
+
+        try:
+            outcome = await asyncio.wait_for(read_body(), state.body_timeout_s)
+        except asyncio.TimeoutError:
+            return await error(408, f"the request body did not arrive within {state.body_timeout_s:g} s")(
+                scope, receive, send)
+        if outcome == "gone":
+            return None
+        if outcome == "too large":
+            return await error(413, f"request body over {state.max_body} bytes")(scope, receive, send)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then the disconnect, when it comes
+
+        return await self.app(scope, replay, send)
+
+
+api.add_middleware(AuthAndBoundedBody)
 
 
 @api.exception_handler(RequestError)
@@ -126,7 +177,14 @@ class ChatIngress:
         api.state.token = token
         # base64 inflates by 4/3; the rest of a request is small.
         api.state.max_body = self.cfg.max_video_bytes * 4 // 3 + (1 << 20)
+        api.state.body_timeout_s = self.cfg.body_timeout_s
         self.videos = VideoLoader(self.cfg)
+        self.videos.warm()
+
+    def __del__(self):  # Ray Serve calls it when the replica shuts down: the decode children and temp files go
+        videos = getattr(self, "videos", None)
+        if videos is not None:
+            videos.close()
 
     @api.get("/health")
     async def health(self) -> dict:
@@ -156,7 +214,7 @@ class ChatIngress:
             raise RequestError(422, "videos may only be sent in user messages")
         request: dict = {"messages": prompt_messages(body)}
         if videos:
-            frames, fps = await asyncio.to_thread(self.videos.load, videos[0].video_url.url, num_frames)
+            frames, fps = await self.videos.load(videos[0].video_url.url, num_frames)
             request.update(frames=frames, fps=fps)
         sampling = {"n": body.n, "temperature": body.temperature, "top_p": body.top_p, "max_tokens": max_tokens,
                     "seed": body.seed}

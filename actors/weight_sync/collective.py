@@ -3,7 +3,8 @@ sync, rank 0 the sender (the trainer's rank 0), one rank per engine, each bucket
 one broadcast.
 
 Driver side: `sync_engines` (called by actors.weight_sync.send.broadcast_weights, which falls back to the object store
-when it raises). Group side, on both ends: `open_store` / `send_buckets` for the sender, `receive_buckets` for each
+when it raises, logging a warning with the cause and recording it as `sync_fallback`, or, with
+loop.sync_transport_required, raises SyncTransportError instead). Group side, on both ends: `open_store` / `send_buckets` for the sender, `receive_buckets` for each
 engine (called in its vLLM worker by actors.weight_sync.receive.WeightReceiver.receive_weight_broadcast).
 
 The group never touches the default process group: the sender runs inside a Ray Train worker that already has one

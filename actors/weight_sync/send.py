@@ -6,8 +6,9 @@ transports (loop.sync_transport), one file each:
     `load_weight_buckets` call carrying all the bucket refs and fetches them itself (once per node, zero-copy on it);
   - collective (actors.weight_sync.collective): a private torch.distributed group per sync between the sender (the
     trainer's rank 0) and the engines, each bucket one broadcast: gloo on CPU, NCCL when both sides are on GPUs. When
-    the group cannot be formed or a broadcast fails within the timeout, the sync falls back to the object store and
-    says so in its stats (`sync_fallback`).
+    the group cannot be formed or a broadcast fails within the timeout, the sync falls back to the object store, logs
+    a WARNING naming the cause and says so in its stats (`sync_fallback`: the train stage records it and the run's
+    summary shows it); with `required` (loop.sync_transport_required) it raises SyncTransportError instead.
 The per-parameter-RPC pattern costs one round trip per tensor; either transport costs one call per engine.
 LoRA mode (loop.sync adapter) sends no weights: see actors.weight_sync.adapter.hot_load_adapter.
 """
@@ -30,15 +31,22 @@ from rlaif.storage import local_folder
 log = logging.getLogger(__name__)
 
 
+class SyncTransportError(RuntimeError):
+    """The collective transport failed and loop.sync_transport_required forbids the object-store fallback."""
+
+
 def broadcast_weights(engines: list, named: Iterable[tuple[str, torch.Tensor]], bucket_mb: int = 256,
                       label: str | None = None, transport: str = "object_store",
-                      timeout_s: float = COLLECTIVE_TIMEOUT_S) -> dict:
+                      timeout_s: float = COLLECTIVE_TIMEOUT_S, required: bool = False) -> dict:
     """`label` names the weights on the engines (the policy folder they are saved in), see EnginePool.hold.
-    `transport`: "object_store" or "collective" (loop.sync_transport); `timeout_s` bounds each step of the latter."""
+    `transport`: "object_store" or "collective" (loop.sync_transport); `timeout_s` bounds each step of the latter.
+    `required` (loop.sync_transport_required): a failed collective sync raises SyncTransportError (the engines keep
+    their weights) instead of falling back to the object store."""
     start = time.perf_counter()
     with torch.no_grad():
         buckets = pack_buckets(named, bucket_bytes=bucket_mb << 20)
-    stats, used = _try_collective(engines, buckets, label, timeout_s) if transport == "collective" else (None, {})
+    stats, used = (_try_collective(engines, buckets, label, timeout_s, required) if transport == "collective"
+                   else (None, {}))
     if stats is None:
         stats = object_store.sync_engines(engines, buckets, label)
         used = {"sync_transport": "object_store", **used}
@@ -47,16 +55,23 @@ def broadcast_weights(engines: list, named: Iterable[tuple[str, torch.Tensor]], 
             "engine_weights_version": [s["version"] for s in stats], **used}
 
 
-def _try_collective(engines: list, buckets: list[Bucket], label: str | None,
-                    timeout_s: float) -> tuple[list[dict] | None, dict]:
-    """(the engines' load stats, the transport used), or (None, why it failed) for the object store to take over."""
+def _try_collective(engines: list, buckets: list[Bucket], label: str | None, timeout_s: float,
+                    required: bool = False) -> tuple[list[dict] | None, dict]:
+    """(the engines' load stats, the transport used), or (None, why it failed) for the object store to take over;
+    with `required`, a failure raises SyncTransportError instead."""
+    backend = "?"
     try:
         backend = collective.choose_backend(engines)
         stats = collective.sync_engines(engines, buckets, label, backend, timeout_s)
         return stats, {"sync_transport": "collective", "sync_backend": backend}
-    except Exception as err:  # whatever broke the group, the object store still gets the weights there
-        reason = f"{type(err).__name__}: {next(iter(str(err).strip().splitlines()), '')}"
-        log.warning("collective weight sync failed (%s); syncing through the object store", reason)
+    except Exception as err:  # whatever broke the group (gloo, NCCL, the store, an engine), it is said out loud
+        reason = f"{backend}: {type(err).__name__}: {next(iter(str(err).strip().splitlines()), '')}"
+        if required:
+            raise SyncTransportError(
+                f"collective weight sync failed ({reason}) and loop.sync_transport_required is true, so it does not "
+                f"fall back to the object store; the engines keep their previous weights") from err
+        log.warning("WEIGHT SYNC FALLBACK: the collective transport failed (%s); syncing through the object store "
+                    "instead (slower on GPUs; set loop.sync_transport_required to make this an error)", reason)
         return None, {"sync_fallback": reason}
 
 

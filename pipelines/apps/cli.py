@@ -13,6 +13,7 @@ import yaml
 from rlaif.config import ConfigError, RunConfig, load_config, parse_config, set_dotted
 from rlaif.layout import AuditLayout, ExperimentLayout, RunLayout
 from rlaif.storage import RunPath
+from rlaif.video_rows import InternalErrors
 
 from pipelines.orchestration.resume import LayoutMismatch
 
@@ -40,19 +41,31 @@ def _config(args, defaults: dict | None = None) -> RunConfig:
 
 
 def _print_summary(manifest, run_dir: RunPath) -> None:
-    from pipelines.apps.report import eval_table, stage_times
+    from pipelines.apps.report import eval_table, run_warnings, stage_times
 
     _print_ingest(manifest.stage("ingest"), run_dir)
     if "loop" in manifest.data["stages"]:
         print("\nstage times:\n" + stage_times(manifest))
         print("\nper-round eval (held-out prompts):\n" + eval_table(run_dir))
+    warnings = run_warnings(manifest)
+    if warnings:
+        print("\nWARNINGS:\n" + "\n".join(f"  {w}" for w in warnings))
 
 
 def _print_ingest(stage: dict, run_dir: RunPath) -> None:
+    from rlaif.decode import INTERNAL_ERROR
+
     print(f"\ningest: {stage['rows_in']} inputs -> {stage['rows_ok']} videos kept, "
           f"{stage['rows_quarantined']} quarantined ({stage['seconds']} s)")
-    for reason, n in stage.get("reasons", {}).items():
-        print(f"  quarantined {n:3d} x {reason}")
+    reasons = stage.get("reasons", {})
+    for reason, n in reasons.items():
+        if reason != INTERNAL_ERROR:
+            print(f"  quarantined {n:3d} x {reason}")
+    for code, n in stage.get("warnings", {}).items():
+        print(f"  kept with a warning {n:3d} x {code}")
+    if reasons.get(INTERNAL_ERROR):
+        print(f"  INTERNAL ERRORS {reasons[INTERNAL_ERROR]:3d}: bugs in ray-rlaif or the configured decoder, not bad "
+              f"input; please report them (quarantined as {INTERNAL_ERROR}, each with its traceback)")
     print(f"  {RunLayout(run_dir).videos}\n  {RunLayout(run_dir).quarantine}")
 
 
@@ -284,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, LayoutMismatch) as err:
         print(f"rlaif: error: {err}", file=sys.stderr)
         return 2
+    except InternalErrors as err:  # bugs of ray-rlaif met while decoding: the run stops, the tables are written
+        print(f"rlaif: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Human-readable summaries of a run folder: stage times and the per-round eval table."""
+"""Human-readable summaries of a run folder: stage times (with what went wrong in a stage that finished anyway)
+and the per-round eval table."""
 from __future__ import annotations
 
 from rlaif.layout import RunLayout
@@ -37,9 +38,29 @@ def eval_table(run_dir: RunPath) -> str:
     return "\n".join(lines)
 
 
+def stage_warnings(stage: dict) -> list[str]:
+    """What went wrong in a stage that finished anyway: a weight sync that fell back from the collective transport
+    (`sync_fallback`, recorded by the train stage), ingest's internal errors (bugs, not bad input)."""
+    out = []
+    if stage.get("sync_fallback"):
+        out.append(f"collective weight sync fell back to the object store: {stage['sync_fallback']}")
+    if stage.get("internal_errors"):
+        out.append(f"{stage['internal_errors']} internal error(s) in decoding: bugs, not bad input "
+                   f"(quarantine.parquet)")
+    return out
+
+
+def run_warnings(manifest: Manifest) -> list[str]:
+    """Every stage's warnings, as "stage: warning" lines."""
+    return [f"{name}: {w}" for name, s in manifest.data["stages"].items() for w in stage_warnings(s)]
+
+
 def stage_times(manifest: Manifest) -> str:
-    lines = ["| stage | seconds | rows |", "|---|---|---|"]
-    for name, s in manifest.data["stages"].items():
-        if "seconds" in s:
-            lines.append(f"| {name} | {s['seconds']} | {s.get('rows', s.get('rows_in', s.get('pairs', '-')))} |")
+    stages = {name: s for name, s in manifest.data["stages"].items() if "seconds" in s}
+    warned = any(stage_warnings(s) for s in stages.values())
+    lines = ["| stage | seconds | rows |" + (" warnings |" if warned else ""),
+             "|---|---|---|" + ("---|" if warned else "")]
+    for name, s in stages.items():
+        line = f"| {name} | {s['seconds']} | {s.get('rows', s.get('rows_in', s.get('pairs', '-')))} |"
+        lines.append(line + (f" {'; '.join(stage_warnings(s)) or '-'} |" if warned else ""))
     return "\n".join(lines)

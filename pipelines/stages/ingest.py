@@ -2,10 +2,15 @@
 
     list (driver) → from_items → map_batches(VideoRowDecoder) on an autoscaling actor pool → materialize
                   → filter ok → videos.parquet/       (Parquet dataset folder, written by the workers)
-                  → filter bad → quarantine.parquet/  (video_id, uri, reason, error)
+                  → filter bad → quarantine.parquet/  (video_id, uri, reason, error, traceback)
 
 Each decode actor decodes in a child process (rlaif.isolation): a decoder segfault or hang costs one row, which is
 quarantined with its reason; the actor, the batch and the run go on. Outputs are published atomically.
+
+A video whose decoding raised an exception outside the decoder libraries' calls is a bug, not bad input
+(rlaif.video_rows): it is quarantined as `internal_error` with its traceback, counted apart, and when more than
+`ingest.max_internal_error_share` of the inputs have one, ingest raises `InternalErrors` once both tables are
+written. Kept videos may carry warnings (rlaif.decode: short_stream, resolution_change, ...), counted per code.
 
 With `caption` (a run whose engines are started before ingest), decoded batches stream on to the captioning engines
 (pipelines.stages.caption.CaptionDuringIngest) while later videos still decode, and the captions go to captions.parquet.
@@ -21,12 +26,12 @@ import ray
 import ray.data
 
 from rlaif.config import IngestConfig
-from rlaif.decode import DecodeSpec
+from rlaif.decode import INTERNAL_ERROR, DecodeSpec
 from rlaif.schemas import CAPTIONS, QUARANTINE, QUARANTINE_COLUMNS, VIDEOS
 from rlaif.sources import list_video_uris, video_id_for
 from rlaif.layout import RunLayout
 from rlaif.storage import RunPath
-from rlaif.video_rows import VideoRowDecoder
+from rlaif.video_rows import InternalErrors, VideoRowDecoder
 
 from pipelines.stages.base import StageContext, stage
 from pipelines.stages.io import read_table, write_dataset
@@ -43,16 +48,38 @@ class IngestResult:
     n_inputs: int
     n_ok: int
     n_quarantined: int
-    reasons: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)  # quarantine reasons, internal_error included
     videos_path: str = ""
     quarantine_path: str = ""
     captions_path: str = ""  # written only when ingest captioned as it decoded
+    n_internal_errors: int = 0  # quarantined as internal_error: bugs, not bad input
+    first_internal_error: dict | None = None  # {uri, error, traceback} of the first one (by video_id)
+    warnings: dict[str, int] = field(default_factory=dict)  # kept videos per warning code
 
 
 def decode_spec(cfg: IngestConfig) -> DecodeSpec:
     return DecodeSpec(num_frames=cfg.num_frames, sampling=cfg.sampling, sample_fps=cfg.sample_fps,
                       height=cfg.frame_height, width=cfg.frame_width, max_file_bytes=cfg.max_file_bytes,
-                      max_source_frames=cfg.max_source_frames)
+                      max_source_frames=cfg.max_source_frames, reject_blank=True)
+
+
+def check_internal_errors(result: IngestResult, max_share: float) -> None:
+    """Raises InternalErrors when more than `max_share` of the inputs failed with an internal error."""
+    n, total = result.n_internal_errors, result.n_inputs
+    if not n or n <= max_share * total:
+        return
+    first = result.first_internal_error or {}
+    raise InternalErrors(
+        f"ingest: {n} of {total} inputs ({n / total:.1%}) failed with an internal error, over "
+        f"ingest.max_internal_error_share={max_share:g}. These are bugs in ray-rlaif or in the configured decoder, "
+        f"not bad input (please report them); each is in {result.quarantine_path} with reason {INTERNAL_ERROR!r} and "
+        f"its traceback, the videos that decoded are in {result.videos_path}. The first, {first.get('uri')}: "
+        f"{first.get('error')}\n{first.get('traceback') or ''}")
+
+
+def _warning_counts(warnings: list[list[str] | None]) -> dict[str, int]:
+    codes = collections.Counter(w.split(":", 1)[0] for ws in warnings if ws for w in ws)
+    return dict(sorted(codes.items()))
 
 
 def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str] | None = None,
@@ -95,12 +122,21 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
         captions = str(layout.captions)
         write_dataset(ok.select_columns(CAPTIONS.names), captions, CAPTIONS)
     bad = read_table(quarantine, ["reason"]).column("reason").to_pylist()
-    n_ok = read_table(videos, ["video_id"]).num_rows
-    result = IngestResult(n_inputs=len(items), n_ok=n_ok, n_quarantined=len(bad),
+    kept = read_table(videos, ["video_id", "warnings"])
+    internal = sorted((r for r in read_table(quarantine).to_pylist() if r["reason"] == INTERNAL_ERROR),
+                      key=lambda r: r["video_id"]) if INTERNAL_ERROR in bad else []
+    first = {k: internal[0][k] for k in ("uri", "error", "traceback")} if internal else None
+    result = IngestResult(n_inputs=len(items), n_ok=kept.num_rows, n_quarantined=len(bad),
                           reasons=dict(sorted(collections.Counter(bad).items())),
-                          videos_path=str(videos), quarantine_path=str(quarantine), captions_path=captions)
+                          videos_path=str(videos), quarantine_path=str(quarantine), captions_path=captions,
+                          n_internal_errors=len(internal), first_internal_error=first,
+                          warnings=_warning_counts(kept.column("warnings").to_pylist()))
     if result.n_ok + result.n_quarantined != result.n_inputs:
         raise RuntimeError(f"ingest lost rows: {result.n_inputs} in, {result.n_ok} ok + {result.n_quarantined} quarantined")
+    if internal:
+        log.error("ingest: %d internal error(s) (bugs, not bad input) in %s; the first, %s: %s", len(internal),
+                  quarantine, internal[0]["uri"], internal[0]["error"])
+    check_internal_errors(result, cfg.max_internal_error_share)
     return result
 
 
@@ -116,4 +152,5 @@ def ingest(ctx: StageContext) -> dict:
         caption = CaptionDuringIngest(ctx.captioner_pool, caption_sampling(cfg))
     result = run_ingest(cfg.ingest, ctx.layout.dir, ctx.source, caption)
     return {"rows_in": result.n_inputs, "rows_ok": result.n_ok, "rows_quarantined": result.n_quarantined,
-            "reasons": result.reasons, "captioned": bool(result.captions_path)}
+            "reasons": result.reasons, "internal_errors": result.n_internal_errors, "warnings": result.warnings,
+            "captioned": bool(result.captions_path)}

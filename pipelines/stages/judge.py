@@ -10,8 +10,9 @@ penalty (judge.length_penalty) is taken off the judge's score last; `raw_score` 
 
 Every judgment says what happened in `status` (rlaif.judging): an empty answer is not sent to the judge and gets the
 lowest score by rule; an answer the policy engine refused to write (prompt over its context length), or a judging
-prompt the judge refused, gets no score. Truncated ("endless") answers are judged and counted; pairs never choose
-them. The stage's manifest record counts each.
+prompt the judge refused, gets no score; so does a prompt that killed its engine every time it was sent
+(`engine_crashed` for the answering engine, `judge_crashed` for the judge: actors.pool.EngineClient). Truncated
+("endless") answers are judged and counted; pairs never choose them. The stage's manifest record counts each.
 """
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ import ray.data
 
 from actors.pool import EngineClient, EnginePool
 from rlaif.config import JudgeConfig
-from rlaif.judging import (EMPTY_ANSWER, EMPTY_ANSWER_SCORE, JUDGE_REFUSED, PARSE_FAILED, SCORED, Judgment,
-                           length_penalised, parse_aspects, parse_judgment, unjudgeable)
+from rlaif.judging import (EMPTY_ANSWER, EMPTY_ANSWER_SCORE, JUDGE_CRASHED, JUDGE_REFUSED, PARSE_FAILED, SCORED,
+                           Judgment, length_penalised, parse_aspects, parse_judgment, unjudgeable)
 from rlaif.prompts import aspect_output_regex, judge_messages, judge_output_regex
-from rlaif.schemas import JUDGMENTS, ROLLOUTS, TRUNCATED_FINISH
+from rlaif.schemas import ENGINE_CRASHED, JUDGMENTS, ROLLOUTS, TRUNCATED_FINISH
 from rlaif.layout import RunLayout
 from rlaif.seeding import seeded
 from rlaif.storage import RunPath
@@ -57,7 +58,8 @@ def judgment_row(row: dict, verdict: Judgment | None, attempts: int, judge_model
 
 def judge_some(rows: list[dict], judge: Callable[[list[dict]], tuple[list, list[int]]]) -> list[tuple]:
     """(verdict, attempts, status) per row: unjudgeable rows are settled here, the others go to `judge` (which
-    returns verdicts, None for a refused request, and attempts), each distinct (prompt_id, response) once."""
+    returns verdicts, None for a refused request or the status of one it gave up on (JUDGE_CRASHED), and attempts),
+    each distinct (prompt_id, response) once."""
     out: list[tuple] = [(None, 0, unjudgeable(r["response"], r["finish_reason"])) for r in rows]
     # One request per distinct answer to a question: a policy often samples the same short answer several times,
     # and the judge (greedy by default) would only repeat its verdict.
@@ -69,7 +71,8 @@ def judge_some(rows: list[dict], judge: Callable[[list[dict]], tuple[list, list[
     if first:
         ask = list(first.values())
         verdicts, attempts = judge([rows[i] for i in ask])
-        settled = {i: (v, a, JUDGE_REFUSED if v is None else SCORED if v.parse_ok else PARSE_FAILED)
+        settled = {i: (None, a, v) if isinstance(v, str) else
+                   (v, a, JUDGE_REFUSED if v is None else SCORED if v.parse_ok else PARSE_FAILED)
                    for i, v, a in zip(ask, verdicts, attempts)}
         for i, (_, _, status) in enumerate(out):
             if status is None:
@@ -102,7 +105,10 @@ class JudgeAnswers(EngineClient):
         if self.regex:
             sampling["regex"] = self.regex
         samplings = [seeded(sampling, r["prompt_id"], r["sample_idx"], r["round"], r["model"], "judge") for r in rows]
-        return self.call_parsed(requests, samplings, self.parse, lambda v: v.parse_ok, self.cfg.retries)
+        refused: dict[int, str] = {}
+        verdicts, attempts = self.call_parsed(requests, samplings, self.parse, lambda v: v.parse_ok, self.cfg.retries,
+                                              refused)
+        return [JUDGE_CRASHED if refused.get(i) == ENGINE_CRASHED else v for i, v in enumerate(verdicts)], attempts
 
 
 class ScoreAnswers:

@@ -3,6 +3,7 @@ models.extra_responders (MMAIP-V's response set) every other pool answers K time
 `model` column says who answered)."""
 from __future__ import annotations
 
+import collections
 import logging
 
 import pyarrow as pa
@@ -13,7 +14,7 @@ from actors.pool import EngineClient, EnginePool
 from rlaif.config import RunConfig
 from rlaif.layout import RunLayout
 from rlaif.prompts import video_question_messages
-from rlaif.schemas import ROLLOUTS, frames_fps, frames_of
+from rlaif.schemas import REFUSED_FINISH, ROLLOUTS, frames_fps, frames_of
 from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
@@ -83,7 +84,11 @@ def generate_answers(layout: RunLayout, pools: EnginePool | list[EnginePool], sp
 
 
 @stage("rollout", "models.extra_responders")
-def rollout(ctx: StageContext) -> int:
+def rollout(ctx: StageContext) -> dict:
     """The round's answers (K per training question, from every responder) into round_<r>/rollouts.parquet
-    (loop.stream_judge false; else pipelines.stages.judge.rollout_judge does rollout and judging as one stream)."""
-    return generate_answers(ctx.layout, ctx.responders, "train", rollout_sampling(ctx.cfg), ctx.round, ctx.out.rollouts)
+    (loop.stream_judge false; else pipelines.stages.judge.rollout_judge does rollout and judging as one stream).
+    The manifest record counts the rows without an answer by finish_reason (refused, engine_crashed)."""
+    n = generate_answers(ctx.layout, ctx.responders, "train", rollout_sampling(ctx.cfg), ctx.round, ctx.out.rollouts)
+    reasons = read_table(ctx.out.rollouts, ["finish_reason"]).column("finish_reason").to_pylist()
+    unanswered = collections.Counter(r for r in reasons if r in REFUSED_FINISH)
+    return {"rows": n, "unanswered": dict(sorted(unanswered.items()))}

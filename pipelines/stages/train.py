@@ -12,6 +12,8 @@ Reference log-probs come with the pairs (pipelines.stages.pairs), so no referenc
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import tempfile
 import time
@@ -19,17 +21,18 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from rlaif.config import RunConfig as RlaifConfig
 from rlaif.config import TrainConfig
 from rlaif.layout import PolicyLayout, RoundLayout, RunLayout
 from rlaif.models import resolve_model
+from rlaif.seeding import request_seed
 from rlaif.storage import RunPath, local_folder, local_staging, publish_folder
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.frames_join import rows_with_frames
+from pipelines.stages.frames_join import FRAME_COLUMNS, rows_with_frames
 from pipelines.stages.io import read_table
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ class TrainJob:
     bucket_mb: int  # loop.sync_bucket_mb
     sync_transport: str  # loop.sync_transport
     adapter_sync: bool  # the engines keep the starting policy and hot-load adapters trained on it (loop.sync adapter)
+    sync_required: bool = False  # loop.sync_transport_required: a failed collective sync is an error, no fallback
 
 
 def _skip_deepspeed_shm_build() -> None:
@@ -141,15 +145,63 @@ def export_and_sync(engine, t: TrainConfig, job: TrainJob) -> dict:
         synced = hot_load_adapter(job.engines, str(PolicyLayout(final).adapter), label=str(final))
     else:
         synced = broadcast_weights(job.engines, model.state_dict().items(), job.bucket_mb, label=str(final),
-                                   transport=job.sync_transport)
+                                   transport=job.sync_transport, required=job.sync_required)
     return {"save_s": time.time() - start, **synced}
+
+
+def trainable_digests(engine, zero3: bool) -> dict[str, str]:
+    """sha256 of each trainable parameter's whole value (gathered one at a time under ZeRO-3), by name: what a restore
+    must give back bit for bit. Every rank calls it (the gather is collective)."""
+    import deepspeed
+    import torch
+
+    out = {}
+    for name, p in engine.module.named_parameters():
+        if not p.requires_grad:
+            continue
+        with deepspeed.zero.GatheredParameters([p], enabled=zero3):
+            value = p.detach().cpu().contiguous()
+            h = hashlib.sha256(f"{tuple(value.shape)}{value.dtype}".encode())
+            h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+            out[name] = h.hexdigest()
+    return out
+
+
+def strict_trainable_load(engine):
+    """DeepSpeed's custom_load_fn for checkpoints saved with exclude_frozen_parameters: the module state must hold
+    every trainable parameter and persistent buffer, and nothing the model lacks; only frozen parameters (the LoRA's
+    base, loaded from lora_base and never changed by training) may be missing. DeepSpeed's own strict load would
+    also demand the frozen weights, which the checkpoint leaves out by design."""
+    frozen = {n for n, p in engine.module.named_parameters() if not p.requires_grad}
+
+    def load(src: dict, dst) -> None:
+        result = dst.load_state_dict(src, strict=False)  # (a shape mismatch raises even so)
+        missing, unexpected = set(result.missing_keys) - frozen, set(result.unexpected_keys)
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint does not match the model: missing {sorted(missing)[:8]} "
+                               f"({len(missing)}), unexpected {sorted(unexpected)[:8]} ({len(unexpected)})")
+    return load
+
+
+def batch_digest(batch: pa.Table) -> str:
+    """A short fingerprint of a batch's rows without their frames (which rows, in which order): the history records
+    it per rank, so a resumed run can check that it skips the very batches the checkpoint had trained on."""
+    rows = batch.drop_columns([c for c in FRAME_COLUMNS if c != "video_id" and c in batch.column_names]).to_pylist()
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def train_worker(config: dict) -> None:
     """One Ray Train worker: DPO (objective "dpo", rows are pairs) or SFT (objective "sft", rows are prompt/target)
-    of a LoRA under DeepSpeed, checkpointed through ray.train, exported and broadcast at the end."""
+    of a LoRA under DeepSpeed, checkpointed through ray.train, exported and broadcast at the end.
+
+    A restarted worker group (or a resumed run) continues from the last checkpoint exactly: the trainable weights and
+    the optimizer state are loaded strictly and checked bit for bit against the digests saved with them, the loss
+    history up to the checkpoint comes back from its client state, the data order is the same (ordered shards,
+    ordered_ingest), and each step's randomness is seeded from (seed, rank, step), not from what
+    ran before. So the steps after a restore are the uninterrupted run's steps."""
     import deepspeed
     import torch
+    import torch.distributed as dist
     from peft import PeftModel, get_peft_model
     from ray.train import Checkpoint
 
@@ -162,6 +214,7 @@ def train_worker(config: dict) -> None:
         _skip_deepspeed_shm_build()
     torch.manual_seed(job.seed)
     ctx = ray.train.get_context()
+    rank, zero3 = ctx.get_world_rank(), t.zero_stage == 3
     model, processor = load_policy(job.lora_base)
     video = is_video_model(job.lora_base)
     if job.lora_init:  # merge_each_round=False: the LoRA of the previous round keeps training
@@ -170,28 +223,53 @@ def train_worker(config: dict) -> None:
         model = get_peft_model(model, lora_config(t))  # (finetune "full": every weight trains)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                       config=deepspeed_config(t))
-    start_step = 0
+    start_step, history, restored = 0, [], {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a restarted worker group resumes from the last checkpoint of this round
         with checkpoint.as_directory() as d:
-            _, client = engine.load_checkpoint(d, load_module_strict=False)
-        start_step = client["step"]
+            path, client = engine.load_checkpoint(d, load_module_strict=True, custom_load_fn=strict_trainable_load(engine))
+            if path is None:
+                raise RuntimeError(f"train: no DeepSpeed checkpoint could be loaded from {d}")
+        # The weights DeepSpeed restored (the module state, then the optimizer's fp32 partitions over it) must be
+        # those saved: bit for bit, every trainable tensor.
+        if "trainable_sha256" not in client:
+            raise RuntimeError(f"train: the checkpoint in {d} has no digests of its weights (an earlier version wrote "
+                               "it); its restore cannot be checked: start the round again without it")
+        now, saved = trainable_digests(engine, zero3), client["trainable_sha256"]
+        differ = sorted(n for n in now.keys() | saved.keys() if now.get(n) != saved.get(n))
+        if differ:
+            raise RuntimeError(f"train: {len(differ)} of {len(saved)} trainable tensors restored from the checkpoint of "
+                               f"step {client['step']} differ from those saved: {differ[:8]}")
+        if client.get("lora_base") != job.lora_base or client.get("lora_init") != job.lora_init:
+            log.warning("train: the checkpoint was trained on %s (+ %s); resuming on %s (+ %s)", client.get("lora_base"),
+                        client.get("lora_init"), job.lora_base, job.lora_init)
+        start_step, history = client["step"], list(client["history"])
+        restored = {"restored_tensors": len(saved), "restored_bitwise": True}
 
     def save(metrics: dict, step: int) -> None:
+        state = {"step": step, "history": history, "trainable_sha256": trainable_digests(engine, zero3),
+                 "lora_base": job.lora_base, "lora_init": job.lora_init}
         with tempfile.TemporaryDirectory() as tmp:  # every rank saves its shard; Ray merges them into one checkpoint
-            engine.save_checkpoint(tmp, tag=f"step{step}", client_state={"step": step}, exclude_frozen_parameters=True)
+            # Frozen parameters are left out (a LoRA's checkpoint holds what trains, not the base model each time);
+            # strict_trainable_load is the strict load of such a checkpoint.
+            engine.save_checkpoint(tmp, tag=f"step{step}", client_state=state, exclude_frozen_parameters=True)
             # One folder name for all ranks, so that their shards land together.
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_step{step}")
 
     shard = ray.train.get_dataset_shard("train")
-    step, history = 0, []
+    step, replayed, reordered = 0, 0, 0
     for _ in range(t.epochs):
         for batch in shard.iter_batches(batch_size=t.micro_batch_size, batch_format="pyarrow"):
-            if step < start_step:
+            if step < start_step:  # trained before the restore: the same batch must come back in the same place
+                recorded = history[step].get("batches") if step < len(history) else None
+                if recorded and rank < len(recorded):
+                    replayed += 1
+                    reordered += recorded[rank] != batch_digest(batch)
                 step += 1
                 continue
             started = time.perf_counter()
+            torch.manual_seed(request_seed(job.seed, "train", rank, step))  # dropout: the same draws after a resume
             rows = batch.to_pylist()
             if job.objective == "sft":
                 loss, metrics = sft_loss(engine, processor, rows, video)
@@ -200,13 +278,33 @@ def train_worker(config: dict) -> None:
             engine.backward(loss)
             engine.step()
             step += 1
-            history.append({"step": step, **metrics, "step_s": time.perf_counter() - started})  # throughput, per step
+            step_s = time.perf_counter() - started  # throughput, per step
+            batches = [None] * ctx.get_world_size()
+            dist.all_gather_object(batches, batch_digest(batch))  # every rank's batch, in rank 0's history
+            history.append({"step": step, **metrics, "step_s": step_s, "batches": batches})
             if step % t.checkpoint_every == 0:
-                save({"step": step, **history[-1]}, step)
+                save({"step": step, **{k: v for k, v in history[-1].items() if k != "batches"}}, step)
+    if start_step:  # every rank's replay check, summed (rank 0 reports it)
+        counts = [None] * ctx.get_world_size()
+        dist.all_gather_object(counts, (replayed, reordered))
+        replayed, reordered = (sum(c[i] for c in counts) for i in (0, 1))
+        if reordered:
+            log.warning("train: %d of %d batches replayed after the restore differ from those the checkpoint trained "
+                        "on", reordered, replayed)
     sync = export_and_sync(engine, t, job)
-    final = {"step": step, "resumed_from_step": start_step, "history": history if ctx.get_world_rank() == 0 else [],
+    final = {"step": step, "resumed_from_step": start_step, "history": history if rank == 0 else [],
+             **({**restored, "replayed_batches": replayed, "replayed_batches_differ": reordered} if start_step else {}),
              **sync}
     save(final, step)
+
+
+def ordered_ingest():
+    """Ray Data options of the training shards: Ray Train's defaults with preserve_order, so that the split hands
+    every rank the same rows in the same order in every epoch and after a restart (the output splitter then ignores
+    locality and dispatches the blocks in order). What a restore skips is then what was trained before it."""
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def run_train(cfg: RlaifConfig, layout: RunLayout, out: RoundLayout, data: pa.Table, *, engines: list, lora_base: str,
@@ -228,12 +326,14 @@ def run_train(cfg: RlaifConfig, layout: RunLayout, out: RoundLayout, data: pa.Ta
             train=t, seed=cfg.seed, objective=objective, lora_base=lora_base, lora_init=lora_init, reference=reference,
             policy_out=str(out.policy), extrapolation_alpha=t.extrapolation_alpha if objective == "dpo" else None,
             engines=engines, bucket_mb=cfg.loop.sync_bucket_mb, sync_transport=cfg.loop.sync_transport,
-            adapter_sync=cfg.loop.sync == "adapter" and lora_base == resolve_model(cfg.models.policy))},
+            adapter_sync=cfg.loop.sync == "adapter" and lora_base == resolve_model(cfg.models.policy),
+            sync_required=cfg.loop.sync_transport_required)},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker,
                                                            **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        datasets={"train": rows_with_frames(layout.videos, data)},
+        datasets={"train": rows_with_frames(layout.videos, data)},  # video by video, each video's rows in data's order
+        dataset_config=DataConfig(execution_options=ordered_ingest()),
         # Ray Train resumes a run of the same name from its last checkpoint (a driver killed mid-training, then
         # --resume); the config hash in the name keeps a changed config from resuming another config's training.
         run_config=RunConfig(name=f"{cfg.name}-{out.dir.name}-{cfg.hash()}", storage_path=str(layout.train_storage),

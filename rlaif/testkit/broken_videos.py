@@ -3,13 +3,20 @@
 Real video folders contain empty uploads, half-copied files, other formats with an .mp4 name, audio-only files,
 directories, dead symlinks and files a decoder chokes on. Ingest must turn each of these into a quarantined row
 with an error, never a dead pipeline. This module writes such inputs deterministically (same good clip + seed ->
-same bytes) and keeps only those that really fail to decode.
+same bytes); the returned corpus holds only those that really fail to decode.
+
+Files that decode but are wrong are a second group, written to `decodable/` beside them (`write_decodable_corpus`,
+listed by `decodable_cases`): frames cut short (fewer than the header declares), every frame one colour, the frame
+size changing mid-stream, timestamps starting again mid-stream, a huge declared frame size over a tiny payload, and
+the mutations of the first group that decord still decodes. Each case says what ingest must do with it (`expect`:
+quarantined with which reason, or kept with which warning; the rule is in rlaif.decode and docs/faults.md).
 
 How "fails" is decided: every candidate is opened with decord in a CHILD process (`probe_decode`), because decord
 can SEGFAULT on a corrupt file (a crash would kill the caller). A candidate fails when opening raises, the reader
 reports zero frames, reading the frames raises, or the child dies (signal) or hangs (alarm). A mutated file that
 still decodes (a bit flip inside a P-frame often just glitches some pixels: ffmpeg conceals the error) is not
-broken; it is dropped from the returned list and recorded in `manifest.json` as kind "glitched-but-decodable".
+broken; it is left out of the returned list and moved to the decodable group (`decodable/`, kind
+"glitched-but-decodable").
 
 Decoding a fuzzed file in-process is exactly what this module exists to avoid; keep it that way.
 """
@@ -65,7 +72,31 @@ BROKEN_KINDS: dict[str, str] = {
                      "offsets far past EOF -> SIGSEGV when read through io.BytesIO; an stts sample count of ~2^32 -> "
                      "std::bad_alloc -> SIGABRT from a path too. See `crash_recipes`.",
     # Excluded from the returned list, only recorded in manifest.json:
-    "glitched-but-decodable": "(excluded) a mutation that decord still decodes: not broken",
+    # Moved to the decodable group (decodable/), not in the returned list:
+    "glitched-but-decodable": "a mutation above that decord still decodes (a truncation that only cut the index's "
+                              "tail, a renamed or resized box ffmpeg reads past, a size patched where nothing reads "
+                              "it): ingest keeps it, or quarantines it by its own checks, never as an internal error",
+}
+
+# The decodable group: files that decode but are wrong (write_decodable_corpus). Each case's `expect` is what ingest
+# does with it: "quarantine:<reason>" or "keep:<warning code>[,<warning code>]".
+DECODABLE_KINDS: dict[str, str] = {
+    "short-stream": "a Matroska recording cut off part-way (a copy or a recorder that stopped): its header declares "
+                    "16 frames (2 s), fewer are in the file -> kept, warning short_stream, sampled from the frames "
+                    "that are there",
+    "blank": "an H.264 clip whose every frame is one flat colour (black, blue) -> quarantined, blank_video",
+    "resolution-change": "an MPEG-TS stream whose frame size changes half-way (smaller or larger), timestamps "
+                         "continuous (as an adaptive-bitrate switch records): decord rescales every frame -> kept, "
+                         "warning resolution_change",
+    "timestamp-restart": "two MPEG-TS recordings joined byte for byte, the second's timestamps starting again at 0 "
+                         "(same size, or also a new size): decord orders frames by timestamp, so a sampled frame 9 "
+                         "is really frame 6 -> kept, warning timestamp_jump, the sampled frames decoded by PyAV in "
+                         "stream order",
+    "huge-declared-size": "the good clip's SPS, sample entry and tkhd patched to declare 4096x4096 or 8000x8000 (under "
+                          "the 16384 limit) over its few-KB payload, a decompression bomb: decord decodes 16 frames of "
+                          "concealment grey at 4096x4096 in seconds, and times out or aborts at 8000x8000 -> "
+                          "quarantined before decoding, implausible_size",
+    "glitched-but-decodable": BROKEN_KINDS["glitched-but-decodable"],
 }
 
 
@@ -77,6 +108,9 @@ class BrokenCase:
     description: str
     # How decord fared in a child process, from the path and from io.BytesIO(bytes); filled by verification.
     outcome: dict[str, Any] = field(default_factory=dict)
+    # Decodable group only: what ingest does with it, "quarantine:<reason>" or "keep:<warning code>[,...]"; "" when
+    # it is ingest's own checks that decide (glitched-but-decodable).
+    expect: str = ""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -733,6 +767,137 @@ def _materialise(out_dir: Path, name: str, content: Any, good: bytes) -> Path:
     return path
 
 
+# ------------------------------------------------------------------------------ the decodable group (wrong, decodes)
+
+def _clip_frames(good: bytes) -> np.ndarray:
+    """The good clip's frames (T, H, W, 3) RGB, by PyAV: the clip is the trusted input here, nothing fuzzed."""
+    import av
+
+    with av.open(io.BytesIO(good), "r") as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def _encode(frames: np.ndarray, fmt: str, fps: int = 8, first_pts: int = 0) -> bytes:
+    """H.264 (libx264 as in synthetic_videos.write_video: one thread, no B-frames, no mbtree, a keyframe a second)
+    in the container `fmt` ("mp4", "matroska", "mpegts"); bit-exact muxing, so the same frames give the same bytes."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt, options={"fflags": "+bitexact"}) as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps, 1))
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = fps
+        stream.codec_context.thread_count = 1
+        stream.codec_context.options = {"crf": "18", "preset": "medium", "x264-params": "bframes=0:mbtree=0"}
+        stream.codec_context.flags |= av.codec.context.Flags.bitexact
+        for t, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = first_pts + t
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def _resized(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize (numpy only): a different frame size for the resolution-change segments."""
+    ys = np.arange(height) * frames.shape[1] // height
+    xs = np.arange(width) * frames.shape[2] // width
+    return np.ascontiguousarray(frames[:, ys][:, :, xs])
+
+
+def _marked(frames: np.ndarray) -> np.ndarray:
+    """Each frame with its number shown: a black band along the top holding a white stripe whose position is the
+    frame's number (`frame_number`), so a frame decoded from the wrong place in the stream shows the wrong number."""
+    out = frames.copy()
+    T, h, w, _ = out.shape
+    band, width = max(4, h // 7), max(2, w // (2 * (T + 1)))
+    out[:, :band] = 0
+    for t in range(T):
+        x = int(round((t + 1) * w / (T + 1)))
+        out[t, :band, x - width // 2:x - width // 2 + width] = 255
+    return out
+
+
+def frame_number(frame: np.ndarray, n_frames: int) -> int:
+    """The number a `_marked` frame shows, at any size it was scaled to."""
+    h, w = frame.shape[:2]
+    band = max(4, h // 7)
+    column = frame[1:band - 1].astype(float).mean(axis=(0, 2))
+    return int(round(float(np.argmax(column)) * (n_frames + 1) / w - 1))
+
+
+def _decodable_candidates(good: bytes) -> list[tuple[str, str, str, bytes, str]]:
+    """(name, kind, description, bytes, expect) of the deliberate decodable-but-wrong files."""
+    frames = _clip_frames(good)
+    T, h, w, _ = frames.shape
+    C: list[tuple[str, str, str, bytes, str]] = []
+    mkv = _encode(frames, "matroska")
+    for pct in (60, 85):
+        C.append((f"short-mkv-{pct}pct", "short-stream",
+                  f"a Matroska copy of the good clip cut at {pct}% of its bytes: the header declares {T} frames "
+                  f"(its duration at the clip's rate), fewer are in the file", mkv[:len(mkv) * pct // 100],
+                  "keep:short_stream"))
+    for colour, rgb in (("black", (0, 0, 0)), ("blue", (30, 60, 230))):
+        flat = np.empty_like(frames)
+        flat[...] = rgb
+        C.append((f"blank-{colour}", "blank", f"{T} frames of flat {colour} RGB{rgb}, H.264 in MP4",
+                  _encode(flat, "mp4"), "quarantine:blank_video"))
+    half = T // 2
+    for tag, (h2, w2) in (("shrinks", (h * 4 // 7 // 2 * 2, w * 6 // 7 // 2 * 2)), ("grows", (h * 2, w * 2))):
+        marked = _marked(frames)
+        # The second segment's timestamps go on from the first's: the frame size is the only discontinuity.
+        first = _encode(marked[:half], "mpegts")
+        second = _encode(_resized(marked[half:], h2, w2), "mpegts", first_pts=half)
+        C.append((f"resolution-{tag}", "resolution-change",
+                  f"an MPEG-TS stream (two segments, timestamps continuous): frames 0-{half - 1} at {w}x{h}, the rest "
+                  f"at {w2}x{h2} (each frame shows its number, see frame_number)",
+                  first + second, "keep:resolution_change"))
+    for tag, (h2, w2) in (("same-size", (h, w)), ("resized", (h * 4 // 7 // 2 * 2, w * 6 // 7 // 2 * 2))):
+        marked = _marked(frames)
+        first, second = _encode(marked[:half], "mpegts"), _encode(_resized(marked[half:], h2, w2), "mpegts")
+        C.append((f"timestamps-restart-{tag}", "timestamp-restart",
+                  f"two MPEG-TS recordings joined byte for byte, both starting at timestamp 0: frames 0-{half - 1} at "
+                  f"{w}x{h}, the rest at {w2}x{h2} (each frame shows its number, see frame_number)",
+                  first + second, "keep:timestamp_jump" + (",resolution_change" if tag == "resized" else "")))
+    for side in (4096, 8000):
+        C.append((f"declares-{side}x{side}", "huge-declared-size",
+                  f"the good clip ({len(good)} bytes) with SPS, sample entry and tkhd declaring {side}x{side}",
+                  _patch_huge(good, side, side, tkhd=True, entry=True, sps=True), "quarantine:implausible_size"))
+    return C
+
+
+def write_decodable_corpus(out_dir: str | Path, good_video: str | Path, *, verify: bool = True,
+                           timeout_s: float = 10.0) -> list[BrokenCase]:
+    """Write the deliberate decodable-but-wrong files (DECODABLE_KINDS but glitched-but-decodable) derived from
+    `good_video` into `out_dir`; each case's `expect` says what ingest does with it. With verify, each is decoded by
+    decord in a child process (`outcome["path"]`), except the huge declared sizes: decoding those is the
+    decompression bomb they are (`outcome["path"]["status"]` "not-probed"). Deterministic for a given good clip."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    good = _moov_last(Path(good_video).read_bytes(), str(good_video))
+    cases = []
+    for name, kind, desc, content, expect in _decodable_candidates(good):
+        path = _materialise(out_dir, name, content, good)
+        cases.append(BrokenCase(name=name, path=path, kind=kind, description=desc, expect=expect))
+    if verify:
+        probed = [c for c in cases if c.kind != "huge-declared-size"]
+        for c, r in zip(probed, probe_decode([c.path for c in probed], source="path", timeout_s=timeout_s)):
+            c.outcome = {"path": r}
+        for c in cases:
+            c.outcome = c.outcome or {"path": {"status": "not-probed", "n_frames": None,
+                                               "error": "a decompression bomb: not handed to decord"}}
+    return cases
+
+
+def decodable_cases(out_dir: str | Path) -> list[BrokenCase]:
+    """The decodable group that write_broken_corpus wrote beside the broken files (from out_dir/manifest.json)."""
+    manifest = json.loads((Path(out_dir) / "manifest.json").read_text())
+    return [BrokenCase(**{**c, "path": Path(c["path"])}) for c in manifest.get("decodable", [])]
+
+
 def write_broken_corpus(
     out_dir: str | Path,
     good_video: str | Path,
@@ -741,14 +906,18 @@ def write_broken_corpus(
     verify: bool = True,
     include_blocking: bool = False,
     timeout_s: float = 10.0,
+    decodable: bool = True,
 ) -> list[BrokenCase]:
     """Write broken inputs derived from `good_video` (an H.264 .mp4 with moov after mdat, e.g. a synthetic clip).
 
     Returns only cases that fail to decode with decord from their path (checked in child processes; see
-    `probe_decode`), each with `outcome = {"path": ..., "bytes": ...}`. Candidates that still decode are deleted
-    and listed in `out_dir/manifest.json` under "excluded" (kind "glitched-but-decodable", or
-    "permission-denied" when running as root). verify=False skips decoding and returns every candidate (fast, but
-    then some "broken" files may decode). Deterministic for a given good clip and seed.
+    `probe_decode`), each with `outcome = {"path": ..., "bytes": ...}`. With `decodable` (the default), the
+    decodable group goes to `out_dir/decodable/`: the candidates that still decode (kind "glitched-but-decodable")
+    are moved there, and `write_decodable_corpus` writes the deliberate ones; `decodable_cases(out_dir)` lists them
+    (manifest.json, "decodable"). Without it, candidates that still decode are deleted and listed under "excluded",
+    as is "permission-denied" when running as root (a readable copy of the good clip). verify=False skips decoding
+    and returns every candidate (fast, but then some "broken" files may decode; no decodable group). Deterministic
+    for a given good clip and seed.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -762,27 +931,36 @@ def write_broken_corpus(
 
     by_path = probe_decode([c.path for c in cases], source="path", timeout_s=timeout_s)
     by_bytes = probe_decode([c.path for c in cases], source="bytes", timeout_s=timeout_s)
-    kept, excluded = [], []
+    kept, excluded, glitched = [], [], []
     for c, rp, rb in zip(cases, by_path, by_bytes):
         c.outcome = {"path": rp, "bytes": rb}
         if decodes_ok(rp):
             if c.kind == "permission-denied":
                 c.description += "; readable anyway because this process runs as root (permissions do not stop root)"
+                excluded.append(c)
             else:
+                c.description += f"; still decodes (a mutation of kind {c.kind})"
                 c.kind = "glitched-but-decodable"
-                c.description += "; still decodes, so it is not broken"
-            excluded.append(c)
+                (glitched if decodable else excluded).append(c)
         else:
             kept.append(c)
     for c in excluded:                            # an excluded file must not sit in the corpus folder
         if c.path.is_file():
             os.chmod(c.path, 0o600)
             c.path.unlink()
-    manifest = {"good_video": Path(good_video).name, "seed": seed,
-                "cases": [c.to_json() for c in kept], "excluded": [c.to_json() for c in excluded]}
+    group: list[BrokenCase] = []
+    if decodable:
+        group_dir = out_dir / "decodable"
+        group = write_decodable_corpus(group_dir, good_video, timeout_s=timeout_s)
+        for c in glitched:                        # moved out of the broken folder, into the decodable group
+            c.path = c.path.rename(group_dir / c.path.name)
+        group += glitched
+    manifest = {"good_video": Path(good_video).name, "seed": seed, "cases": [c.to_json() for c in kept],
+                "decodable": [c.to_json() for c in group], "excluded": [c.to_json() for c in excluded]}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return kept
 
 
-__all__ = ["BROKEN_KINDS", "BrokenCase", "probe_decode", "decodes_ok", "crash_recipes", "write_broken_corpus",
+__all__ = ["BROKEN_KINDS", "DECODABLE_KINDS", "BrokenCase", "probe_decode", "decodes_ok", "crash_recipes",
+           "write_broken_corpus", "write_decodable_corpus", "decodable_cases", "frame_number",
            "sps_size", "avcc_sps"]

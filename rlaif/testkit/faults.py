@@ -13,6 +13,7 @@ from rlaif.decode import DecodedVideo, DecodeSpec, decode_video
 CRASH_MARK = "inject-segfault"  # a file whose name contains this kills its decoder with SIGSEGV
 HANG_MARK = "inject-hang"  # ... or makes it hang forever
 SLOW_MARK = "inject-slow"  # ... or take SLOW_DECODE_S longer (a slow disk or a long clip: shows stages overlapping)
+BUG_MARK = "inject-bug"  # ... or raise a KeyError from our own code, as a bug would (quarantined as internal_error)
 SLOW_DECODE_S = 1.5
 
 
@@ -25,4 +26,13 @@ def decode_with_faults(uri: str, spec: DecodeSpec) -> DecodedVideo:
             time.sleep(3600)
     if SLOW_MARK in name:
         time.sleep(SLOW_DECODE_S)
-    return decode_video(uri, spec)
+    video = decode_video(uri, spec)  # a real decode first: the bug is in what our code does with its result
+    if BUG_MARK in name:
+        return _buggy_postprocess(video)
+    return video
+
+
+def _buggy_postprocess(video: DecodedVideo) -> DecodedVideo:
+    """A stand-in for a bug in our code after a successful decode: a lookup of a key nothing ever sets."""
+    video.extra["sampling"] = video.extra["sampling_mode"]  # KeyError: 'sampling_mode'
+    return video

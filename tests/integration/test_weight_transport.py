@@ -1,7 +1,7 @@
 """Weight sync's collective transport (loop.sync_transport collective) on real Ray and a live vLLM engine: weights
 sent from another process (as the trainer's rank 0 sends them) over a gloo group reach the engine, which then
 generates exactly what transformers generates with them; and a group that cannot form falls back to the object store,
-the sync still landing, with the reason in its stats."""
+the sync still landing, with the reason in its stats, or, with loop.sync_transport_required, fails naming it."""
 import pytest
 import ray
 import torch
@@ -83,3 +83,22 @@ def test_collective_sync_reaches_the_engine_or_falls_back(engine, seed, timeout_
     after = _engine_greedy(engine)
     assert after == expected and after != before
     assert ray.get(engine.health.remote())["weights"] == f"perturbed-{seed}"
+
+
+def test_required_collective_transport_fails_instead_of_falling_back(engine):
+    """loop.sync_transport_required: a group that cannot form is an error naming the cause, and the engine keeps
+    the weights it had (nothing went through the object store)."""
+    from actors.weight_sync.send import SyncTransportError
+
+    model, _ = _perturbed(3)
+    before = _engine_greedy(engine)
+    health = ray.get(engine.health.remote())
+    with pytest.raises(SyncTransportError) as err:  # Ray re-raises the sender's exception type (as a subclass)
+        ray.get(_send.remote([engine], dict(model.state_dict()), transport="collective", timeout_s=1e-3,
+                             label="perturbed-3", required=True))
+    msg = str(err.value)
+    print(f"\nthe error: {msg.splitlines()[-1] if msg else msg}")
+    assert "collective weight sync failed (gloo: " in msg and "sync_transport_required is true" in msg
+    after = ray.get(engine.health.remote())
+    assert (after["weights_version"], after["weights"]) == (health["weights_version"], health["weights"])
+    assert _engine_greedy(engine) == before

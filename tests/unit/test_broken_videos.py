@@ -1,4 +1,5 @@
-"""The broken-input corpus: many distinct failures, all verified in child processes, deterministic.
+"""The broken-input corpus: many distinct failures, all verified in child processes, deterministic; and beside it
+the decodable group, files that decode but are wrong, each with what ingest must do with it.
 
 Never decode a corpus file in this process: some of them crash decord (that is the point of the corpus).
 """
@@ -91,10 +92,68 @@ def test_manifest_and_exclusions(corpus):
     d, cases = corpus
     manifest = json.loads((d / "manifest.json").read_text())
     assert [c["name"] for c in manifest["cases"]] == [c.name for c in cases]
-    for c in manifest["excluded"]:
-        assert c["kind"] in ("glitched-but-decodable", "permission-denied")
+    for c in manifest["excluded"]:                      # only a readable mode-000 file, as root
+        assert c["kind"] == "permission-denied"
         assert c["outcome"]["path"]["status"] == "decoded"
         assert not os.path.lexists(c["path"])          # a decodable file must not sit in the broken folder
+    # Mutations that still decode are no longer thrown away: they are in the decodable group, in decodable/.
+    glitched = [c for c in bv.decodable_cases(d) if c.kind == "glitched-but-decodable"]
+    assert glitched and not any(os.path.lexists(d / c.path.name) for c in glitched)
+    for c in glitched:
+        assert c.path.parent == d / "decodable" and c.path.is_file()
+        assert c.outcome["path"]["status"] == "decoded" and c.expect == ""
+
+
+def test_decodable_group(corpus):
+    d, _ = corpus
+    group = bv.decodable_cases(d)
+    kinds = collections.Counter(c.kind for c in group)
+    assert set(kinds) == set(bv.DECODABLE_KINDS), kinds
+    assert all(kinds[k] >= 2 for k in ("short-stream", "blank", "resolution-change", "timestamp-restart",
+                                       "huge-declared-size")), kinds
+    assert len({c.name for c in group}) == len(group)
+    expect = {"short-stream": "keep:short_stream", "blank": "quarantine:blank_video",
+              "resolution-change": "keep:resolution_change", "huge-declared-size": "quarantine:implausible_size",
+              "timestamp-restart": "keep:timestamp_jump"}
+    for c in group:
+        assert c.path.parent == d / "decodable" and c.path.is_file(), c.name
+        if c.kind in expect:
+            assert c.expect.startswith(expect[c.kind]), c.name
+        if c.kind == "huge-declared-size":           # a decompression bomb: never handed to decord, not even here
+            assert c.outcome["path"]["status"] == "not-probed"
+        else:                                         # wrong, but decord decodes every one of them
+            assert c.outcome["path"]["status"] == "decoded", (c.name, c.outcome)
+
+
+def test_decodable_kinds_are_what_they_say(corpus, good):
+    d, _ = corpus
+    by_name = {c.name: c for c in bv.decodable_cases(d)}
+    n_good = 16
+    # Frames cut short: decord finds fewer frames than the 16 the clip has (and the Matroska header declares).
+    for name in ("short-mkv-60pct", "short-mkv-85pct"):
+        assert 0 < by_name[name].outcome["path"]["n_frames"] < n_good, by_name[name].outcome
+    short = [by_name[f"short-mkv-{pct}pct"].outcome["path"]["n_frames"] for pct in (60, 85)]
+    assert short[0] < short[1]
+    # Huge declared size, tiny payload: the header really claims it, the file is the good clip's size.
+    for side in (4096, 8000):
+        data = by_name[f"declares-{side}x{side}"].path.read_bytes()
+        assert bv.sps_size(bv.avcc_sps(data)) == (side, side)
+        assert abs(len(data) - good.stat().st_size) < 64
+    # Resolution change: two MPEG-TS segments, each with its own SPS of a different size.
+    data = by_name["resolution-shrinks"].path.read_bytes()
+    assert data[0] == 0x47 and data[188] == 0x47      # MPEG-TS packets
+    sizes = set()
+    for at in [i for i in range(len(data) - 4) if data[i:i + 4] == b"\x00\x00\x01\x67"]:  # SPS NAL (type 7)
+        sizes.add(bv.sps_size(data[at + 3:at + 40]))
+    assert len(sizes) >= 2, sizes
+
+
+def test_decodable_group_is_deterministic(corpus, good, tmp_path):
+    d, _ = corpus
+    again = {c.name: c for c in bv.write_decodable_corpus(tmp_path, good, verify=False)}
+    for c in bv.decodable_cases(d):
+        if c.kind != "glitched-but-decodable":
+            assert again[c.name].path.read_bytes() == c.path.read_bytes(), c.name
 
 
 def test_deterministic_for_a_seed(corpus, good, tmp_path):

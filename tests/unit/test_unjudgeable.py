@@ -3,8 +3,8 @@ import pytest
 
 from pipelines.stages.judge import judge_some, judgment_row
 from rlaif.config import JudgeConfig
-from rlaif.judging import (ANSWER_REFUSED, EMPTY_ANSWER, EMPTY_ANSWER_SCORE, JUDGE_REFUSED, PARSE_FAILED, SCORED,
-                           parse_judgment, unjudgeable)
+from rlaif.judging import (ANSWER_REFUSED, EMPTY_ANSWER, EMPTY_ANSWER_SCORE, ENGINE_CRASHED, JUDGE_CRASHED,
+                           JUDGE_REFUSED, PARSE_FAILED, SCORED, parse_judgment, unjudgeable)
 from rlaif.metrics import eval_metrics
 
 
@@ -17,6 +17,7 @@ def test_unjudgeable_answers():
     assert unjudgeable("", "stop") == EMPTY_ANSWER and unjudgeable("  \n", "length") == EMPTY_ANSWER
     assert unjudgeable("", "prompt_too_long") == ANSWER_REFUSED and unjudgeable("x", "rejected") == ANSWER_REFUSED
     assert unjudgeable("a red ball", "length") is None and unjudgeable("a red ball", "stop") is None
+    assert unjudgeable("", "engine_crashed") == ENGINE_CRASHED  # the prompt killed the answering engine every time
 
 
 def test_only_judgeable_answers_reach_the_judge_and_every_row_gets_a_status():
@@ -60,3 +61,24 @@ def test_an_answer_repeated_for_a_question_is_judged_once():
     out = judge_some(rows, judge)
     assert asked == [("p", "red"), ("p", "blue"), ("q", "red")]
     assert [v.score for v, _, _ in out] == [5, 5, 1, 4] and [s for _, _, s in out] == [SCORED] * 4
+
+
+def test_a_prompt_that_killed_an_engine_is_recorded_never_scored_never_paired():
+    from rlaif.pairs import select_pairs
+    import pyarrow as pa
+
+    rows = [answer("a red ball"), {**answer("", "engine_crashed"), "sample_idx": 1},
+            {**answer("blue"), "sample_idx": 2}]
+
+    def judge(batch):
+        # the judging prompt of "blue" killed the judge engine every time (EngineClient gave up on it)
+        return [parse_judgment("Score: 5"), JUDGE_CRASHED][:len(batch)], [1, 1]
+
+    out = judge_some(rows, judge)
+    assert [s for _, _, s in out] == [SCORED, ENGINE_CRASHED, JUDGE_CRASHED]
+    judged = [judgment_row(r, v, a, "judge", JudgeConfig(), s) for r, (v, a, s) in zip(rows, out)]
+    assert [j["score"] for j in judged] == [5.0, None, None] and [j["status"] for j in judged] == [
+        SCORED, ENGINE_CRASHED, JUDGE_CRASHED]
+    assert select_pairs(pa.Table.from_pylist(judged)).num_rows == 0  # one scored answer: nothing to pair against
+    m = eval_metrics(judged)
+    assert m["answers"] == 3 and m["unscored_rate"] == pytest.approx(2 / 3) and m["mean_score"] == 5.0
