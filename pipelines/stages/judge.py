@@ -80,6 +80,14 @@ def judge_some(rows: list[dict], judge: Callable[[list[dict]], tuple[list, list[
     return out
 
 
+def judged_batch(batch: pa.Table, context: pa.Table, judge: Callable[[list[dict]], tuple[list, list[int]]],
+                 model: str, cfg: JudgeConfig) -> pa.Table:
+    """A batch of answers (ROLLOUTS) as JUDGMENTS rows, each judged against its context by `judge` (judge_some)."""
+    rows = with_context(batch, context).to_pylist()
+    return pa.Table.from_pylist([judgment_row(r, v, a, model, cfg, s)
+                                 for r, (v, a, s) in zip(rows, judge_some(rows, judge))], schema=JUDGMENTS)
+
+
 class JudgeAnswers(EngineClient):
     """LLM judge (kind score or aspects) through the judge pool."""
 
@@ -91,10 +99,7 @@ class JudgeAnswers(EngineClient):
         self.regex = (aspect_output_regex if aspects else judge_output_regex)(cfg.max_tokens) if cfg.structured else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = with_context(batch, self.context).to_pylist()
-        results = judge_some(rows, self.judge)
-        return pa.Table.from_pylist([judgment_row(r, v, a, self.model, self.cfg, s)
-                                     for r, (v, a, s) in zip(rows, results)], schema=JUDGMENTS)
+        return judged_batch(batch, self.context, self.judge, self.model, self.cfg)
 
     def judge(self, rows: list[dict]) -> tuple[list, list[int]]:
         requests = [{"messages": judge_messages(r["caption"], r["question"], r["response"],
@@ -120,10 +125,7 @@ class ScoreAnswers:
         self.cfg, self.model, self.context = cfg, cfg.function, context
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = with_context(batch, self.context).to_pylist()
-        results = judge_some(rows, self.score)
-        return pa.Table.from_pylist([judgment_row(r, v, a, self.model, self.cfg, s)
-                                     for r, (v, a, s) in zip(rows, results)], schema=JUDGMENTS)
+        return judged_batch(batch, self.context, self.score, self.model, self.cfg)
 
     def score(self, rows: list[dict]) -> tuple[list, list[int]]:
         scores = self.scorer([r["caption"] for r in rows], [r["question"] for r in rows], [r["response"] for r in rows])
