@@ -214,6 +214,39 @@ class VLLMEngine(WeightSyncEngine):
             sampling["structured_outputs"] = StructuredOutputsParams(regex=regex)
         return SamplingParams(**sampling)
 
+    # Request by request, step by step (the serving endpoint's loop, serve/engine_loop.py): a request joins the running
+    # engine between two steps, and each step returns what it generated, so answers can stream token by token and
+    # requests arriving mid-generation join the batch at once. One thread at a time may call these; `generate` must
+    # not run meanwhile (its own loop would take these requests' outputs).
+    def add_request(self, request_id: str, request: dict, sampling: dict, stream: bool = False) -> None:
+        """Queue a request (vLLM SamplingParams fields in `sampling`); raises vLLM's error for one it refuses.
+        `stream`: `step` returns its new text at every step, else its whole answer once, when it is done."""
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self._params(sampling)
+        params.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+        self.llm.llm_engine.add_request(request_id, self._prompt(request), params, lora_request=self.lora_request)
+        self.served = {**self.served, "requests": self.served["requests"] + 1}
+
+    def step(self) -> list[dict]:
+        """One engine step: for each request with news, {id, finished, prompt_tokens, samples: [{index, text,
+        n_tokens, finish_reason}]} (a streamed request's text and tokens since the previous step)."""
+        start = time.time()
+        try:
+            outputs = self.llm.llm_engine.step()
+        finally:
+            self.served = {**self.served, "busy_s": self.served["busy_s"] + time.time() - start}
+        return [{"id": out.request_id, "finished": out.finished, "prompt_tokens": len(out.prompt_token_ids or []),
+                 "samples": [{"index": c.index, "text": c.text, "n_tokens": len(c.token_ids),
+                              "finish_reason": c.finish_reason} for c in out.outputs]} for out in outputs]
+
+    def abort(self, request_ids: list[str]) -> None:
+        """Drop requests (ids unknown to the engine, e.g. already finished, are ignored)."""
+        self.llm.llm_engine.abort_request(list(request_ids))
+
+    def has_unfinished(self) -> bool:
+        return self.llm.llm_engine.has_unfinished_requests()
+
     def _record_call(self, start: float) -> None:
         end = time.time()
         self.served = {**self.served, "busy_s": self.served["busy_s"] + end - start}

@@ -232,6 +232,18 @@ class TrainConfig(_Strict):
         None, gt=0, description="MMAIP-V's weak-to-strong step (ExPO): after each round θ ← θ_ref + α·(θ_dpo − θ_ref), "
                                 "α > 1 extrapolates past the trained weights; None leaves them as trained.")
     checkpoint_every: int = Field(20, ge=1, description="Steps between Ray Train checkpoints (each is a barrier).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in the backward pass instead of keeping them: a "
+                            "fraction of the activation memory for ~30% more compute (GPU presets: on; `rlaif plan` "
+                            "estimates the memory either way).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Training dtype: auto is bf16 with an fp32 master copy on GPUs (DeepSpeed bf16) and fp32 "
+                            "on CPUs, where bf16 matmuls are slow on most cores.")
+
+    @property
+    def bf16(self) -> bool:
+        """Whether training runs in bf16 (precision, with auto meaning: on GPUs)."""
+        return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
 
     @model_validator(mode="after")
     def _extrapolate_merged_only(self) -> "TrainConfig":

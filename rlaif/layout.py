@@ -80,6 +80,15 @@ class RunLayout(Layout):
     prompts = File("prompts.parquet", "questions per video with their split, train or eval (schemas.PROMPTS)")
     policy_engines = File("policy_engines.json", "the policy folder the policy engines must serve (after a restart)")
     train_storage = File("ray_train", "Ray Train's checkpoints of each training stage (what an interrupted one resumes)")
+    logs = File("logs", "every library's log of the run (Ray, Ray Data, vLLM, DeepSpeed, engines, workers); `-v` shows them live")
+    report = File("report.md", "the run's report: per-round table, plots, a gallery of held-out answers before and after")
+    report_html = File("report.html", "report.md as one self-contained page, images inlined")
+    report_assets = File("report_assets", "the report's images (PNG), referenced by report.md")
+
+    @property
+    def report_images(self) -> ReportLayout:
+        """report_assets/: the images of report.md."""
+        return ReportLayout(self.report_assets)
 
     @property
     def base(self) -> RoundLayout:
@@ -103,6 +112,29 @@ class RunLayout(Layout):
         """round_0/, round_1/, ... that exist, in order."""
         found = [p for p in self.dir.glob("round_[0-9]*") if p.name[len("round_"):].isdigit()]
         return [RoundLayout(p) for p in sorted(found, key=lambda p: int(p.name[len("round_"):]))]
+
+
+class ReportLayout(Layout):
+    """report_assets/ of a run folder: the report's images (report.html carries the same ones inlined)."""
+
+    scores = File("judge_scores.png", "the judge's scores (1-5) of the held-out answers, per round")
+    heldout = File("heldout.png", "held-out exact match, judge's share >= 3 and mean judge score, per round")
+    training = File("training.png", "per training step: loss, DPO reward margin and reward accuracy")
+    pairs = File("pairs.png", "pairs kept per round, of the training questions")
+    stage_times = File("stage_times.png", "seconds per stage")
+
+    def frames(self, i: int) -> RunPath:
+        """gallery_<i>.png: the sampled frames of the gallery's i-th held-out question."""
+        return self.dir / f"gallery_{i}.png"
+
+
+class LogsLayout(Layout):
+    """logs/ of a run, experiment or audit folder: what the libraries and workers printed (`rlaif -v` shows it live
+    instead). An object-store folder gets these files at the end of the command; until then they are in a local
+    folder the console names."""
+
+    driver = File("driver.log", "the driver's stdout and stderr: Ray, Ray Data, vLLM, DeepSpeed and transformers logs, "
+                  "every worker's and engine's output Ray forwards, and the traceback of a failed stage")
 
 
 class InputsLayout(Layout):
@@ -140,6 +172,7 @@ class AuditLayout(Layout):
     candidates = File("candidates.parquet", "right and wrong answers per question, the audited set")
     figures = File("audit.json", "rank accuracy, ties and score distributions per judge and kind")
     table = File("audit.md", "the same as tables")
+    logs = File("logs", "the libraries' logs of `rlaif judge-audit` (LogsLayout)")
 
     def judged(self, judge: str) -> RunPath:
         """<judge>.parquet: the candidates as that judge scored them."""
@@ -173,6 +206,7 @@ class ExperimentLayout(Layout):
     report = File("report.md", "the experiment's report: the bar, the audit, the gate, per arm and per kind")
     results = File("results.json", "every figure of report.md, machine-readable")
     plot = File("plot.png", "held-out exact match per round, per arm and seed")
+    logs = File("logs", "the libraries' logs of `rlaif experiment` (LogsLayout)")
 
     @property
     def audit(self) -> AuditLayout:
@@ -186,7 +220,7 @@ def markdown() -> str:
     """docs/run_folder.md: every layout's artifacts as tables."""
     out = ["# What a run writes", "", "Generated from `rlaif/layout.py` (`python -m rlaif.layout > docs/run_folder.md`); "
            "the columns of each table are in `rlaif/schemas.py`.", ""]
-    for layout in (RunLayout, RoundLayout, PolicyLayout, InputsLayout, ExperimentLayout, SeedLayout, GateLayout, AuditLayout):
+    for layout in (RunLayout, ReportLayout, LogsLayout, RoundLayout, PolicyLayout, InputsLayout, ExperimentLayout, SeedLayout, GateLayout, AuditLayout):
         out += [f"## `{layout.__name__}`", "", layout.__doc__.strip(), ""]
         files = layout.files()
         if files:

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -49,16 +49,36 @@ class Message(_Strict):
     content: Annotated[str, Field(max_length=20_000)] | Annotated[list[ContentPart], Field(min_length=1, max_length=64)]
 
 
+class StreamOptions(_Strict):
+    include_usage: bool = Field(False, description="A last chunk with the request's usage and no choices.")
+
+
 class ChatCompletionRequest(_Strict):
     model: str | None = Field(None, max_length=512, description="Optional; must name the served model when given.")
     messages: list[Message] = Field(min_length=1, max_length=64)
     max_tokens: int | None = Field(None, ge=1, description="New tokens at most (bounded by the server's limit).")
+    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens.")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=8)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    stream: Literal[False] = Field(False, description="Streaming is not offered.")
+    stream: bool = Field(False, description="Answer as server-sent events (`chat.completion.chunk`s, then "
+                                            "`data: [DONE]`), token by token as the model generates.")
+    stream_options: StreamOptions | None = Field(None, description="Only with `stream`.")
     num_frames: int | None = Field(None, ge=1, description="Frames to sample from the video (bounded by the server).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ChatCompletionRequest":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream: true")
+        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
+            raise ValueError("max_tokens and max_completion_tokens differ (give one)")
+        return self
+
+    @property
+    def new_tokens(self) -> int | None:
+        """The asked bound on new tokens, under either name."""
+        return self.max_tokens or self.max_completion_tokens
 
 
 class ChoiceMessage(BaseModel):

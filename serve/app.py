@@ -1,12 +1,13 @@
 """The Ray Serve application for an aligned policy: OpenAI-compatible `/v1/chat/completions` and `/v1/models`.
 
     HTTP → ChatIngress (FastAPI: bearer auth, bounded body, validation, video → frames in a pool of crash-isolated
-                        child processes)
-         → PolicyEngine (one vLLM engine per replica, autoscaled; concurrent requests batched with serve.batch)
+                        child processes; the answer as JSON or, with `stream`, as server-sent events)
+         → PolicyEngine (one vLLM engine per replica, autoscaled; concurrent requests, streamed or not, share the
+                         engine's running batch: serve/engine_loop.py)
 
 The engine is the same `VLLMEngine` that generates rollouts during training, so the served model sees videos
 exactly as it did then (frames sampled and resized by rlaif's decoder, not by a server-side loader). Every refusal
-is a 4xx in OpenAI's error shape, `{"error": {"message", "type", "code"}}`.
+is a 4xx in OpenAI's error shape, `{"error": {"message", "type", "code"}}`, sent before any of a stream.
 """
 from __future__ import annotations
 
@@ -14,24 +15,29 @@ import asyncio
 import hmac
 import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException
 
 from rlaif.config import ConfigError, ServeConfig
-from rlaif.schemas import REFUSED_FINISH
 from serve.api import (ChatCompletionRequest, ChatCompletionResponse, ErrorResponse, ModelCard, ModelList,
-                             RequestError, VideoPart, completion_response, prompt_messages, video_parts)
-
+                       RequestError, VideoPart, completion_response, prompt_messages, video_parts)
+from serve.engine_loop import EngineLoop
+from serve.stream import ChunkStream
 from serve.target import ServeTarget
 
 log = logging.getLogger(__name__)
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 408, 413, 422, 503)}
+# With `stream: true` the 200 is an event stream (serve/stream.py) instead of the JSON completion.
+STREAMED = {"content": {"text/event-stream": {"schema": {
+    "type": "string", "description": "`data: <chat.completion.chunk JSON>` events, then `data: [DONE]`"}}}}
 # Declares the bearer scheme in the OpenAPI schema; the middleware below enforces it (before the body is read).
 BEARER = [Depends(HTTPBearer(auto_error=False))]
 api = FastAPI(title="ray-rlaif", version="1",
@@ -127,10 +133,41 @@ async def _http_error(_, err: HTTPException):
     return error(err.status_code, str(err.detail))
 
 
+# Defined before the deployments: Serve captures what their methods use when the class is decorated.
+async def server_sent_events(chunks: ChunkStream, first: dict, events) -> AsyncIterator[str]:
+    """The stream after its first engine event: role chunks, content as it comes, then usage and [DONE]. Leaving
+    early (the client went away) cancels the engine's stream, which aborts the request there."""
+    try:
+        for line in chunks.opening():
+            yield line
+        event = first
+        while True:
+            for line in chunks.update(event):
+                yield line
+            if event["finished"]:
+                break
+            event = await events.__anext__()
+        for line in chunks.closing():
+            yield line
+    except Exception as err:  # after the 200: a bug or a failed engine, reported in the stream and logged
+        log.exception("a streamed answer failed after it started")
+        yield chunks.error(f"internal error: {err!r}"[:500])
+    finally:
+        events.cancel()
+
+
+def engines_running() -> int:
+    """Engine replicas of this application that Serve counts as running (started, passing health checks)."""
+    app = serve.status().applications.get(serve.get_replica_context().app_name)
+    deployment = app.deployments.get("PolicyEngine") if app else None
+    return deployment.replica_states.get("RUNNING", 0) if deployment else 0
+
+
 @serve.deployment(name="PolicyEngine")
 class PolicyEngine:
-    """One vLLM engine. Concurrent requests arrive one by one and run as a single `generate` batch; an input the
-    engine refuses (e.g. a prompt over the context length) fails alone, not with its batch."""
+    """One vLLM engine, run by serve.engine_loop: concurrent requests, streamed or not, share its batch (a request
+    joins it between two engine steps); an input the engine refuses (e.g. a prompt over the context length) fails
+    alone, not with the batch."""
 
     def __init__(self, target: ServeTarget, cfg: dict):
         from actors.vllm_engine import VLLMEngine
@@ -139,32 +176,32 @@ class PolicyEngine:
         from vllm.exceptions import VLLMClientError
 
         c = ServeConfig(**cfg)
+        engine = VLLMEngine(target.model, role="serve", max_model_len=c.max_model_len,
+                            video=is_video_model(target.model), lora_path=target.adapter)
         # What vLLM raises for an input it cannot take (too long, bad parameters): the request's fault.
-        self.refusals = (ValueError, TypeError, VLLMClientError)
-        self.engine = VLLMEngine(target.model, role="serve", max_model_len=c.max_model_len,
-                                 video=is_video_model(target.model), lora_path=target.adapter)
+        self.loop = EngineLoop(engine, refusals=(ValueError, TypeError, VLLMClientError))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def generate(self, requests: list[dict], samplings: list[dict]) -> list[list[dict] | dict]:
-        return await asyncio.to_thread(self._generate, requests, samplings)
+    async def generate(self, request: dict, sampling: dict) -> list[dict] | dict:
+        """The whole answer: `sampling['n']` samples {text, n_tokens, finish_reason, prompt_tokens}, or
+        {"refused": why}."""
+        async with aclosing(self.loop.events(request, sampling, stream=False)) as events:
+            async for event in events:
+                if "refused" in event:
+                    return event
+                if event["finished"]:
+                    samples = sorted(event["samples"], key=lambda s: s["index"])
+                    return [{**s, "prompt_tokens": event["prompt_tokens"]} for s in samples]
+        raise RuntimeError("the engine ended a request without its answer")
 
-    def _generate(self, requests: list[dict], samplings: list[dict]) -> list[list[dict] | dict]:
-        try:
-            results = self.engine.generate(requests, samplings)
-        except self.refusals:  # find which request it was
-            results = [self._generate_one(r, s) for r, s in zip(requests, samplings)]
-        # The engine answers a request it refuses (a prompt over the context length) with a refused sample.
-        return [{"refused": r[0].get("error", r[0]["finish_reason"])[:500]}
-                if isinstance(r, list) and r[0]["finish_reason"] in REFUSED_FINISH else r for r in results]
-
-    def _generate_one(self, request: dict, sampling: dict) -> list[dict] | dict:
-        try:
-            return self.engine.generate([request], sampling)[0]
-        except self.refusals as err:
-            return {"refused": str(err)[:500]}
+    async def stream(self, request: dict, sampling: dict) -> AsyncIterator[dict]:
+        """The answer as it is generated: {"refused": why} alone, or engine events (new text per choice) up to the
+        one marked `finished`. A caller that stops reading (its client went away) aborts the request."""
+        async with aclosing(self.loop.events(request, sampling, stream=True)) as events:
+            async for event in events:
+                yield event
 
     def check_health(self) -> None:
-        self.engine.health()
+        self.loop.check()
 
 
 @serve.deployment(name="ChatIngress")
@@ -186,21 +223,47 @@ class ChatIngress:
         if videos is not None:
             videos.close()
 
-    @api.get("/health")
-    async def health(self) -> dict:
-        return {"status": "ok"}
+    @api.get("/health", responses={503: {"description": "no engine replica is running"}})
+    async def health(self) -> JSONResponse:
+        """For load balancers, without a token: 200 while an engine replica runs and passes its health checks, 503
+        otherwise. It says nothing else."""
+        # An engine whose step failed fails Serve's health check (PolicyEngine.check_health), so it stops counting.
+        if await asyncio.to_thread(engines_running) > 0:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unavailable"}, status_code=503, headers={"Retry-After": "1"})
 
     @api.get("/v1/models", response_model=ModelList, responses=ERRORS, dependencies=BEARER)
     async def models(self) -> ModelList:
         return ModelList(data=[ModelCard(id=self.target.model_id, created=0)])
 
-    @api.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS, dependencies=BEARER)
-    async def chat(self, body: ChatCompletionRequest) -> ChatCompletionResponse:
+    @api.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={**ERRORS, 200: STREAMED},
+              dependencies=BEARER)
+    async def chat(self, body: ChatCompletionRequest) -> ChatCompletionResponse | StreamingResponse:
+        request, sampling = await self._engine_request(body)
+        if not body.stream:
+            samples = await self.engine.generate.remote(request, sampling)
+            if isinstance(samples, dict):
+                raise RequestError(400, f"the model cannot take this request: {samples['refused']}")
+            return completion_response(self.target.model_id, samples)
+        events = self.engine.options(stream=True).stream.remote(request, sampling)
+        # Everything that can refuse the request has answered before the first event, so a refusal is still a 4xx;
+        # the 200 and the stream start after it.
+        first = await events.__anext__()
+        if "refused" in first:
+            events.cancel()
+            raise RequestError(400, f"the model cannot take this request: {first['refused']}")
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        chunks = ChunkStream(self.target.model_id, body.n, include_usage)
+        return StreamingResponse(server_sent_events(chunks, first, events), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    async def _engine_request(self, body: ChatCompletionRequest) -> tuple[dict, dict]:
+        """The request and sampling parameters for the engine (the video decoded to frames), or a RequestError."""
         c = self.cfg
         if body.model is not None and body.model != self.target.model_id:
             raise RequestError(404, f"model {body.model!r} is not served here (this server serves "
                                     f"{self.target.model_id!r})", "model_not_found")
-        max_tokens = body.max_tokens or c.default_max_tokens
+        max_tokens = body.new_tokens or c.default_max_tokens
         if max_tokens > c.max_tokens_limit:
             raise RequestError(422, f"max_tokens: at most {c.max_tokens_limit} (got {max_tokens})")
         num_frames = body.num_frames or c.num_frames
@@ -218,10 +281,7 @@ class ChatIngress:
             request.update(frames=frames, fps=fps)
         sampling = {"n": body.n, "temperature": body.temperature, "top_p": body.top_p, "max_tokens": max_tokens,
                     "seed": body.seed}
-        samples = await self.engine.generate.remote(request, sampling)
-        if isinstance(samples, dict):
-            raise RequestError(400, f"the model cannot take this request: {samples['refused']}")
-        return completion_response(self.target.model_id, samples)
+        return request, sampling
 
 
 def serve_token(cfg: ServeConfig) -> str:

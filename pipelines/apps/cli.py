@@ -15,6 +15,8 @@ from rlaif.layout import AuditLayout, ExperimentLayout, RunLayout
 from rlaif.storage import RunPath
 from rlaif.video_rows import InternalErrors
 
+from pipelines.orchestration import console
+from pipelines.orchestration.console import echo as print  # noqa: A001 - the commands' lines reach a quiet console
 from pipelines.orchestration.resume import LayoutMismatch
 
 log = logging.getLogger("rlaif")
@@ -78,14 +80,17 @@ def cmd_demo(args) -> int:
     cfg = _config(args, DEMO_OVERRIDES)
     run_dir = RunPath.of(args.run or cfg.run_dir or "runs/demo")
     start = time.time()
+    args.console.start(run_dir, RunLayout(run_dir).logs)
     roles = [("policy", cfg.models.policy)] + ([("judge", cfg.models.judge)] if cfg.needs_judge_engine() else [])
-    for role, name in roles:
-        log.info("%s model: %s", role, resolve_model(name))
-    manifest_path = prepare_demo(cfg, run_dir)
+    with console.stage("models and inputs"):  # the first demo builds the warm policy here (minutes)
+        for role, name in roles:
+            log.info("%s model: %s", role, resolve_model(name))
+        manifest_path = prepare_demo(cfg, run_dir)
     init_ray(cfg.ray)
     manifest = run_pipeline(cfg, run_dir, resume=args.resume, source=manifest_path)
     _print_summary(manifest, run_dir)
     print(f"\ndemo finished in {time.time() - start:.1f} s; run folder: {run_dir}")
+    _print_report(run_dir)
     return 0
 
 
@@ -95,9 +100,27 @@ def cmd_run(args) -> int:
 
     cfg = _config(args)
     run_dir = RunPath.of(args.run or cfg.run_dir or f"runs/{cfg.name}")
+    args.console.start(run_dir, RunLayout(run_dir).logs)
     init_ray(cfg.ray)
     manifest = run_pipeline(cfg, run_dir, resume=args.resume)
     _print_summary(manifest, run_dir)
+    _print_report(run_dir)
+    return 0
+
+
+def _print_report(run_dir: RunPath) -> None:
+    layout = RunLayout(run_dir)
+    if layout.report_html.exists():  # written by the loop after every eval (pipelines.apps.run_report)
+        print(f"report: {layout.report_html} (self-contained page), {layout.report} (Markdown, images in "
+              f"{layout.report_assets})")
+
+
+def cmd_report(args) -> int:
+    from pipelines.apps.run_report import write_report
+
+    run_dir = RunPath.of(args.run)
+    write_report(run_dir)  # a folder without manifest.json: FileNotFoundError, a clear error
+    _print_report(run_dir)
     return 0
 
 
@@ -108,6 +131,7 @@ def cmd_experiment(args) -> int:
     cfg = _config(args)
     folder = RunPath.of(args.run or cfg.run_dir or f"runs/{cfg.name}")
     start = time.time()
+    args.console.start(folder, ExperimentLayout(folder).logs)
     init_ray(cfg.ray)
     results = run_experiment(cfg, folder, resume=args.resume)
     from pipelines.apps.experiment_report import arm_table
@@ -128,6 +152,7 @@ def cmd_judge_audit(args) -> int:
 
     cfg = _config(args)
     folder = RunPath.of(args.run or f"runs/{cfg.name}-judge-audit")
+    args.console.start(folder, AuditLayout(folder).logs)
     init_ray(cfg.ray)
     print("\n" + audit_markdown(run_judge_audit(cfg, folder, resume=args.resume)))
     print(f"\njudged answers: {AuditLayout(folder).judged('<judge>')}; tables: {AuditLayout(folder).table}")
@@ -140,6 +165,7 @@ def cmd_ingest(args) -> int:
 
     cfg = _config(args)
     run_dir = RunPath.of(args.run)
+    args.console.start(run_dir, RunLayout(run_dir).logs)
     init_ray(cfg.ray)
     manifest = run_pipeline(cfg, run_dir, resume=args.resume, source=args.source, loop=False)
     _print_ingest(manifest.stage("ingest"), run_dir)
@@ -177,6 +203,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    from rlaif.gpu_memory import plan_memory
     from rlaif.placement import describe, pack, run_actors
 
     cfg = _config(args)
@@ -184,7 +211,12 @@ def cmd_plan(args) -> int:
     print(f"placement plan of {args.config} on {args.nodes} node(s) x ({args.cpus_per_node:g} CPUs, "
           f"{args.gpus_per_node} GPUs):\n")
     print(describe(cfg, plan))
-    return 0 if plan.fits else 1
+    memory, memory_fits = plan_memory(cfg, args.gpu_memory_gb)
+    print("\n" + memory)
+    if not memory_fits:
+        print("DOES NOT FIT in GPU memory: see the rows marked NO (more trainer workers with ZeRO-3, "
+              "train.gradient_checkpointing, a smaller micro-batch or fewer frames; a larger tensor_parallel_size)")
+    return 0 if plan.fits and memory_fits else 1
 
 
 def cmd_models(args) -> int:
@@ -210,7 +242,9 @@ def cmd_videos(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlaif", description="Align a video LMM with AI feedback, on Ray.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, and every library's log on the console (by default it goes to the run "
+                        "folder's logs/, and the console shows one line per stage)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, config_required=False):
@@ -230,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run", help="run folder (default: run_dir from the config, else runs/<name>)")
     common(r, config_required=True)
     r.set_defaults(fn=cmd_run)
+
+    rp = sub.add_parser("report", help="(re)write a run folder's report.md and report.html: per-round table, plots, "
+                                       "held-out answers before and after; from a finished or interrupted run")
+    rp.add_argument("run", help="run folder (e.g. runs/demo, or an experiment arm's seed_0/arms/<name>)")
+    rp.set_defaults(fn=cmd_report)
 
     e = sub.add_parser("experiment", help="does the loop learn? warm-start a policy, run the loop once per arm "
                                           "(judge, reference, ...) and report held-out accuracy against ground truth")
@@ -267,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--nodes", type=int, default=1)
     pl.add_argument("--cpus-per-node", type=float, default=96)
     pl.add_argument("--gpus-per-node", type=int, default=8)
+    pl.add_argument("--gpu-memory-gb", type=float, default=80, help="memory of one GPU (default 80: H100/A100-80G)")
     pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     pl.set_defaults(fn=cmd_plan)
 
@@ -289,17 +329,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        return args.fn(args)
-    except ConfigError as err:
-        print(f"rlaif: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, LayoutMismatch) as err:
-        print(f"rlaif: error: {err}", file=sys.stderr)
-        return 2
-    except InternalErrors as err:  # bugs of ray-rlaif met while decoding: the run stops, the tables are written
-        print(f"rlaif: {err}", file=sys.stderr)
-        return 1
+    # The commands that run pipeline work start the console (args.console.start) once their folder is known: from
+    # then on it is quiet unless -v (pipelines.orchestration.console), and an error that ends the command is one
+    # short block on it naming the failed stage and the log with the traceback.
+    with console.session(args.command, verbose=args.verbose) as args.console:
+        try:
+            return args.fn(args)
+        except ConfigError as err:
+            print(f"rlaif: {err}", file=sys.stderr)
+            return 2
+        except (ValueError, FileNotFoundError, LayoutMismatch) as err:
+            if not args.console.failed(err):
+                print(f"rlaif: error: {err}", file=sys.stderr)
+            return 2
+        except InternalErrors as err:  # bugs of ray-rlaif met while decoding: the run stops, the tables are written
+            if not args.console.failed(err):
+                print(f"rlaif: {err}", file=sys.stderr)
+            return 1
+        except Exception as err:  # a bug: quiet, its traceback goes to the log and the console says where
+            if not args.console.failed(err):
+                raise
+            return 1
 
 
 if __name__ == "__main__":

@@ -83,9 +83,12 @@ def judge_label(cfg: RunConfig) -> str:
 def run_judge(cfg: RunConfig, answers: pa.Table, context: pa.Table, out: RunPath) -> dict:
     from pipelines.stages.judge import judged_dataset
 
+    from actors.progress import expect
+
     pool = judge_pool(cfg)
     try:
         rollouts = answers.drop(["right", "kind"])
+        expect(rollouts.num_rows)  # the console's total for this judge's line
         write_dataset(judged_dataset(ray.data.from_arrow(rollouts), context, pool, cfg.judge), out, JUDGMENTS)
     finally:
         if pool is not None:

@@ -55,8 +55,14 @@ def run_warnings(manifest: Manifest) -> list[str]:
     return [f"{name}: {w}" for name, s in manifest.data["stages"].items() for w in stage_warnings(s)]
 
 
+def stages_run(manifest: Manifest) -> dict[str, dict]:
+    """The stages that finished or failed with their seconds recorded, in the order they ended."""
+    timed = [(name, s) for name, s in manifest.data["stages"].items() if "seconds" in s]
+    return dict(sorted(timed, key=lambda item: item[1].get("at", 0)))
+
+
 def stage_times(manifest: Manifest) -> str:
-    stages = {name: s for name, s in manifest.data["stages"].items() if "seconds" in s}
+    stages = stages_run(manifest)
     warned = any(stage_warnings(s) for s in stages.values())
     lines = ["| stage | seconds | rows |" + (" warnings |" if warned else ""),
              "|---|---|---|" + ("---|" if warned else "")]

@@ -21,6 +21,7 @@ from rlaif.config import RunConfig
 from rlaif.layout import PolicyLayout, RunLayout
 from rlaif.models import resolve_model
 
+from pipelines.apps.run_report import refresh_report
 from pipelines.orchestration.resume import Stages
 from pipelines.stages.base import StageContext
 from pipelines.stages.caption import caption
@@ -52,6 +53,7 @@ def run_loop(ctx: StageContext, stages: Stages) -> list[dict]:
     stages.run_stage("caption", caption, ctx)
     stages.run_stage("questions", questions, ctx)
     evals = [stages.run_stage("round_base/eval", evaluate, ctx)]
+    refresh_report(layout.dir)  # report.md/.html after every eval, to watch a running job (never fails the run)
 
     for r in range(cfg.loop.rounds):
         ctx = ctx.at(round=r, reference=start if cfg.train.reference == "fixed" else ctx.policy,
@@ -63,6 +65,7 @@ def run_loop(ctx: StageContext, stages: Stages) -> list[dict]:
             if fn is train:
                 ctx = after_training(ctx, result)
         evals.append(result)
+        refresh_report(layout.dir)
     manifest.data["final_policy"] = ctx.policy
     manifest.record("loop", "done", stages.key, rounds=cfg.loop.rounds, final_policy=ctx.policy)
 
@@ -76,6 +79,7 @@ def run_loop(ctx: StageContext, stages: Stages) -> list[dict]:
         manifest.put("pools", pool_stats(ctx.pools, time.time()))
     except Exception as err:  # noqa: BLE001
         log.warning("engine pool stats not recorded: %s", err)
+    refresh_report(layout.dir)  # the finished run's (after rebirth, if any)
     return evals
 
 

@@ -14,6 +14,8 @@ from typing import Callable
 from rlaif.config import RunConfig
 from rlaif.manifest import Manifest
 
+from pipelines.orchestration import console
+
 log = logging.getLogger(__name__)
 
 # The run folder's layout and hashing scheme (rlaif.layout, cumulative hashes). A folder written under another one
@@ -47,10 +49,12 @@ class Stages:
         # Once a stage has been redone, everything after it is redone too: its inputs may have changed.
         if self.resume and not self.ran_now and self.manifest.is_done(name, key):
             log.info("%s: done already, skipping", name)
+            console.skipped(name, self.manifest.run_dir)
             return self.manifest.stage(name)
         self.manifest.record(name, "running", key)
         start = time.time()
-        info = fn()
+        with console.stage(name, self.manifest.run_dir):  # the stage's live line (a quiet console's)
+            info = fn()
         info = info if isinstance(info, dict) else {"rows": info}
         self.ran_now.add(name)
         self.manifest.record(name, "done", key, **{**info, "seconds": round(time.time() - start, 2)})

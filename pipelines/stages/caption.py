@@ -16,6 +16,7 @@ import ray
 import ray.data
 
 from actors.pool import EngineClient, EnginePool
+from actors.progress import expect
 from rlaif.config import RunConfig
 from rlaif.layout import RunLayout
 from rlaif.prompts import PROMPT_VERSION, caption_messages, retrospect_messages
@@ -86,6 +87,7 @@ def caption_videos(layout: RunLayout, pool: EnginePool, sampling: dict, out: Run
     if video_ids is not None:
         wanted = sorted(video_ids)
         ds = ds.filter(expr=f"video_id in {wanted!r}" if wanted else "video_id == ''")
+    expect(len(video_ids) if video_ids is not None else read_table(layout.videos, ["video_id"]).num_rows)
     ds = pool.map_batches(ds, CaptionVideos, sampling=sampling, model=pool.model_path, previous=previous)
     write_dataset(ds, out, CAPTIONS)
     return read_table(out, ["video_id"]).num_rows

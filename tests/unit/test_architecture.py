@@ -81,7 +81,8 @@ def test_the_core_imports_no_ray_and_nothing_above_it():
 
 def test_run_folder_file_names_are_spelled_only_in_rlaif_layout():
     names = {f.name for cls in (layout.RunLayout, layout.RoundLayout, layout.PolicyLayout, layout.InputsLayout,
-                                layout.ExperimentLayout, layout.GateLayout, layout.AuditLayout) for f in cls.files()}
+                                layout.ExperimentLayout, layout.GateLayout, layout.AuditLayout, layout.ReportLayout,
+                                layout.LogsLayout) for f in cls.files()}
     names = {n for n in names if "." in n}  # file names; folder names (policy, adapter, ...) are ordinary words
     spelled = []
     for path in (p for top in PACKAGES for p in (ROOT / top).rglob("*.py")):
@@ -106,6 +107,6 @@ def test_layout_names_every_artifact_once_and_rounds_in_order(tmp_path):
         (tmp_path / f"round_{r}").mkdir()
     (tmp_path / "round_base").mkdir()
     assert [r.dir.name for r in run.rounds()] == ["round_0", "round_2", "round_10"]
-    for cls in (layout.RunLayout, layout.RoundLayout, layout.InputsLayout):
+    for cls in (layout.RunLayout, layout.RoundLayout, layout.InputsLayout, layout.ReportLayout, layout.LogsLayout):
         files = [f.name for f in cls.files()]
         assert len(files) == len(set(files)) and all(re.fullmatch(r"[a-z_]+(\.[a-z]+)?", f) for f in files)

@@ -17,7 +17,12 @@ def test_request_schema_is_strict():
     req = ChatCompletionRequest.model_validate(ok)
     assert prompt_messages(req) == [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What moves?"}]}]
     assert [p.video_url.url for p in video_parts(req)] == ["clip.mp4"]
-    for bad in ({**ok, "temprature": 1}, {**ok, "max_tokens": 0}, {**ok, "stream": True}, {"messages": []},
+    streamed = ChatCompletionRequest.model_validate({**ok, "stream": True, "stream_options": {"include_usage": True}})
+    assert streamed.stream and streamed.stream_options.include_usage
+    assert ChatCompletionRequest.model_validate({**ok, "max_completion_tokens": 5}).new_tokens == 5
+    for bad in ({**ok, "temprature": 1}, {**ok, "max_tokens": 0}, {**ok, "stream_options": {"include_usage": True}},
+                {**ok, "stream": True, "stream_options": {"include_usage": True, "other": 1}},
+                {**ok, "max_tokens": 4, "max_completion_tokens": 5}, {"messages": []},
                 {"messages": [{"role": "tool", "content": "x"}]},
                 {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}):
         with pytest.raises(ValidationError):
