@@ -57,10 +57,18 @@ def progress_line(label: str, done: int, total: int | None, elapsed: float, unit
     if total is None and not done:
         return f"{label.ljust(LABEL_WIDTH)}  running, {duration(elapsed)} so far"
     counts = f"{done}/{total} {unit}" if total is not None else f"{done} {unit}"
-    parts = [label.ljust(LABEL_WIDTH), counts, f"{done / elapsed:.1f} {unit}/s" if elapsed > 0 else "",
+    parts = [label.ljust(LABEL_WIDTH), counts, rate(done, elapsed, unit),
              f"ETA {duration((total - done) * elapsed / done)}" if total is not None and 0 < done < total else
              f"{duration(elapsed)} so far"]
     return "  ".join(p for p in parts if p)
+
+
+def rate(done: int, elapsed: float, unit: str) -> str:
+    """'3.1 rows/s', or for slow stages (training steps) '10.2 s/step': tqdm's way, never '0.0 steps/s'."""
+    if not done or elapsed <= 0:
+        return ""
+    per_second = done / elapsed
+    return f"{per_second:.1f} {unit}/s" if per_second >= 1 else f"{elapsed / done:.1f} s/{unit.removesuffix('s')}"
 
 
 def done_line(label: str, done: int | None, total: int | None, elapsed: float, unit: str = "rows") -> str:

@@ -23,8 +23,10 @@ def test_progress_line_without_a_terminal_has_rows_rate_and_eta():
 
 
 def test_progress_line_before_the_first_row_or_without_a_total_has_no_eta():
-    assert progress_line("train", 0, 12, 30.0, "steps").split() == ["train", "0/12", "steps", "0.0", "steps/s",
-                                                                     "30s", "so", "far"]
+    assert progress_line("train", 0, 12, 30.0, "steps").split() == ["train", "0/12", "steps", "30s", "so", "far"]
+    # slower than one a second: seconds per step, as tqdm does
+    assert progress_line("train", 3, 6, 30.6, "steps").split() == ["train", "3/6", "steps", "10.2", "s/step", "ETA",
+                                                                   "31s"]
     assert progress_line("judge/lexical", 90, None, 30.0).split() == ["judge/lexical", "90", "rows", "3.0", "rows/s",
                                                                       "30s", "so", "far"]
     assert progress_line("models and inputs", 0, None, 95.0).split() == ["models", "and", "inputs", "running,",
