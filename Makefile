@@ -20,3 +20,8 @@ test: $(STAMP)
 
 unit: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not integration" $(ARGS)
+
+# Reruns every figure of docs/performance.md and writes bench/results.md (bench/all.sh: REPEAT, QUICK, ONLY).
+.PHONY: bench
+bench: $(STAMP)
+	PYTHON=$(VENV)/bin/python bash bench/all.sh

@@ -81,3 +81,38 @@ def cpu_engine_env() -> None:
 
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def load_average() -> str:
+    """The machine's 1/5/15-minute load averages, printed beside every figure: a figure read on a busy machine says
+    so, and interleaved sides (see `interleaved`) share whatever the load was."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min) on {os.cpu_count()} cores"
+
+
+def interleaved(sides: dict, repeat: int, warmup: int = 1) -> dict[str, list]:
+    """Each side's `warmup` untimed calls, then `repeat` timed rounds A B C A B C ...: every side gets the same
+    warm-up and the same repetitions, and load that drifts during the run falls on all of them alike. A side is a
+    function returning its own measurement, or None for its wall seconds. Returns each side's measurements in order."""
+    for _ in range(warmup):
+        for fn in sides.values():
+            fn()
+    out: dict[str, list] = {name: [] for name in sides}
+    for _ in range(repeat):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            value = fn()
+            out[name].append(time.perf_counter() - t0 if value is None else value)
+    return out
+
+
+def spread(values: list[float]) -> dict:
+    """min / median / max of repeated measurements, the columns every bench table prints."""
+    import statistics
+
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+def spread_text(values: list[float], fmt: str = "{:.3g}") -> str:
+    s = spread(values)
+    return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-{fmt.format(s['max'])})"

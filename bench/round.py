@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, table
+from common import load_average, machine, table
 
 
 def stage_rows(stages: dict, wall: float) -> list[dict]:
@@ -70,7 +70,8 @@ def main() -> int:
     if rc:
         return rc
 
-    print(f"\n{machine()}; `rlaif {' '.join(argv)}`\n")
+    shown = [("RUN_DIR" if a == str(run_dir) and tmp else a) for a in argv]  # a temporary folder says nothing
+    print(f"\n{machine()}; `rlaif {' '.join(shown)}`; {load_average()}\n")
     print(table(stage_rows(manifest["stages"], wall), ["stage", "seconds", "share"]))
     if "pools" not in manifest:
         print("\nno engine pool stats in the manifest (recorded by pipelines/orchestration/loop.py run_loop before shutdown)")

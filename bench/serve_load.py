@@ -128,7 +128,10 @@ def main() -> None:
 
     rows = [("endpoint, 1 client", one), (f"endpoint, {args.clients} clients", many),
             ("direct, 1 per call", d_one), (f"direct, {args.clients} per call", d_many)]
-    print(f"\nmodel {args.model}, max_tokens {args.max_tokens}, {args.seconds:g} s per phase")
+    from common import load_average, machine  # bench/ is this script's folder, first on sys.path
+
+    print(f"\n{machine()}; model {args.model}, max_tokens {args.max_tokens}, {args.seconds:g} s per phase; "
+          f"{load_average()}")
     print(f"| phase | requests | errors | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
     for name, r in rows:
         print(f"| {name} | {r['requests']} | {r['errors']} | {r['rps']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")

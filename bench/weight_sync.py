@@ -2,6 +2,7 @@
 the same bytes.
 
     python bench/weight_sync.py [--model smollm2-135m-instruct] [--engines 1] [--bucket-mb 256] [--repeat 3]
+                                [--warmup 1]
 
 Every method loads the same tensors into the same live vLLM engines (Ray actors, `actors.vllm_engine`), through the
 same receive path (actors/weight_sync/receive.py `WeightReceiver.load_weight_buckets`: vLLM's in-place
@@ -13,6 +14,9 @@ same receive path (actors/weight_sync/receive.py `WeightReceiver.load_weight_buc
   - per-parameter RPC (OpenRLHF's `update_weight` pattern): one call per tensor per engine. Here each call only hands
     its tensor over and the engine loads them all once at the end, so the baseline pays the RPCs but not a
     per-tensor load: its time is a lower bound and the ratio a conservative one.
+Fairness: every method gets --warmup untimed calls, then --repeat timed ones, interleaved (bucketed, collective,
+per-parameter, engine load, LoRA, bucketed, ...), so drifting load falls on all of them; the table gives min, median
+and max, and ratios of medians. The load average is printed with the figures.
 The bound is the model's bytes over this machine's measured copy bandwidth: the time to copy the weights once.
 Also timed: LoRA mode (loop.sync adapter), where an engine started with LoRA support hot-loads a rank --lora-rank
 adapter of every linear layer (`WeightSyncEngine.load_adapter`) instead of receiving the merged weights.
@@ -20,9 +24,8 @@ adapter of every linear layer (`WeightSyncEngine.load_adapter`) instead of recei
 from __future__ import annotations
 
 import argparse
-import time
 
-from common import best_of, copy_bandwidth_gbs, machine, ratio, table
+from common import copy_bandwidth_gbs, interleaved, load_average, machine, ratio, spread, table
 
 import ray  # noqa: E402
 
@@ -56,9 +59,9 @@ class PerTensorEngine(VLLMEngine):
         return self.load_weight_buckets(*pack_buckets(received, bucket_bytes=1 << 62))
 
 
-def adapter_sync_seconds(folder: str, video: bool, rank: int, repeat: int) -> tuple[float, int]:
-    """Best time of one engine's `load_adapter` of a LoRA on every linear layer of the language model, and the
-    adapter's bytes."""
+def adapter_engine(folder: str, video: bool, rank: int) -> tuple:
+    """An engine started with LoRA support and a saved LoRA on every linear layer of the language model (non-zero B:
+    an adapter that changes the outputs, as a trained one does): (engine, adapter folder, adapter bytes)."""
     import tempfile
     from pathlib import Path
 
@@ -70,7 +73,7 @@ def adapter_sync_seconds(folder: str, video: bool, rank: int, repeat: int) -> tu
 
     model, _ = load_policy(folder)
     lora = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TrainConfig().lora_target))
-    with torch.no_grad():  # non-zero B: an adapter that changes the outputs, as a trained one does
+    with torch.no_grad():
         for name, p in lora.named_parameters():
             if "lora_B" in name:
                 p.normal_(std=0.01)
@@ -80,9 +83,7 @@ def adapter_sync_seconds(folder: str, video: bool, rank: int, repeat: int) -> tu
     engine = ray.remote(max_restarts=0)(VLLMEngine).options(num_cpus=0.5).remote(
         folder, role="policy", max_model_len=512, video=video, adapter_rank=rank)
     ray.get(engine.health.remote())
-    seconds = best_of(lambda: ray.get(engine.load_adapter.remote(str(adapter))), repeat)
-    ray.kill(engine)
-    return seconds, nbytes
+    return engine, str(adapter), nbytes
 
 
 def main() -> None:
@@ -91,6 +92,7 @@ def main() -> None:
     p.add_argument("--engines", type=int, default=1)
     p.add_argument("--bucket-mb", type=int, default=256)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per method before the timed ones")
     p.add_argument("--lora-rank", type=int, default=8)
     args = p.parse_args()
 
@@ -116,43 +118,49 @@ def main() -> None:
             ray.get([e.receive.remote(name, tensor) for e in engines])
         ray.get([e.load_received.remote() for e in engines])
 
-    info = bucketed()
-    # The engines' own load time (the same work on both sides) shows how much of a sync is transport.
-    load_s = max(s["seconds"] for s in ray.get([e.load_weight_buckets.remote(*pack_buckets(state.items()))
-                                                for e in engines]))
-    t_bucketed = best_of(bucketed, args.repeat)
+    def engine_load():  # the engines' own load time (the same work on every side): how much of a sync is transport
+        return max(s["seconds"] for s in ray.get([e.load_weight_buckets.remote(*pack_buckets(state.items()))
+                                                   for e in engines]))
+
+    info = broadcast_weights(engines, state.items(), args.bucket_mb)
     sender = WeightSender.remote(folder)
-    t_collective = best_of(lambda: ray.get(sender.sync.remote(engines, args.bucket_mb)), args.repeat)
-    ray.kill(sender)
-    t0 = time.perf_counter()
-    per_parameter()  # one pass: it is the slow side, and its per-call cost does not warm up
-    t_rpc = time.perf_counter() - t0
-    for e in engines:
-        ray.kill(e)
-    t_adapter, adapter_bytes = adapter_sync_seconds(folder, video, args.lora_rank, args.repeat)
+    lora_engine, adapter, adapter_bytes = adapter_engine(folder, video, args.lora_rank)
+    names = {"bucketed": "bucketed broadcast",
+             "collective": "bucketed, collective transport (gloo group, from an actor)",
+             "rpc": "per-parameter RPC", "load": "engine load alone (reload_weights)",
+             "lora": f"LoRA mode: hot-load a rank-{args.lora_rank} adapter"}
+    load_before = load_average()
+    times = interleaved({
+        "bucketed": lambda: bucketed() and None,
+        "collective": lambda: ray.get(sender.sync.remote(engines, args.bucket_mb)) and None,
+        "rpc": per_parameter,
+        "load": engine_load,
+        "lora": lambda: ray.get(lora_engine.load_adapter.remote(adapter)) and None,
+    }, args.repeat, args.warmup)
+    for actor in [sender, lora_engine, *engines]:
+        ray.kill(actor)
+    med = {k: spread(v)["median"] for k, v in times.items()}
     bound = nbytes / (copy_bandwidth_gbs() * 1e9)
     print(f"\n{machine()}; {args.model}: {len(state)} tensors, {nbytes / 1e6:.1f} MB fp32, "
           f"{info['sync_buckets']} bucket(s) of <= {args.bucket_mb} MB, {args.engines} engine(s)")
-    rows = [
-        {"method": "bucketed broadcast", "calls per engine": 1, "seconds": t_bucketed,
-         "vs per-parameter RPC": ratio(t_rpc, t_bucketed), "vs copy bound": ratio(t_bucketed, bound)},
-        {"method": "bucketed, collective transport (gloo group, from an actor)", "calls per engine": 1,
-         "seconds": t_collective, "vs per-parameter RPC": ratio(t_rpc, t_collective),
-         "vs copy bound": ratio(t_collective, bound)},
-        {"method": "per-parameter RPC", "calls per engine": len(state) + 1, "seconds": t_rpc,
-         "vs per-parameter RPC": "1.00x", "vs copy bound": ratio(t_rpc, bound)},
-        {"method": "engine load alone (reload_weights)", "calls per engine": 1, "seconds": load_s,
-         "vs per-parameter RPC": "-", "vs copy bound": ratio(load_s, bound)},
-        {"method": "copy bound (bytes / memcpy bandwidth)", "seconds": bound},
-        {"method": f"LoRA mode: hot-load a rank-{args.lora_rank} adapter ({adapter_bytes / 1e6:.1f} MB)",
-         "calls per engine": 1, "seconds": t_adapter, "vs per-parameter RPC": ratio(t_rpc, t_adapter),
-         "vs copy bound": ratio(t_adapter, bound)},
-    ]
-    print(table(rows, ["method", "calls per engine", "seconds", "vs per-parameter RPC", "vs copy bound"]))
-    print(f"bucketed sync is {ratio(t_rpc, t_bucketed)} faster than per-parameter RPC (target >= 5x) and "
-          f"{ratio(t_bucketed, bound)} the copy bound (target <= 2x); the collective transport takes "
-          f"{ratio(t_collective, t_bucketed)} the object store's time; LoRA mode syncs in "
-          f"{1000 * t_adapter:.0f} ms ({ratio(t_bucketed, t_adapter)} faster than the bucketed weights)")
+    calls = {"bucketed": 1, "collective": 1, "rpc": len(state) + 1, "load": 1, "lora": 1}
+    rows = []
+    for key, values in times.items():
+        sp = spread(values)
+        rows.append({"method": names[key] + (f" ({adapter_bytes / 1e6:.1f} MB)" if key == "lora" else ""),
+                     "calls per engine": calls[key], "runs": sp["n"], "s min": sp["min"], "median": sp["median"],
+                     "max": sp["max"], "median vs per-parameter RPC": "-" if key == "load" else ratio(med["rpc"], sp["median"]),
+                     "median vs copy bound": ratio(sp["median"], bound)})
+    rows.append({"method": "copy bound (bytes / memcpy bandwidth)", "median": bound})
+    print(f"{args.warmup} untimed + {args.repeat} timed calls per method, interleaved; {load_before} before, "
+          f"{load_average()} after")
+    print(table(rows, ["method", "calls per engine", "runs", "s min", "median", "max", "median vs per-parameter RPC",
+                       "median vs copy bound"]))
+    print(f"bucketed sync is {ratio(med['rpc'], med['bucketed'])} faster than per-parameter RPC (target >= 5x) and "
+          f"{ratio(med['bucketed'], bound)} the copy bound (target <= 2x); the collective transport takes "
+          f"{ratio(med['collective'], med['bucketed'])} the object store's time; LoRA mode syncs in "
+          f"{1000 * med['lora']:.0f} ms ({ratio(med['bucketed'], med['lora'])} faster than the bucketed weights) "
+          "(medians)")
 
 
 if __name__ == "__main__":

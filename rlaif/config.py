@@ -40,6 +40,14 @@ class IngestConfig(_Strict):
     max_source_frames: int = Field(1_000_000, ge=1, description="Videos declaring more frames are quarantined (corrupt headers).")
     decode_timeout_s: float = Field(120.0, gt=0, description="A decode taking longer is killed and the video quarantined.")
     decoders: int = Field(2, ge=1, le=1024, description="Parallel decode actors (each runs its decodes in a child process).")
+    frame_storage: Literal["raw", "jpeg", "png"] = Field(
+        "raw", description="How videos.parquet stores the sampled frames (each row's frames_encoding says which): raw "
+                           "uint8 RGB (no decode cost); png, lossless, 56-65% of raw's bytes, the slowest to write and "
+                           "read; jpeg (4:4:4), about 11% of raw's bytes on real clips at 32x448x448, lossy at "
+                           "jpeg_quality (max pixel error 24-49 at 90): the policy, the reference and the trainer see "
+                           "the JPEG's pixels, the captioner during ingest the decoded ones. Measured per choice in "
+                           "docs/performance.md, Frames storage.")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="frame_storage jpeg: the JPEG quality.")
     batch_size: int = Field(4, ge=1, le=4096, description="Videos per Ray Data batch.")
     limit: int | None = Field(None, ge=1, description="Ingest at most this many videos (after sorting), for quick runs.")
     decoder: str = Field("rlaif.decode:decode_video", pattern=r"^[\w.]+:\w+$",
@@ -111,11 +119,30 @@ class EnginePoolConfig(_Strict):
                     "out-of-memory killer would) when a request's messages contain this text. Never set in a real run.")
 
 
+class ActorPoolConfig(_Strict):
+    """A pool of Ray Data actors that lives for one stage (Ray Data's autoscaling ActorPoolStrategy: from one actor up
+    to `actors`), unlike the engine pools, held for the whole run. Sizing is not an output: the same rows come out
+    whatever the size, so changing it does not redo a stage on --resume."""
+
+    actors: int | None = Field(None, ge=1, le=4096, description="Most actors of the pool (see each pool for None).")
+    num_cpus: float | None = Field(None, gt=0, description="Ray CPUs per actor (see each pool for None).")
+    num_gpus: float | None = Field(None, ge=0, le=1, description="GPUs per actor (see each pool for None).")
+
+
 class PoolsConfig(_Strict):
     policy: EnginePoolConfig = EnginePoolConfig()
     judge: EnginePoolConfig = EnginePoolConfig()
     captioner: EnginePoolConfig | None = Field(None, description="None: the policy pool captions (saves an engine).")
     extra: EnginePoolConfig = Field(EnginePoolConfig(), description="Pool of each of models.extra_responders.")
+    reference: ActorPoolConfig = Field(
+        ActorPoolConfig(), description="The pairs stage's reference log-prob actors (one policy copy each). Each None "
+                                       "takes what the trainer would use (train.workers; train.cpus_per_worker; "
+                                       "train.gpus_per_worker with train.use_gpu, else 0): the trainer is idle while "
+                                       "pairs run, so its resources are free then.")
+    scorer: ActorPoolConfig = Field(
+        ActorPoolConfig(num_cpus=0.5, num_gpus=0),
+        description="judge.kind function: the scoring function's actors. actors None: as many as the cluster's free "
+                    "CPUs allow (Ray Data's autoscaler adds actors while batches wait).")
 
 
 class CaptionConfig(_Strict):
@@ -494,6 +521,15 @@ class RunConfig(_Strict):
     demo: DemoConfig = DemoConfig()
     experiment: ExperimentConfig = ExperimentConfig()
     audit: AuditConfig = AuditConfig()
+
+    @model_validator(mode="after")
+    def _jpeg_frames_fit_one_image(self) -> "RunConfig":
+        # rlaif.frames stacks a video's frames into one image, and a JPEG side is at most 65535 px.
+        ing = self.ingest
+        if ing.frame_storage == "jpeg" and ing.num_frames * ing.frame_height > 65_500:
+            raise ValueError(f"ingest.frame_storage jpeg stacks a video's frames into one image at most 65500 px "
+                             f"high: num_frames x frame_height is {ing.num_frames * ing.frame_height} (use png or raw)")
+        return self
 
     @model_validator(mode="after")
     def _frames_fit_model(self) -> "RunConfig":

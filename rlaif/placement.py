@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlaif.config import POLICY_AS_JUDGE, EnginePoolConfig, RunConfig
+from rlaif.config import POLICY_AS_JUDGE, EnginePoolConfig, IngestConfig, RunConfig
 
 EPS = 1e-9
 
@@ -136,6 +136,61 @@ def run_actors(cfg: RunConfig) -> list[Actor]:
         for i in range(t.workers)]
 
 
+@dataclass(frozen=True)
+class TransientPool:
+    """A Ray Data actor pool that lives for one stage (autoscaling from `min_size` to `max_size` actors, None: as
+    many as the free resources allow). The stage that starts it reads its size and resources from here, as
+    `rlaif plan` does."""
+
+    name: str
+    min_size: int
+    max_size: int | None
+    cpus: float
+    gpus: float
+    when: str  # the stage it runs in, and whose resources it uses
+
+    @property
+    def size(self) -> str:
+        return f"{self.min_size}..{self.max_size if self.max_size is not None else 'free CPUs'}"
+
+
+def decoder_pool(cfg: IngestConfig) -> TransientPool:
+    """Ingest's decode actors (ingest.decoders): one CPU each, a decode keeping one core busy."""
+    return TransientPool("ingest decoders", 1, cfg.decoders, 1.0, 0.0, "ingest, beside the starting engines")
+
+
+def reference_pool(cfg: RunConfig) -> TransientPool:
+    """The pairs stage's reference log-prob actors: by default the trainer's workers and resources, idle then."""
+    ref, t = cfg.pools.reference, cfg.train
+    default_gpus = t.gpus_per_worker if t.use_gpu else 0.0
+    return TransientPool("reference log-probs", 1, ref.actors or t.workers,
+                         ref.num_cpus if ref.num_cpus is not None else t.cpus_per_worker,
+                         ref.num_gpus if ref.num_gpus is not None else default_gpus,
+                         "pairs stage, on the idle trainer's resources")
+
+
+def scorer_pool(cfg: RunConfig) -> TransientPool | None:
+    """judge.kind function: the scoring function's actors (None for an LLM judge)."""
+    if cfg.judge.kind != "function":
+        return None
+    sc = cfg.pools.scorer
+    return TransientPool("function judge", 1, sc.actors, sc.num_cpus if sc.num_cpus is not None else 0.5,
+                         sc.num_gpus or 0.0, "judge stage, beside the engines")
+
+
+def transient_pools(cfg: RunConfig) -> list[TransientPool]:
+    return [p for p in (decoder_pool(cfg.ingest), reference_pool(cfg), scorer_pool(cfg)) if p is not None]
+
+
+def fits_beside_engines(cfg: RunConfig, pool: TransientPool, plan: Plan) -> bool:
+    """Whether `pool` at its largest fits on the plan's nodes beside the engine pools (held for the whole run). A
+    pool that may grow to the free CPUs fits by definition, from one actor."""
+    n = pool.max_size or 1
+    nodes = plan.nodes
+    actors = pool_actors(plan_pools(cfg)) + [Actor(pool.name, i, pool.cpus, pool.gpus) for i in range(n)]
+    return pack(actors, len(nodes), nodes[0].cpus if nodes else 0, int(nodes[0].gpus) if nodes else 0).fits
+
+
 @dataclass
 class Plan:
     nodes: list[Node]
@@ -173,10 +228,12 @@ def describe(cfg: RunConfig, plan: Plan) -> str:
     lines.append("")
     lines.append(f"total: {len(actors)} actors, {sum(a.cpus for a in actors):g} CPUs, {total_gpus:g} GPUs; "
                  f"ZeRO-{cfg.train.zero_stage}, {cfg.train.workers} trainer worker(s)")
-    ref_gpus = cfg.train.gpus_per_worker if cfg.train.use_gpu else 0
-    lines.append(f"transient, not packed: {cfg.ingest.decoders} ingest decoder(s) (before the engines start), "
-                 f"1 reference log-prob actor ({cfg.train.cpus_per_worker:g} CPU, {ref_gpus:g} GPU; in the pairs "
-                 f"stage, on the trainer's resources)")
+    lines += ["", "| transient pool (one stage) | actors | CPUs each | GPUs each | when | fits beside the engines |",
+              "|---|---|---|---|---|---|"]
+    for p in transient_pools(cfg):
+        fits = "yes" if fits_beside_engines(cfg, p, plan) else "NO"
+        lines.append(f"| {p.name} | {p.size} | {p.cpus:g} | {p.gpus:g} | {p.when} | {fits} |")
+    lines.append("")
     lines.append("fits" if plan.fits else "DOES NOT FIT: " + ", ".join(f"{a.component}#{a.index} "
                                                                        f"({a.cpus:g} CPU, {a.gpus:g} GPU)"
                                                                        for a in plan.unplaced))

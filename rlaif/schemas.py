@@ -1,12 +1,15 @@
 """Arrow schemas of the run folder's tables (one Parquet table per stage) and helpers to read them back.
 
-Frames are stored as raw uint8 bytes plus their shape rather than as a tensor extension type: any Arrow reader
-(pyarrow without Ray, DuckDB, Spark, pandas) can read them, and the schema is the same whatever the frame count.
+Frames are stored as bytes plus their shape rather than as a tensor extension type: any Arrow reader (pyarrow without
+Ray, DuckDB, Spark, pandas) can read them, and the schema is the same whatever the frame count. The bytes are raw
+uint8 RGB, or one JPEG or PNG image of the frames stacked (ingest.frame_storage, rlaif.frames.encode_frames).
 """
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+
+from rlaif.frames import decode_frames
 
 VIDEOS = pa.schema([
     ("video_id", pa.string()),
@@ -22,7 +25,8 @@ VIDEOS = pa.schema([
     ("codec", pa.string()),
     ("frame_indices", pa.list_(pa.int32())),  # which source frames were sampled
     ("frames_shape", pa.list_(pa.int32())),   # (T, H, W, 3)
-    ("frames", pa.large_binary()),            # raw uint8 RGB, C order
+    ("frames", pa.large_binary()),            # frames_encoding: raw (uint8 RGB, C order), jpeg or png (rlaif.frames)
+    ("frames_encoding", pa.string()),         # ingest.frame_storage; null (a row before it is stored): raw
     ("warnings", pa.list_(pa.string())),      # a kept video's oddities, "code: detail" (rlaif.decode: short_stream...)
 ])
 
@@ -35,8 +39,10 @@ QUARANTINE = pa.schema([DECODED.field(c) for c in QUARANTINE_COLUMNS])
 
 
 def frames_of(row: dict) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames of one videos.parquet row (as given by `Table.to_pylist()` or a Ray Data row)."""
-    return np.frombuffer(row["frames"], dtype=np.uint8).reshape(tuple(row["frames_shape"]))
+    """(T, H, W, 3) uint8 RGB frames of one videos.parquet row (as given by `Table.to_pylist()` or a Ray Data row),
+    however they are stored (ingest.frame_storage: the row's frames_encoding; sniffed when the caller did not read
+    that column)."""
+    return decode_frames(row["frames"], row["frames_shape"], row.get("frames_encoding"))
 
 
 CAPTIONS = pa.schema([("video_id", pa.string()), ("caption", pa.string()), ("model", pa.string()),

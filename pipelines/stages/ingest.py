@@ -1,7 +1,7 @@
 """Ingest stage: video sources → Ray Data → decoded, sampled frames in `videos.parquet`; rejects in `quarantine.parquet`.
 
     list (driver) → from_items → map_batches(VideoRowDecoder) on an autoscaling actor pool → materialize
-                  → filter ok → videos.parquet/       (Parquet dataset folder, written by the workers)
+                  → filter ok → store_frames (ingest.frame_storage) → videos.parquet/  (written by the workers)
                   → filter bad → quarantine.parquet/  (video_id, uri, reason, error, traceback)
 
 Each decode actor decodes in a child process (rlaif.isolation): a decoder segfault or hang costs one row, which is
@@ -22,12 +22,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
 import ray
 import ray.data
 
 from actors.progress import counted, expect
 from rlaif.config import IngestConfig
 from rlaif.decode import INTERNAL_ERROR, DecodeSpec
+from rlaif.frames import RAW, decode_frames, encode_frames
+from rlaif.placement import decoder_pool
 from rlaif.schemas import CAPTIONS, QUARANTINE, QUARANTINE_COLUMNS, VIDEOS
 from rlaif.sources import list_video_uris, video_id_for
 from rlaif.layout import RunLayout
@@ -64,6 +67,16 @@ def decode_spec(cfg: IngestConfig) -> DecodeSpec:
                       max_source_frames=cfg.max_source_frames, reject_blank=True)
 
 
+def store_frames(batch: pa.Table, encoding: str, jpeg_quality: int) -> pa.Table:
+    """Decoded VIDEOS rows (raw frames) with their frames stored as `encoding` (ingest.frame_storage)."""
+    if encoding != RAW:
+        shapes, frames = batch.column("frames_shape").to_pylist(), batch.column("frames").to_pylist()
+        encoded = [encode_frames(decode_frames(f, s, RAW), encoding, jpeg_quality) for f, s in zip(frames, shapes)]
+        batch = batch.set_column(batch.schema.get_field_index("frames"), "frames", pa.array(encoded, pa.large_binary()))
+    return batch.set_column(batch.schema.get_field_index("frames_encoding"), "frames_encoding",
+                            pa.array([encoding] * batch.num_rows, pa.string()))
+
+
 def check_internal_errors(result: IngestResult, max_share: float) -> None:
     """Raises InternalErrors when more than `max_share` of the inputs failed with an internal error."""
     n, total = result.n_internal_errors, result.n_inputs
@@ -97,6 +110,7 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     expect(len(items), "videos")
 
     n_blocks = max(1, -(-len(items) // cfg.batch_size))
+    decoders = decoder_pool(cfg)  # as `rlaif plan` shows it
     decoded = (
         ray.data.from_items(items, override_num_blocks=n_blocks)
         .map_batches(
@@ -104,8 +118,8 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
             fn_constructor_kwargs={"spec": decode_spec(cfg), "timeout_s": cfg.decode_timeout_s, "decoder": cfg.decoder},
             batch_size=cfg.batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.decoders),
-            num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(min_size=decoders.min_size, max_size=decoders.max_size),
+            num_cpus=decoders.cpus,
             udf_modifying_row_count=False,
             max_restarts=-1,  # an actor lost to a node failure is replaced; its batch is retried
         )
@@ -116,7 +130,11 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     layout.dir.mkdir()
     videos, quarantine = layout.videos, layout.quarantine
     ok = decoded.filter(expr="status == 'ok'")
-    write_dataset(ok.select_columns(VIDEOS.names), videos, VIDEOS, count=False)  # counted as they decoded
+    # Encoded after captioning (the captioner saw the decoded frames), in Ray Data tasks: the decoders are done.
+    stored = ok.select_columns(VIDEOS.names).map_batches(
+        store_frames, fn_kwargs={"encoding": cfg.frame_storage, "jpeg_quality": cfg.jpeg_quality},
+        batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=1 if cfg.frame_storage != RAW else 0.1)
+    write_dataset(stored, videos, VIDEOS, count=False)  # counted as they decoded
     write_dataset(decoded.filter(expr="status != 'ok'").select_columns(QUARANTINE_COLUMNS), quarantine, QUARANTINE,
                   count=False)
 

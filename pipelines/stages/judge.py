@@ -27,12 +27,13 @@ import ray.data
 
 from actors.pool import EngineClient, EnginePool
 from actors.progress import expect
-from rlaif.config import JudgeConfig
+from rlaif.config import JudgeConfig, RunConfig
 from rlaif.judging import (EMPTY_ANSWER, EMPTY_ANSWER_SCORE, JUDGE_CRASHED, JUDGE_REFUSED, PARSE_FAILED, SCORED,
                            Judgment, length_penalised, parse_aspects, parse_judgment, unjudgeable)
 from rlaif.prompts import aspect_output_regex, judge_messages, judge_output_regex
 from rlaif.schemas import ENGINE_CRASHED, JUDGMENTS, ROLLOUTS, TRUNCATED_FINISH
 from rlaif.layout import RunLayout
+from rlaif.placement import TransientPool, scorer_pool
 from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
@@ -154,11 +155,16 @@ def with_context(batch: pa.Table, context: pa.Table) -> pa.Table:
 
 
 def judged_dataset(answers: ray.data.Dataset, context: pa.Table, pool: EnginePool | None,
-                   cfg: JudgeConfig) -> ray.data.Dataset:
-    """`answers` (ROLLOUTS rows, a stream or a table) judged against `context` (judging_context): JUDGMENTS rows."""
+                   cfg: JudgeConfig, scorers: TransientPool | None = None) -> ray.data.Dataset:
+    """`answers` (ROLLOUTS rows, a stream or a table) judged against `context` (judging_context): JUDGMENTS rows.
+    A scoring function (kind function) runs on the `scorers` actor pool (rlaif.placement.scorer_pool; the default
+    pools.scorer if None)."""
     if cfg.kind == "function":
+        scorers = scorers or scorer_pool(RunConfig(judge=cfg))
         return answers.map_batches(ScoreAnswers, fn_constructor_kwargs={"cfg": cfg, "context": context}, batch_size=64,
-                                   batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
+                                   batch_format="pyarrow", num_cpus=scorers.cpus, num_gpus=scorers.gpus,
+                                   compute=ray.data.ActorPoolStrategy(min_size=scorers.min_size,
+                                                                      max_size=scorers.max_size))
     return pool.map_batches(answers, JudgeAnswers, cfg=cfg, model=pool.model_path, context=context)
 
 
@@ -182,7 +188,8 @@ def judge_answers(ctx: StageContext, answers: RunPath, out: RunPath) -> dict:
         return judgment_counts(out, ctx.cfg.judge)
     context = judging_context(ctx.layout, ctx.evidence)
     expect(rollouts.num_rows)
-    write_dataset(judged_dataset(ray.data.from_arrow(rollouts), context, ctx.judge_pool, ctx.cfg.judge), out, JUDGMENTS)
+    write_dataset(judged_dataset(ray.data.from_arrow(rollouts), context, ctx.judge_pool, ctx.cfg.judge,
+                                 scorer_pool(ctx.cfg)), out, JUDGMENTS)
     return judgment_counts(out, ctx.cfg.judge)
 
 
@@ -197,7 +204,7 @@ def answer_and_judge(ctx: StageContext, responders: list[EnginePool], split: str
         write_table(JUDGMENTS.empty_table(), out)
     else:
         context = judging_context(ctx.layout, ctx.evidence)
-        write_dataset(judged_dataset(ds, context, ctx.judge_pool, ctx.cfg.judge), out, JUDGMENTS)
+        write_dataset(judged_dataset(ds, context, ctx.judge_pool, ctx.cfg.judge, scorer_pool(ctx.cfg)), out, JUDGMENTS)
         write_table(read_table(out, ROLLOUTS.names), answers)
     return judgment_counts(out, ctx.cfg.judge)
 

@@ -10,6 +10,7 @@ import torch
 
 from actors.progress import expect
 from rlaif.pairs import select_pairs
+from rlaif.placement import reference_pool
 from rlaif.policy_model import answer_logps, is_video_model, load_policy, pair_batch
 from rlaif.schemas import PAIRS
 
@@ -18,6 +19,7 @@ from pipelines.stages.frames_join import rows_with_frames
 from pipelines.stages.io import read_table, write_dataset
 
 log = logging.getLogger(__name__)
+REFERENCE_BATCH = 8  # pairs per Ray Data batch to a reference actor (which scores them batch_pairs at a time)
 
 
 class ReferenceLogps:
@@ -57,10 +59,20 @@ def pairs(ctx: StageContext) -> dict:
     selected = selected.join(prompts, "prompt_id").append_column(
         "round", pa.array([ctx.round] * selected.num_rows, pa.int32()))
     expect(selected.num_rows)
+    pool = reference_pool(cfg)
+    # Each actor loads a policy copy: start no more than there are batches for, all at once (waiting for Ray Data's
+    # autoscaler to add them one by one would leave the round's only work on one actor while the others load), and
+    # give each one batch at a time, so that the first actor loaded does not queue the batches the others would take.
+    most = max(1, min(pool.max_size, -(-selected.num_rows // REFERENCE_BATCH)))
     ds = rows_with_frames(ctx.layout.videos, selected).map_batches(
         ReferenceLogps, fn_constructor_kwargs={"reference_path": ctx.reference, "average": cfg.train.loss_type == "ipo"},
-        batch_size=8, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=cfg.train.cpus_per_worker, num_gpus=cfg.train.gpus_per_worker if cfg.train.use_gpu else 0)
+        batch_size=REFERENCE_BATCH, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=most, initial_size=most,
+                                           max_tasks_in_flight_per_actor=1),
+        num_cpus=pool.cpus, num_gpus=pool.gpus)
+    # Several actors finish batches in any order; training reads pairs.parquet in file order, so keep the selection's
+    # order (a run is reproducible whatever the pool's size).
+    ds.context.execution_options.preserve_order = True
     write_dataset(ds, out.pairs, PAIRS)
     n = read_table(out.pairs, ["prompt_id"]).num_rows
     prompts_judged = len(set(judged.column("prompt_id").to_pylist())) if judged.num_rows else 0

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from rlaif.config import EnginePoolConfig, load_config, parse_config
-from rlaif.placement import Actor, PoolPlan, engine_gpus, pack, plan_pools, run_actors
+from rlaif.placement import (Actor, PoolPlan, describe, engine_gpus, pack, plan_pools, reference_pool, run_actors,
+                             scorer_pool, transient_pools)
 
 GPU_PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "gpu").glob("*.yaml"))
 
@@ -77,3 +78,35 @@ def test_gpu_presets_fit_one_8_gpu_node_and_not_less(preset):
 
 def test_gpu_presets_exist():
     assert len(GPU_PRESETS) >= 2
+
+
+def test_transient_pools_default_to_the_trainers_resources_and_follow_the_config():
+    cpu = parse_config({"train": {"workers": 3, "cpus_per_worker": 2}})
+    assert (reference_pool(cpu).min_size, reference_pool(cpu).max_size) == (1, 3)
+    assert (reference_pool(cpu).cpus, reference_pool(cpu).gpus) == (2, 0)  # CPU training: no GPU asked for
+    gpu = parse_config({"train": {"use_gpu": True, "gpus_per_worker": 0.5}})
+    assert reference_pool(gpu).gpus == 0.5
+    sized = parse_config({"pools": {"reference": {"actors": 4, "num_cpus": 1, "num_gpus": 0.25}}})
+    assert (reference_pool(sized).max_size, reference_pool(sized).cpus, reference_pool(sized).gpus) == (4, 1, 0.25)
+    assert scorer_pool(parse_config({"judge": {"kind": "score"}})) is None  # an LLM judges: no scoring actors
+    scored = parse_config({"judge": {"kind": "function"}, "pools": {"scorer": {"actors": 6, "num_cpus": 2}}})
+    assert (scorer_pool(scored).max_size, scorer_pool(scored).cpus) == (6, 2)
+    unbounded = scorer_pool(parse_config({"judge": {"kind": "function"}}))
+    assert (unbounded.max_size, unbounded.size) == (None, "1..free CPUs")
+    assert [p.name for p in transient_pools(scored)] == ["ingest decoders", "reference log-probs", "function judge"]
+    assert parse_config({"ingest": {"decoders": 5}}).ingest.decoders == transient_pools(
+        parse_config({"ingest": {"decoders": 5}}))[0].max_size
+
+
+def test_plan_lists_each_transient_pool_and_whether_it_fits_beside_the_engines():
+    cfg = parse_config({"judge": {"kind": "function"}, "ingest": {"decoders": 3},
+                        "pools": {"reference": {"actors": 4, "num_cpus": 1}}})
+    text = describe(cfg, pack(run_actors(cfg), nodes=1, cpus_per_node=8, gpus_per_node=0))
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["ingest decoders"] == "| ingest decoders | 1..3 | 1 | 0 | ingest, beside the starting engines | yes |"
+    assert rows["reference log-probs"].startswith("| reference log-probs | 1..4 | 1 | 0 | pairs stage")
+    assert rows["function judge"].startswith("| function judge | 1..free CPUs | 0.5 | 0 |")
+    # 4 reference actors of 6 CPUs do not fit beside the engines on an 8-CPU node (the policy engine holds 0.5).
+    big = parse_config({"pools": {"reference": {"actors": 4, "num_cpus": 6}}})
+    text = describe(big, pack(run_actors(big), nodes=1, cpus_per_node=8, gpus_per_node=0))
+    assert "| reference log-probs | 1..4 | 6 | 0 | pairs stage, on the idle trainer's resources | NO |" in text
