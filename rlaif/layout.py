@@ -135,6 +135,9 @@ class LogsLayout(Layout):
 
     driver = File("driver.log", "the driver's stdout and stderr: Ray, Ray Data, vLLM, DeepSpeed and transformers logs, "
                   "every worker's and engine's output Ray forwards, and the traceback of a failed stage")
+    workers = File("workers", "the command's Ray workers' own stdout/stderr files on the driver's node (engines, "
+                   "trainers, Ray Data workers), copied at the end: complete even where forwarding lagged or dropped "
+                   "lines; other nodes' are in Ray's logs there (`ray logs`)")
 
 
 class InputsLayout(Layout):

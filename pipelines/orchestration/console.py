@@ -191,8 +191,10 @@ class Console:
             PROGRESS.enabled = False
             import ray
 
+            workers = ray_worker_logs() if ray.is_initialized() else []
             if ray.is_initialized():  # now, not at exit: Ray's last words (actors killed, ...) go to the log too
                 ray.shutdown()
+            self._keep_worker_logs(workers)
             sys.stdout.flush()
             sys.stderr.flush()
             out_fd, err_fd = self._saved_fds
@@ -205,6 +207,16 @@ class Console:
             self.out, self.err, self.quiet = sys.stdout, sys.stderr, False
         if self.upload_to is not None and self.log_path.exists():
             self.upload_to.write_bytes(self.log_path.read_bytes())
+
+    def _keep_worker_logs(self, files: list[Path]) -> None:
+        """This command's workers' own output files (complete once Ray has shut them down) into logs/workers/."""
+        if not files or self.log_path is None:
+            return
+        dest = LogsLayout(self.upload_to.parent if self.upload_to is not None else self.log_path.parent).workers
+        dest.mkdir()
+        for f in files:
+            if f.exists() and f.stat().st_size:
+                (dest / f.name).write_bytes(f.read_bytes())
 
     # ---- what the console shows ---------------------------------------------------------------------------------
     def write(self, line: str, err: bool = False) -> None:
@@ -324,6 +336,20 @@ class Console:
         if self._bar is not None:
             self._bar.close()
             self._bar, self._bar_key = None, None
+
+
+def ray_worker_logs() -> list[Path]:
+    """The stdout/stderr files that Ray keeps of this job's workers on this node (`worker-<id>-<job>-<pid>.out|err`).
+    Ray forwards their lines to the driver as they come, but best-effort: lines still unread when the driver shuts
+    down are lost, which on a loaded machine can be a whole engine's start-up."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # (None: a Ray Client connection, nothing local)
+    if node is None:
+        return []
+    job = ray.get_runtime_context().get_job_id()
+    logs = Path(node.get_logs_dir_path())
+    return sorted([*logs.glob(f"worker-*-{job}-*.out"), *logs.glob(f"worker-*-{job}-*.err")])
 
 
 def _columns(stream: TextIO) -> int:
