@@ -97,8 +97,11 @@ class VLLMEngine(WeightSyncEngine):
         self.fault_oom_above = fault_oom_above
         self.fault_crash_marker = fault_crash_marker
         self.model_path = resolve_model(model)
+        # New weights arrive through vLLM's weight-transfer API, received by rlaif's transfer engine (registered in
+        # vLLM's factory when the worker imports its extension class): see actors/weight_sync/README.md.
         kwargs = dict(dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=True,
-                      max_num_seqs=max_num_seqs, worker_extension_cls="actors.weight_sync.receive.WeightReceiver")
+                      max_num_seqs=max_num_seqs, worker_extension_cls="actors.weight_sync.receive.WeightReceiver",
+                      weight_transfer_config={"backend": "rlaif"})
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" and engine_kwargs.get("tensor_parallel_size", 1) == 1:
             kwargs["distributed_executor_backend"] = "uni"  # in-process; tensor parallelism needs vLLM's workers
         from vllm.platforms import current_platform
@@ -258,6 +261,7 @@ class VLLMEngine(WeightSyncEngine):
 
         return {"role": self.role, "model": self.model_path, "pid": os.getpid(), "device": current_platform.device_type,
                 "weights_version": self.weights_version, "weights": self.weights,
+                "workers": self.llm.llm_engine.vllm_config.parallel_config.world_size,  # vLLM workers (TP x PP)
                 "adapter": self.lora_request.lora_path if self.lora_request else None,
                 "served": self.served, "threads": torch.get_num_threads(),
                 "recent_calls": list(self.recent_calls)}

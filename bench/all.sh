@@ -7,7 +7,8 @@
 #
 #   REPEAT=3     timed runs per side of every comparison, interleaved (fewer: faster, noisier)
 #   QUICK=1      small sizes, to check that every bench runs (its figures are not the documented ones)
-#   ONLY="dpo weight_sync"   run only these benches (names as in the list below)
+#   ONLY="dpo weight_sync"   run only these benches (names as in the list below); ONLY=scale: the opt-in scale bench
+#   SCALE_PROMPTS (1000,4000,16000)   the scale bench's sizes
 #   PYTHON, OUT (bench/results.md), LOG (every bench's whole output; default: a new temporary file, named at the end)
 # A full run (no QUICK, no ONLY) also pastes bench/results.md into docs/performance.md between its bench-results markers.
 set -uo pipefail
@@ -46,6 +47,12 @@ fi
 # The "Frames storage" section's figures, once its bench is there (default sizes).
 if [ -f bench/frames_storage.py ]; then
   BENCHES+=("frames_storage|bench/frames_storage.py")
+fi
+# Opt-in (~20 minutes on a 2-core CPU at the default sizes): the whole pipeline at several sizes, only when ONLY names it
+# (ONLY=scale); it also writes bench/scale_results.md itself. SCALE_PROMPTS sets the sizes.
+if [[ " $ONLY " == *" scale "* ]]; then
+  if [ "${QUICK:-0}" = 1 ]; then SCALE_PROMPTS=${SCALE_PROMPTS:-40,80}; fi
+  BENCHES+=("scale|bench/scale.py --prompts ${SCALE_PROMPTS:-1000,4000,16000}")
 fi
 # GPU-only: the DPO step of a 2B-class video LMM; run where a GPU is present.
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then

@@ -3,7 +3,7 @@ pairs, batch, steps, objective and optimizer, beside the machine's compute bound
 interleaved.
 
     python bench/dpo.py [--model smollm2-135m-instruct] [--pairs 64] [--steps 8] [--batch 4] [--workers 1 2]
-                        [--threads N] [--finetune full|lora] [--repeat 3] [--trl-ref-in-step]
+                        [--threads N] [--finetune full|lora] [--repeat 3] [--trl-ref-in-step] [--shared-prefix on off]
 
 Same on every side: sigmoid DPO with rlaif's TrainConfig defaults (beta, lr), constant lr, torch's AdamW *fused*
 (weight decay 0; rlaif's DeepSpeed config asks for it, TRL gets optim="adamw_torch_fused"), gradient clipping 1.0,
@@ -12,7 +12,11 @@ pipelines.stages.train.lora_config); `steps` steps of `batch` pairs (with W work
 the same order (no shuffling), so the losses of a step can be compared. Pairs are synthetic text (fixed seed, prompt
 ~32 tokens, answers ~16); the first steps x batch of them are used (cycled when there are fewer).
 Not the same, because one side has no such setting: rlaif computes logits only from the batch's first answer token
-on (`logits_to_keep`); TRL's DPOTrainer has no such option and computes the prompt's logits too.
+on (`logits_to_keep`); TRL's DPOTrainer has no such option and computes the prompt's logits too. rlaif's
+train.shared_prefix (default on; --shared-prefix off, or on off for both as separate sides) computes each pair's
+prompt once, chosen and rejected packed behind it in one padding-free row (rlaif.vlm_inputs.pack_shared_prefix);
+TRL's DPOTrainer has no shared-prefix option and computes the prompt for each answer (its padding_free is disabled
+in TRL 1.16: it warns and pads).
 
 Sides:
 - rlaif: pipelines.stages.train.run_train on a local Ray (pipelines.orchestration.ray_env.init_ray): TorchTrainer
@@ -32,8 +36,9 @@ run_train takes rows with a video_id joined to videos.parquet; a text model igno
 one empty "video" (which also keeps the pairs in order through Ray Data). The worker's history times each step from
 its batch to the end of its optimizer step (step_s); TRL's steps are timed by a callback, begin to end.
 
-tokens: the real (unpadded) prompt + answer tokens of chosen and rejected per step. Compute bound: matmul peak (same
-threads, times workers) / FLOPs per token, with ~6 x params for the policy's forward + backward (LoRA: ~4, frozen
+tokens: the real (unpadded) prompt + answer tokens of chosen and rejected per step, the prompt counted twice on
+every side (so tokens/s is pairs/s times one constant, whichever way a side computes them). Compute bound: matmul
+peak (same threads, times workers) / FLOPs per token, with ~6 x params for the policy's forward + backward (LoRA: ~4, frozen
 weights get no weight gradient) plus 2 x params when the reference forward is in the step. wall s: the whole call
 (rlaif: Ray Train and DeepSpeed start-up, model load, training, the final checkpoint and policy save; TRL: model
 load, trainer set-up with tokenising and any precompute, training), median over the runs. Losses: the first and last
@@ -65,11 +70,12 @@ def synthetic_pairs(tok, n: int, seed: int) -> list[dict]:
             words.append(rng.choice(WORDS))
         return " ".join(words).capitalize() + "."
 
-    return [{"prompt_id": f"p{i}", "video_id": "text", "question": text(32), "chosen": text(16),
+    # Zero-padded ids: the train stage sorts the pairs by prompt_id, and so keeps them in the order TRL reads them.
+    return [{"prompt_id": f"p{i:06d}", "video_id": "text", "question": text(32), "chosen": text(16),
              "rejected": text(16)} for i in range(n)]
 
 
-def run_rlaif(path: str, pairs, a, workers: int) -> dict:
+def run_rlaif(path: str, pairs, a, workers: int, shared_prefix: bool) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -78,7 +84,7 @@ def run_rlaif(path: str, pairs, a, workers: int) -> dict:
     from rlaif.layout import RoundLayout, RunLayout
 
     t = TrainConfig(workers=workers, cpus_per_worker=a.threads, micro_batch_size=a.batch // workers,
-                    finetune=a.finetune)
+                    finetune=a.finetune, shared_prefix=shared_prefix)
     tmp = tempfile.TemporaryDirectory(prefix="bench-dpo-")  # Ray Train's checkpoint holds the optimizer state
     run = RunLayout(tmp.name)
     pq.write_table(pa.table({"video_id": ["text"], "frames": pa.array([b""], pa.binary()),
@@ -92,7 +98,8 @@ def run_rlaif(path: str, pairs, a, workers: int) -> dict:
     finally:
         tmp.cleanup()
     # Each step's clock (loss to optimizer step) is in the worker's history, as in every run's manifest.
-    return {"trainer": "rlaif (Ray Train + DeepSpeed)", "workers": workers, "threads": a.threads,
+    path_name = "shared-prefix packed" if shared_prefix else "unpacked"
+    return {"trainer": f"rlaif (Ray Train + DeepSpeed), {path_name}", "workers": workers, "threads": a.threads,
             "step_s": [h["step_s"] for h in out["history"]], "losses": [h["loss"] for h in out["history"]],
             "wall s": wall, "ref_in_step": False}
 
@@ -162,6 +169,9 @@ def main() -> None:
     p.add_argument("--finetune", choices=["full", "lora"], default="full")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per side, interleaved")
     p.add_argument("--trl-ref-in-step", action="store_true", help="also run TRL with the reference in the step")
+    p.add_argument("--shared-prefix", choices=["on", "off"], nargs="+", default=["on"],
+                   help="rlaif's train.shared_prefix: on (each prompt computed once for both answers), off (chosen "
+                        "and rejected as separate padded sequences), or both as separate sides")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     if any(a.batch % w for w in a.workers):
@@ -214,7 +224,9 @@ def main() -> None:
     if a.trl_ref_in_step:
         sides["TRL ref in step"] = side("TRL ref in step", lambda: run_trl(path, rows, a, ref_in_step=True))
     for w in a.workers:
-        sides[f"rlaif w{w}"] = side(f"rlaif w{w}", lambda w=w: run_rlaif(path, pairs, a, w))
+        for sp in a.shared_prefix:
+            name = f"rlaif w{w}" + ("" if len(a.shared_prefix) == 1 else f" shared prefix {sp}")
+            sides[name] = side(name, lambda w=w, sp=sp: run_rlaif(path, pairs, a, w, sp == "on"))
     try:
         interleaved(sides, a.repeat, warmup=0)
     finally:
@@ -228,10 +240,14 @@ def main() -> None:
     for name, r in runs.items():
         s = spread(r["runs"])
         flops_per_token = (policy_flops + 2 * r["ref_in_step"]) * params
-        logits = "answer tokens only (logits_to_keep)" if name.startswith("rlaif") else "every token (no such option)"
+        rlaif = name.startswith("rlaif")
+        logits = "answer tokens only (logits_to_keep)" if rlaif else "every token (no such option)"
+        prompt = (("once per pair (shared prefix)" if "shared-prefix" in r["trainer"] else "twice per pair") if rlaif
+                  else "twice per pair (no shared-prefix option)")
         results.append({
             "model": a.model, "trainer": r["trainer"], "workers": r["workers"], "threads": r["threads"],
-            "optimizer": "AdamW fused", "logits": logits, "steps": len(r["losses"]), "runs": s["n"],
+            "optimizer": "AdamW fused", "logits": logits, "prompt computed": prompt, "steps": len(r["losses"]),
+            "runs": s["n"],
             "tokens/s min": round(s["min"]), "median": round(s["median"]), "max": round(s["max"]),
             "median vs TRL precomputed": ratio(s["median"], baseline),
             "% of bound (median)": 100 * s["median"] / (r["workers"] * peak / flops_per_token),
@@ -244,8 +260,8 @@ def main() -> None:
           f"{tokens:.0f} tokens/step (prompt + answers, chosen and rejected); {a.repeat} runs per side, interleaved, "
           f"step 1 of each untimed; reference scoring for rlaif (pairs stage, not in the rows below) {ref_s:.2f} s; "
           f"local Ray start {ray_s:.1f} s")
-    print(table(results, ["model", "trainer", "workers", "threads", "optimizer", "logits", "runs", "tokens/s min",
-                          "median", "max", "median vs TRL precomputed", "% of bound (median)", "first loss",
+    print(table(results, ["model", "trainer", "workers", "threads", "optimizer", "logits", "prompt computed", "runs",
+                          "tokens/s min", "median", "max", "median vs TRL precomputed", "% of bound (median)", "first loss",
                           "last loss", "wall s (median)"]))
 
 

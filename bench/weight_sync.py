@@ -3,10 +3,11 @@ the same bytes.
 
     python bench/weight_sync.py [--model smollm2-135m-instruct] [--engines 1] [--bucket-mb 256] [--repeat 3]
                                 [--warmup 1]
+    python bench/weight_sync.py --fanout 1,2,3 [--model ...] [--repeat 3]   # sync time vs number of engines
 
 Every method loads the same tensors into the same live vLLM engines (Ray actors, `actors.vllm_engine`), through the
-same receive path (actors/weight_sync/receive.py `WeightReceiver.load_weight_buckets`: vLLM's in-place
-`reload_weights`):
+same receive path (vLLM's weight-transfer API with rlaif's engine, actors/weight_sync/transfer_engine.py: vLLM's
+layerwise in-place reload):
   - bucketed (actors.weight_sync.broadcast_weights): the weights packed into a few contiguous buckets, each put in
     the object store once, and one call per engine carrying every bucket;
   - collective (the same with loop.sync_transport collective): the same buckets, each one broadcast over a gloo group
@@ -18,6 +19,10 @@ Fairness: every method gets --warmup untimed calls, then --repeat timed ones, in
 per-parameter, engine load, LoRA, bucketed, ...), so drifting load falls on all of them; the table gives min, median
 and max, and ratios of medians. The load average is printed with the figures.
 The bound is the model's bytes over this machine's measured copy bandwidth: the time to copy the weights once.
+--fanout K1,K2,...: instead, how a sync's time grows with the number of engines: max(K) engines are started, and
+each transport syncs the first K of them, for every K, interleaved (object store K1, collective K1, object store K2,
+...). The engines' own load (the layerwise reload, run by all K at once on the same cores) is reported beside each, so
+what the transport adds is the difference.
 Also timed: LoRA mode (loop.sync adapter), where an engine started with LoRA support hot-loads a rank --lora-rank
 adapter of every linear layer (`WeightSyncEngine.load_adapter`) instead of receiving the merged weights.
 """
@@ -40,11 +45,11 @@ class WeightSender:
     def __init__(self, folder: str):
         self.state = saved_weights(folder)
 
-    def sync(self, engines: list, bucket_mb: int) -> dict:
-        stats = broadcast_weights(engines, self.state.items(), bucket_mb, transport="collective")
-        if stats["sync_transport"] != "collective":  # its time would be the object store's
-            raise RuntimeError(f"the collective transport fell back: {stats['sync_fallback']}")
-        return stats
+    def sync(self, engines: list, bucket_mb: int, stats: bool = False) -> dict | None:
+        out = broadcast_weights(engines, self.state.items(), bucket_mb, transport="collective")
+        if out["sync_transport"] != "collective":  # its time would be the object store's
+            raise RuntimeError(f"the collective transport fell back: {out['sync_fallback']}")
+        return out if stats else None
 
 
 class PerTensorEngine(VLLMEngine):
@@ -86,6 +91,41 @@ def adapter_engine(folder: str, video: bool, rank: int) -> tuple:
     return engine, str(adapter), nbytes
 
 
+def fanout(args, folder: str, state: dict, video: bool, nbytes: int) -> None:
+    """Sync time with K engines for K in --fanout, both transports, interleaved."""
+    counts = sorted({int(k) for k in args.fanout.split(",")})
+    actor = ray.remote(max_restarts=0)(VLLMEngine)
+    engines = [actor.options(num_cpus=0.5).remote(folder, role="policy", max_model_len=512, video=video)
+               for _ in range(max(counts))]
+    ray.get([e.health.remote() for e in engines])
+    sender = WeightSender.remote(folder)
+    loads: dict[str, list] = {}
+
+    def sync(key, k, transport):
+        def run():
+            stats = (ray.get(sender.sync.remote(engines[:k], args.bucket_mb, stats=True)) if transport == "collective"
+                     else broadcast_weights(engines[:k], state.items(), args.bucket_mb))
+            loads.setdefault(key, []).append(stats["engine_load_s"])
+        return run
+
+    sides = {(f"{transport} x{k}", k, transport): None for k in counts for transport in ("object_store", "collective")}
+    load_before = load_average()
+    times = interleaved({key: sync(key, k, transport) for key, k, transport in sides}, args.repeat, args.warmup)
+    for a in [sender, *engines]:
+        ray.kill(a)
+    print(f"\n{machine()}; {args.model}: {len(state)} tensors, {nbytes / 1e6:.1f} MB fp32, buckets of <= "
+          f"{args.bucket_mb} MB; {args.warmup} untimed + {args.repeat} timed syncs per row, interleaved; "
+          f"{load_before} before, {load_average()} after")
+    rows = []
+    for key, k, transport in sides:
+        sp, load = spread(times[key]), spread(loads[key][args.warmup:])
+        rows.append({"transport": transport, "engines": k, "runs": sp["n"], "sync s min": sp["min"],
+                     "median": sp["median"], "max": sp["max"], "slowest engine's load s (median)": load["median"],
+                     "median - load": sp["median"] - load["median"]})
+    print(table(rows, ["transport", "engines", "runs", "sync s min", "median", "max",
+                       "slowest engine's load s (median)", "median - load"]))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
@@ -94,6 +134,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per method before the timed ones")
     p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--fanout", default="", help="e.g. 1,2,3: sync time vs number of engines, both transports")
     args = p.parse_args()
 
     from pipelines.orchestration.ray_env import init_ray
@@ -105,6 +146,8 @@ def main() -> None:
     nbytes = sum(t.nbytes for t in state.values())
     video = "vl" in args.model
     init_ray(RayConfig())
+    if args.fanout:
+        return fanout(args, folder, state, video, nbytes)
     actor = ray.remote(max_restarts=0)(PerTensorEngine)
     engines = [actor.options(num_cpus=0.5).remote(folder, role="policy", max_model_len=512, video=video)
                for _ in range(args.engines)]
@@ -127,7 +170,7 @@ def main() -> None:
     lora_engine, adapter, adapter_bytes = adapter_engine(folder, video, args.lora_rank)
     names = {"bucketed": "bucketed broadcast",
              "collective": "bucketed, collective transport (gloo group, from an actor)",
-             "rpc": "per-parameter RPC", "load": "engine load alone (reload_weights)",
+             "rpc": "per-parameter RPC", "load": "engine load alone (layerwise reload)",
              "lora": f"LoRA mode: hot-load a rank-{args.lora_rank} adapter"}
     load_before = load_average()
     times = interleaved({

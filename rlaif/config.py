@@ -259,6 +259,11 @@ class TrainConfig(_Strict):
         None, gt=0, description="MMAIP-V's weak-to-strong step (ExPO): after each round θ ← θ_ref + α·(θ_dpo − θ_ref), "
                                 "α > 1 extrapolates past the trained weights; None leaves them as trained.")
     checkpoint_every: int = Field(20, ge=1, description="Steps between Ray Train checkpoints (each is a barrier).")
+    shared_prefix: bool = Field(
+        True, description="Compute each pair's prompt once for both answers: chosen and rejected packed into one row "
+                          "behind their shared prompt (a 4D attention mask keeps them apart), every pair of the "
+                          "micro-batch in that row, no padding; the same log-probs and loss as two separate "
+                          "sequences. Text models; a video model always takes the unpacked batch.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute each layer's activations in the backward pass instead of keeping them: a "
                             "fraction of the activation memory for ~30% more compute (GPU presets: on; `rlaif plan` "

@@ -24,7 +24,9 @@ def preference_loss(model, processor, rows: list[dict], t: TrainConfig, video: b
     """`rows`: question, chosen, rejected, ref_logp_chosen, ref_logp_rejected (+ frames when `video`, + gt_caption
     for the caption term). Returns the loss to backpropagate and detached figures to log."""
     n = len(rows)
-    token_lp, mask = answer_token_logps(model, pair_batch(processor, rows, video))
+    # Shared-prefix packing (t.shared_prefix) computes each prompt once; video models take the unpacked batch.
+    batch = pair_batch(processor, rows, video, shared_prefix=t.shared_prefix and not video)
+    token_lp, mask = answer_token_logps(model, batch)
     policy = sequence_logps(token_lp, mask, average=t.loss_type == "ipo")
     ref_c = torch.tensor([r["ref_logp_chosen"] for r in rows], dtype=policy.dtype)
     ref_r = torch.tensor([r["ref_logp_rejected"] for r in rows], dtype=policy.dtype)

@@ -32,12 +32,16 @@ def encode_prompt(processor, question: str, frames: np.ndarray | None) -> dict[s
     return {k: v for k, v in enc.items() if k in ("input_ids", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw")}
 
 
+def encode_answer(processor, answer: str, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """The answer's tokens and the end of turn, tokenized on their own (the exact prompt/answer boundary)."""
+    return torch.tensor(_tokenizer(processor)(answer + END_OF_TURN, add_special_tokens=False)["input_ids"], dtype=dtype)
+
+
 def encode_example(processor, question: str, answer: str, frames: np.ndarray | None) -> dict[str, Any]:
     """One sequence: prompt + answer + end of turn, with `answer_mask` marking the tokens that are scored."""
     prompt = encode_prompt(processor, question, frames)
     prompt_ids = prompt["input_ids"][0]
-    answer_ids = torch.tensor(_tokenizer(processor)(answer + END_OF_TURN, add_special_tokens=False)["input_ids"],
-                              dtype=prompt_ids.dtype)
+    answer_ids = encode_answer(processor, answer, prompt_ids.dtype)
     ids = torch.cat([prompt_ids, answer_ids])
     mask = torch.zeros_like(ids)
     mask[len(prompt_ids):] = 1
@@ -70,6 +74,58 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
         batch["pixel_values_videos"] = torch.cat([e["pixel_values_videos"] for e in examples])
         batch["video_grid_thw"] = torch.cat([e["video_grid_thw"] for e in examples])
     return batch
+
+
+def pack_shared_prefix(pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Shared-prefix packing of (prompt, chosen, rejected) token ids: one row [p1 c1 r1 p2 c2 r2 ...], no padding,
+    where each prompt is computed once and both of its answers attend to it.
+
+    Attention (`allowed`, (1, 1, T, T) bool, True = may attend): a token sees the earlier tokens of its own pair's
+    prompt and of its own part (prompt, chosen or rejected); a rejected token never sees the chosen answer, and no
+    token sees another pair. Positions: the prompt is 0..P-1 and both answers start at P, so each answer gets the
+    rotary positions (and therefore the hidden states) it has in its own unpacked sequence [prompt, answer].
+
+    The answer tokens to score are listed flat (N of them, chosen answers of all pairs then rejected ones, in order):
+    `sources` is the position whose logits predict the token (the previous token of its own sequence: for an answer's
+    first token the prompt's last, not the token before it in the row), `targets` its id, and (`sequence`, `slot`)
+    where it goes in a (2B, longest answer) table: sequence i < B is pair i's chosen answer, B + i its rejected one.
+    """
+    n = len(pairs)
+    ids, positions, pair_of, part_of = [], [], [], []
+    scored = [[None] * n, [None] * n]  # [part - 1][pair] -> (sources, targets) of that answer
+    offset = 0
+    for i, (prompt, chosen, rejected) in enumerate(pairs):
+        p = len(prompt)
+        ids.append(prompt)
+        positions.append(torch.arange(p))
+        part_of.append(torch.zeros(p, dtype=torch.long))
+        start = offset + p
+        for part, answer in ((1, chosen), (2, rejected)):
+            a = len(answer)
+            ids.append(answer)
+            positions.append(torch.arange(p, p + a))
+            part_of.append(torch.full((a,), part, dtype=torch.long))
+            # The first answer token is predicted by the prompt's last position, the others by their predecessor.
+            sources = torch.cat([torch.tensor([offset + p - 1]), torch.arange(start, start + a - 1)])
+            scored[part - 1][i] = (sources, answer)
+            start += a
+        pair_of.append(torch.full((start - offset,), i, dtype=torch.long))
+        offset = start
+    pair_of, part_of = torch.cat(pair_of), torch.cat(part_of)
+    t = len(pair_of)
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    same_pair = pair_of[:, None] == pair_of[None, :]
+    visible_part = (part_of[None, :] == 0) | (part_of[:, None] == part_of[None, :])
+    answers = scored[0] + scored[1]
+    return {
+        "input_ids": torch.cat(ids).long().unsqueeze(0),
+        "position_ids": torch.cat(positions).unsqueeze(0),
+        "allowed": (causal & same_pair & visible_part)[None, None],
+        "sources": torch.cat([s for s, _ in answers]),
+        "targets": torch.cat([a for _, a in answers]).long(),
+        "sequence": torch.cat([torch.full((len(a),), k, dtype=torch.long) for k, (_, a) in enumerate(answers)]),
+        "slot": torch.cat([torch.arange(len(a)) for _, a in answers]),
+    }
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

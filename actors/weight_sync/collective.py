@@ -4,8 +4,9 @@ one broadcast.
 
 Driver side: `sync_engines` (called by actors.weight_sync.send.broadcast_weights, which falls back to the object store
 when it raises, logging a warning with the cause and recording it as `sync_fallback`, or, with
-loop.sync_transport_required, raises SyncTransportError instead). Group side, on both ends: `open_store` / `send_buckets` for the sender, `receive_buckets` for each
-engine (called in its vLLM worker by actors.weight_sync.receive.WeightReceiver.receive_weight_broadcast).
+loop.sync_transport_required, raises SyncTransportError instead). Group side, on both ends: `open_store` /
+`send_buckets` for the sender, `receive_buckets` for each engine (called in its vLLM worker by rlaif's vLLM weight
+transfer engine, actors.weight_sync.transfer_engine, for an update whose info names a `group`).
 
 The group never touches the default process group: the sender runs inside a Ray Train worker that already has one
 (the trainers' group), and each vLLM worker has its own. It lives for one sync, rendezvousing through a TCPStore on a
@@ -13,8 +14,13 @@ fresh port, so a failed sync leaves nothing behind for the next. Every step (con
 checking in, each broadcast) gives up after `timeout_s`, on both sides: a sender that gives up falls back to another
 transport, and the engines must not stay blocked waiting for it.
 
-gloo (CPU) is what the project's CPU machines run and test. NCCL (sender and engines on GPUs) takes the same steps
-but is UNTESTED: the development machines have no GPU.
+gloo (CPU) is what the project's CPU machines run and test. On GPUs (sender and every engine) the sync is vLLM's own
+NCCL weight transfer instead (actors.weight_sync.vllm_nccl; UNTESTED: the development machines have no GPU).
+
+Topology: the broadcast of one bucket is gloo's `broadcast` (torch's ProcessGroupGloo calls gloo::broadcast), a
+binomial tree over the group: ceil(log2(1 + engines)) rounds, each rank that has the bucket sending it whole to one
+more; so the sender sends each bucket at most ceil(log2(1 + engines)) times, not once per engine (README.md, "Many
+engines").
 """
 from __future__ import annotations
 
@@ -48,6 +54,10 @@ def sync_engines(engines: list, buckets: list[Bucket], label: str | None, backen
                  timeout_s: float) -> list[dict]:
     """Every engine's load stats, once each has received and loaded every bucket. Raises when the group or a
     broadcast fails within `timeout_s`, after the engines' calls have given up (their weights unchanged)."""
+    if backend == "nccl":  # UNTESTED (no GPU here)
+        from actors.weight_sync.vllm_nccl import sync_engines as sync_over_vllm_nccl
+
+        return sync_over_vllm_nccl(engines, buckets, label)
     host = ray.util.get_node_ip_address()
     store = open_store(host, timeout_s)
     world_size = 1 + len(engines)
@@ -85,22 +95,15 @@ def open_store(host: str, timeout_s: float) -> dist.TCPStore:
 
 @contextlib.contextmanager
 def joined(store: dist.Store, rank: int, world_size: int, backend: str, timeout_s: float) -> Iterator:
-    """This process's member of the sync's group (a backend object, not a torch.distributed group: nothing global)."""
+    """This process's member of the sync's gloo group (a backend object, not a torch.distributed group: nothing
+    global)."""
+    if backend != "gloo":
+        raise ValueError(f"rlaif's own collective group is gloo only (GPUs use vLLM's NCCL engine), not {backend!r}")
     timeout = timedelta(seconds=timeout_s)
-    # Every rank checks in before any backend connects, so a missing rank fails here within the timeout for either
-    # backend (NCCL would only notice in its first collective).
+    # Every rank checks in before the group connects, so a missing rank fails here within the timeout.
     store.set(f"joined/{rank}", "1")
     store.wait([f"joined/{r}" for r in range(world_size)], timeout)
-    if backend == "gloo":
-        yield dist.ProcessGroupGloo(store, rank, world_size, timeout)
-        return
-    options = dist.ProcessGroupNCCL.Options()  # UNTESTED (no GPU here)
-    options._timeout = timeout
-    group = dist.ProcessGroupNCCL(store, rank, world_size, options)
-    try:
-        yield group
-    finally:
-        group.shutdown()  # frees the communicator's GPU buffers: one group per sync would otherwise pile them up
+    yield dist.ProcessGroupGloo(store, rank, world_size, timeout)
 
 
 def broadcast_buckets(group, buckets: list[Bucket], backend: str) -> None:
@@ -108,14 +111,7 @@ def broadcast_buckets(group, buckets: list[Bucket], backend: str) -> None:
     options = dist.BroadcastOptions()
     options.rootRank = ROOT
     for bucket in buckets:
-        data = torch.from_numpy(bucket.data)
-        if backend == "gloo":
-            group.broadcast([data], options).wait()
-            continue
-        device = data.cuda()  # UNTESTED: NCCL sends from and to GPU memory; the buckets stay in host memory
-        group.broadcast([device], options).wait()
-        if group.rank() != ROOT:
-            data.copy_(device)
+        group.broadcast([torch.from_numpy(bucket.data)], options).wait()
 
 
 def send_buckets(store: dist.Store, world_size: int, backend: str, buckets: list[Bucket], timeout_s: float) -> None:

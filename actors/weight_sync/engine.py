@@ -1,12 +1,16 @@
 """The engine side of weight sync: the methods a policy engine's actor is called with to take new weights in place.
 
 `WeightSyncEngine` is a mixin of actors.vllm_engine.VLLMEngine (so they are methods of the Ray actor `EngineActor`,
-called as `engine.load_weight_buckets.remote(...)`). It runs in the engine's actor process and drives the vLLM
-workers, where actors.weight_sync.receive.WeightReceiver (the engine's `worker_extension_cls`) does the loading:
+called as `engine.load_weight_buckets.remote(...)`). It runs in the engine's actor process and drives vLLM's own
+weight-transfer API on the engine's `LLM` (`start_weight_update`, `update_weights`, `finish_weight_update`), received
+in each vLLM worker by rlaif's transfer engine (actors.weight_sync.transfer_engine, the engine's
+`WeightTransferConfig` backend `rlaif`):
   - load_weight_buckets: the object-store transport (actors.weight_sync.object_store), and an engine's own reload of
     a saved folder (`_load_folder`: a restarted engine taking the policy its pool holds, see EnginePool.hold);
   - receive_weight_broadcast: the collective transport (actors.weight_sync.collective);
-  - load_adapter: LoRA mode (actors.weight_sync.adapter).
+  - load_adapter: LoRA mode (actors.weight_sync.adapter), vLLM's LoRA API (no weights sent);
+  - init_weight_transfer_engine, start_weight_update, update_weights, finish_weight_update, update_weight_version:
+    vLLM's weight-sync control plane, for a trainer-side engine of vLLM's (its NCCL broadcast on GPUs).
 
 It uses the engine's `llm` (a vllm.LLM), `model_path`, `lora_request`, `adapters_loaded`, `weights_version`,
 `weights` (the label of the weights held) and `_record_call`, all set up by VLLMEngine.
@@ -29,9 +33,7 @@ class WeightSyncEngine:
         """New weights, in place: actors.weight_sync.buckets.Bucket objects, passed as separate arguments so that Ray
         resolves each ObjectRef (one object-store object per bucket, fetched once per node). `label` names them (the
         policy folder they were saved to)."""
-        start = time.time()
-        stats = self.llm.collective_rpc("load_weight_buckets", args=(list(buckets),))[0]
-        return self._weights_replaced(start, stats, label)
+        return self._update_weights({"buckets": list(buckets)}, label)
 
     def receive_weight_broadcast(self, host: str, port: int, rank: int, world_size: int, backend: str, index: list,
                                  timeout_s: float, label: str | None = None) -> dict:
@@ -41,10 +43,43 @@ class WeightSyncEngine:
         if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:
             # Every vLLM worker would join as the same rank; the object store serves sharded engines instead.
             raise ValueError("the collective weight transport takes engines of one worker")
+        group = {"host": host, "port": port, "rank": rank, "world_size": world_size, "backend": backend,
+                 "index": index, "timeout_s": timeout_s}
+        return self._update_weights({"group": group}, label)
+
+    def _update_weights(self, update_info: dict, label: str | None) -> dict:
+        """One update through vLLM's weight-transfer API, received by the engine's `rlaif` transfer engine
+        (actors.weight_sync.transfer_engine). A failed receive raises before anything is loaded."""
         start = time.time()
-        stats = self.llm.collective_rpc("receive_weight_broadcast",
-                                        args=(host, port, rank, world_size, backend, index, timeout_s))[0]
+        self.llm.start_weight_update()
+        self.llm.update_weights({"update_info": update_info})
+        self.llm.finish_weight_update()
+        stats = self.llm.collective_rpc("weight_transfer_stats")[0]
         return self._weights_replaced(start, stats, label)
+
+    # vLLM's weight-sync control plane (the four methods of its VLLMWeightSyncClient protocol, as vLLM's own Ray
+    # client calls them), for a trainer-side engine of vLLM's (its NCCL broadcast on GPUs, see
+    # actors.weight_sync.vllm_nccl). UNTESTED: no GPU here.
+    def init_weight_transfer_engine(self, request) -> None:
+        self.llm.init_weight_transfer_engine(request)
+
+    def start_weight_update(self) -> None:
+        self._vllm_update_start = time.time()
+        self.llm.start_weight_update()
+
+    def update_weights(self, request) -> None:
+        self.llm.update_weights(request)
+
+    def finish_weight_update(self, weight_version: str | None = None) -> dict:
+        self.llm.finish_weight_update()
+        stats = self.llm.collective_rpc("weight_transfer_stats")[0]
+        return self._weights_replaced(getattr(self, "_vllm_update_start", time.time()), stats, weight_version)
+
+    def update_weight_version(self, new_version: str) -> None:
+        self.weights = new_version
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        self.llm.shutdown_weight_transfer_engine()
 
     def _weights_replaced(self, start: float, stats: dict, label: str | None) -> dict:
         self._drop_adapter()  # whole new weights: an adapter trained on the old ones no longer applies

@@ -52,7 +52,8 @@ def broadcast_weights(engines: list, named: Iterable[tuple[str, torch.Tensor]], 
         used = {"sync_transport": "object_store", **used}
     return {"sync_s": time.perf_counter() - start, "sync_mode": "weights", "sync_buckets": len(buckets),
             "sync_bytes": sum(b.nbytes for b in buckets), "engines_synced": len(stats),
-            "engine_weights_version": [s["version"] for s in stats], **used}
+            "engine_weights_version": [s["version"] for s in stats],
+            "engine_load_s": max((s["seconds"] for s in stats), default=0.0), **used}
 
 
 def _try_collective(engines: list, buckets: list[Bucket], label: str | None, timeout_s: float,

@@ -1,5 +1,6 @@
 """Weight buckets on the receiving side: a bucket rebuilt from its index and its bytes unpacks to the packed tensors,
-and the collective transport (actors.weight_sync.collective, gloo) carries the bytes from rank 0 to every other rank."""
+and the collective transport (actors.weight_sync.collective, gloo) carries the bytes from rank 0 to every other rank;
+vLLM's weight-transfer factory builds rlaif's receiving engine (actors.weight_sync.transfer_engine)."""
 import threading
 
 import pytest
@@ -61,3 +62,52 @@ def test_a_missing_receiver_fails_the_sender_within_the_timeout():
     store = open_store("127.0.0.1", timeout_s=0.5)
     with pytest.raises(RuntimeError):  # torch's DistStoreError
         send_buckets(store, 2, "gloo", packed, timeout_s=0.5)
+
+
+def test_vllm_weight_transfer_factory_builds_the_rlaif_engine():
+    """The worker extension's import registers rlaif's engine in vLLM's factory: an engine configured with
+    WeightTransferConfig(backend="rlaif") gets it, and it parses both transports' update info."""
+    from types import SimpleNamespace
+
+    from vllm.config.weight_transfer import WeightTransferConfig
+    from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+
+    import actors.weight_sync.receive  # noqa: F401  (what vLLM's worker imports first)
+    from actors.weight_sync.transfer_engine import RlaifWeightTransferEngine
+
+    config = SimpleNamespace(parallel_config=None, model_config=None)
+    engine = WeightTransferEngineFactory.create_engine(WeightTransferConfig(backend="rlaif"), config,
+                                                       torch.device("cpu"), torch.nn.Linear(2, 2))
+    assert type(engine) is RlaifWeightTransferEngine
+    packed = pack_buckets(_weights().items(), bucket_bytes=600)
+    assert engine.parse_update_info({"buckets": packed}).buckets == packed
+    assert engine.parse_update_info({"group": {"rank": 1}}).group == {"rank": 1}
+    with pytest.raises(ValueError):
+        engine.parse_update_info({"names": ["w"]})  # another backend's update info
+
+
+def test_engine_fleet_client_gives_each_engine_its_own_nccl_ranks(monkeypatch):
+    """The GPU path's client (vLLM's VLLMWeightSyncClient protocol over several engines): the sender is rank 0 and
+    each engine's workers follow the previous engine's, where vLLM's own Ray client would put every engine at 1."""
+    from vllm.distributed.weight_transfer.base import VLLMWeightSyncClient
+
+    from actors.weight_sync import vllm_nccl
+
+    class Engine:  # an engine actor's handle: .method.remote(...) records the call
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, name):
+            return type("Method", (), {"remote": lambda _, *a: self.calls.append((name, a)) or name})()
+
+    monkeypatch.setattr(vllm_nccl.ray, "get", lambda refs: refs)
+    engines = [Engine(), Engine(), Engine()]
+    client = vllm_nccl.EngineFleetClient(engines, workers=[1, 2, 1], label="policy-3")
+    assert isinstance(client, VLLMWeightSyncClient)
+    client.init_weight_transfer_engine({"master_port": 5, "world_size": 5})
+    offsets = [e.calls[0][1][0]["init_info"]["nccl"]["rank_offset"] for e in engines]
+    assert offsets == [1, 2, 4]
+    client.update_weights({"names": ["w"]})
+    client.finish_weight_update()
+    assert engines[2].calls[1:] == [("update_weights", ({"update_info": {"nccl": {"names": ["w"]}}},)),
+                                    ("finish_weight_update", ("policy-3",))]
