@@ -89,8 +89,7 @@ def run_judge(cfg: RunConfig, answers: pa.Table, context: pa.Table, out: RunPath
     try:
         rollouts = answers.drop(["right", "kind"])
         expect(rollouts.num_rows)  # the console's total for this judge's line
-        write_dataset(judged_dataset(ray.data.from_arrow(rollouts.join(context, "prompt_id")), pool, cfg.judge), out,
-                      JUDGMENTS)
+        write_dataset(judged_dataset(ray.data.from_arrow(rollouts), context, pool, cfg.judge), out, JUDGMENTS)
     finally:
         if pool is not None:
             pool.shutdown()

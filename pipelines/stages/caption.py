@@ -25,27 +25,27 @@ from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.frames_join import FRAME_COLUMNS, rows_with_frames
-from pipelines.stages.io import read_dataset, read_table, row_count, write_dataset, write_table
+from pipelines.stages.frames_join import FRAME_COLUMNS
+from pipelines.stages.io import read_table, write_dataset, write_table
 
 log = logging.getLogger(__name__)
 
 
 class CaptionVideos(EngineClient):
-    """Captions a batch of videos; with `retrospect` the engine instead re-describes each video given its previous
-    description (the batch's `previous` column: i-SRT's self-retrospection)."""
+    """Captions a batch of videos; with `previous` ({video_id: description}) the engine instead re-describes each
+    video given its previous description (i-SRT's self-retrospection)."""
 
-    def __init__(self, engines: list, sampling: dict, model: str | None = None, retrospect: bool = False):
+    def __init__(self, engines: list, sampling: dict, model: str | None = None, previous: dict[str, str] | None = None):
         super().__init__(engines)
         # No model given: the engines' own (this waits for an engine still starting, not the driver).
         self.model = model or ray.get(engines[0].health.remote())["model"]
-        self.sampling, self.retrospect = sampling, retrospect
+        self.sampling, self.previous = sampling, previous
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.select(FRAME_COLUMNS + (["previous"] if self.retrospect else [])).to_pylist()
-        requests = [{"messages": retrospect_messages(r["previous"]) if self.retrospect else caption_messages(),
+        rows = batch.select(["video_id", "frames", "frames_shape", "duration_s"]).to_pylist()
+        requests = [{"messages": retrospect_messages(self.previous[r["video_id"]]) if self.previous else caption_messages(),
                      "frames": frames_of(r), "fps": frames_fps(r)} for r in rows]
-        version = f"{PROMPT_VERSION}-retrospect" if self.retrospect else PROMPT_VERSION
+        version = f"{PROMPT_VERSION}-retrospect" if self.previous else PROMPT_VERSION
         outs = self.call(requests, [seeded(self.sampling, r["video_id"], version, self.model) for r in rows])
         return pa.Table.from_pylist([{"video_id": r["video_id"], "caption": o[0]["text"].strip(), "model": self.model,
                                       "prompt_version": version} for r, o in zip(rows, outs)], schema=CAPTIONS)
@@ -81,26 +81,16 @@ def caption_sampling(cfg: RunConfig) -> dict:
 
 
 def caption_videos(layout: RunLayout, pool: EnginePool, sampling: dict, out: RunPath,
-                   videos: list[str] | ray.data.Dataset | None = None, rows: int | None = None,
-                   retrospect: bool = False) -> int:
-    """Captions the ingested videos, or some of them, into `out`: `videos` is a short list of video ids (the held-out
-    ones) or a Ray Data stream of `rows` rows with a video_id (with `retrospect`, also each video's previous
-    description in `previous`: the engines re-describe the video given it)."""
-    if isinstance(videos, ray.data.Dataset):
-        if not rows:
-            write_table(CAPTIONS.empty_table(), out)
-            return 0
-        ds, n = rows_with_frames(layout.videos, videos, rows), rows
-    else:
-        ds = ray.data.read_parquet(str(layout.videos), columns=FRAME_COLUMNS)
-        n = row_count(layout.videos)
-        if videos is not None:
-            wanted = sorted(videos)
-            ds, n = ds.filter(expr=f"video_id in {wanted!r}" if wanted else "video_id == ''"), len(wanted)
-    expect(n)
-    ds = pool.map_batches(ds, CaptionVideos, sampling=sampling, model=pool.model_path, retrospect=retrospect)
+                   video_ids: list[str] | None = None, previous: dict[str, str] | None = None) -> int:
+    """Captions (or, with `previous`, re-describes) the ingested videos, or those of `video_ids`, into `out`."""
+    ds = ray.data.read_parquet(str(layout.videos), columns=FRAME_COLUMNS)
+    if video_ids is not None:
+        wanted = sorted(video_ids)
+        ds = ds.filter(expr=f"video_id in {wanted!r}" if wanted else "video_id == ''")
+    expect(len(video_ids) if video_ids is not None else read_table(layout.videos, ["video_id"]).num_rows)
+    ds = pool.map_batches(ds, CaptionVideos, sampling=sampling, model=pool.model_path, previous=previous)
     write_dataset(ds, out, CAPTIONS)
-    return row_count(out)
+    return read_table(out, ["video_id"]).num_rows
 
 
 def captions_from_file(path: str, videos: pa.Table) -> pa.Table:
@@ -117,17 +107,11 @@ def captions_from_file(path: str, videos: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=CAPTIONS)
 
 
-def reference_caption_table(cfg: RunConfig, layout: RunLayout) -> pa.Table:
-    """The ground-truth captions of caption.reference_file (CAPTIONS rows), for the ingested videos it covers.
-    Read whole in the driver: one short text per video, from a file the user supplies (not a table of the loop)."""
-    if not cfg.caption.reference_file:
-        return CAPTIONS.empty_table()
-    return captions_from_file(cfg.caption.reference_file, read_table(layout.videos, ["video_id", "uri"]))
-
-
 def reference_captions(cfg: RunConfig, layout: RunLayout) -> dict[str, str]:
-    """{video_id: ground-truth caption} of reference_caption_table."""
-    table = reference_caption_table(cfg, layout)
+    """{video_id: ground-truth caption} from caption.reference_file, for the ingested videos it covers."""
+    if not cfg.caption.reference_file:
+        return {}
+    table = captions_from_file(cfg.caption.reference_file, read_table(layout.videos, ["video_id", "uri"]))
     return dict(zip(table.column("video_id").to_pylist(), table.column("caption").to_pylist()))
 
 
@@ -140,8 +124,8 @@ def caption(ctx: StageContext) -> int:
         table = captions_from_file(cfg.caption.file, read_table(ctx.layout.videos, ["video_id", "uri"]))
         write_table(table, out)
         return table.num_rows
-    n = (row_count(out) if ctx.captioned_during_ingest
+    n = (read_table(out, ["video_id"]).num_rows if ctx.captioned_during_ingest
          else caption_videos(ctx.layout, ctx.captioner_pool, caption_sampling(cfg), out))
-    empty = read_dataset(out, ["caption"]).filter(expr="caption == ''").count() if n else 0
+    empty = pc.sum(pc.equal(read_table(out, ["caption"]).column("caption"), "")).as_py() if n else 0
     log.info("captions: %d videos (%s empty)", n, empty)
     return n

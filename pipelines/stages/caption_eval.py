@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray.data
 
 from actors.pool import EngineClient
@@ -51,8 +52,8 @@ class CheckFacts(EngineClient):
 def caption_eval(ctx: StageContext) -> dict:
     """Part of the eval stage (eval.caption_metrics): the caption figures of the round's eval.json."""
     cfg, layout, out, judge = ctx.cfg, ctx.layout, ctx.out, ctx.judge_pool
-    # The held-out videos only (their questions' split rows, their reference captions and the policy's captions).
-    held_out = set(read_table(layout.prompts, ["video_id"], filters=[("split", "==", "eval")]).column("video_id").to_pylist())
+    prompts = read_table(layout.prompts, ["video_id", "split"])
+    held_out = set(prompts.filter(pc.equal(prompts.column("split"), "eval")).column("video_id").to_pylist())
     references = {v: c for v, c in reference_captions(cfg, layout).items() if v in held_out}
     if not references:
         log.warning("caption eval: no held-out video has a reference caption")

@@ -4,14 +4,14 @@ description is that round's evidence for the judge (round_r/captions.parquet), s
 the policy instead of staying the starting captioner's."""
 from __future__ import annotations
 
+import pyarrow.compute as pc
+
 from rlaif.layout import RunLayout
 from rlaif.storage import RunPath
 
 from pipelines.stages.base import StageContext, stage
 from pipelines.stages.caption import caption_sampling, caption_videos
-from pipelines.stages.frames_join import join_partitions
-from pipelines.stages.io import read_dataset, row_count
-from pipelines.stages.rollout import split_prompts
+from pipelines.stages.io import read_table
 
 
 def previous_descriptions(layout: RunLayout, round_idx: int) -> RunPath:
@@ -22,14 +22,11 @@ def previous_descriptions(layout: RunLayout, round_idx: int) -> RunPath:
 @stage("caption")
 def describe(ctx: StageContext) -> dict:
     """round_<r>/captions.parquet: the policy's re-descriptions of the training videos, the round's evidence."""
+    prompts = read_table(ctx.layout.prompts, ["video_id", "split"])
+    train_videos = set(prompts.filter(pc.equal(prompts.column("split"), "train")).column("video_id").to_pylist())
     source = previous_descriptions(ctx.layout, ctx.round)
-    prompts, n_prompts = split_prompts(ctx.layout, "train")
-    # The previous description of each video with a training question (a semi join: each video once), counted
-    # where it lies in the object store.
-    previous = (read_dataset(source, ["video_id", "caption"]).rename_columns({"caption": "previous"})
-                .join(prompts.select_columns(["video_id"]), "left_semi", join_partitions(row_count(source) + n_prompts),
-                      on=("video_id",))
-                .materialize())
-    n = caption_videos(ctx.layout, ctx.policy_pool, caption_sampling(ctx.cfg), ctx.out.captions, previous,
-                       previous.count(), retrospect=True)
+    previous = {v: c for v, c in zip(*read_table(source, ["video_id", "caption"]).to_pydict().values())
+                if v in train_videos}
+    n = caption_videos(ctx.layout, ctx.policy_pool, caption_sampling(ctx.cfg), ctx.out.captions, sorted(previous),
+                       previous)
     return {"rows": n, "previous": source.relative_to(ctx.layout.dir).as_posix()}

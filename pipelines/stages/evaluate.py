@@ -29,10 +29,10 @@ def evaluate(ctx: StageContext) -> dict:
     else:
         generate_answers(ctx.layout, ctx.policy_pool, "eval", sampling, ctx.round, out.eval_answers)
         judge_answers(ctx, out.eval_answers, out.eval_judgments)
-    # The held-out split only (one greedy answer per eval prompt), and only the columns the figures use.
-    answers = read_table(out.eval_judgments, ["prompt_id", "response", "score", "status", "n_tokens"])
-    refs = read_table(ctx.layout.prompts, ["prompt_id", "reference_answer"], filters=[("split", "==", "eval")])
-    rows = answers.join(refs, "prompt_id").to_pylist() if answers.num_rows else []
+    rows = read_table(out.eval_judgments).to_pylist()
+    refs = dict(zip(*read_table(ctx.layout.prompts, ["prompt_id", "reference_answer"]).to_pydict().values()))
+    for r in rows:
+        r["reference_answer"] = refs.get(r["prompt_id"])
     metrics = {"round": ctx.round, **eval_metrics(rows)}
     if cfg.eval.caption_metrics:
         metrics.update(caption_eval(ctx))

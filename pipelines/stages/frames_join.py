@@ -1,27 +1,33 @@
-"""Attach each video's frames to the rows that need them (prompts, pairs, training rows), streaming from
-videos.parquet: a Ray Data hash join on video_id, so neither the rows nor the frames pass through the driver.
+"""Attach each video's frames to the rows that need them (prompts, pairs), streaming from videos.parquet.
 
-A join does not keep the rows' order: a caller that needs an order (training, written tables) sorts afterwards.
+The text tables are small and go to every worker as a dict keyed by video_id; the frames are large and stay in
+Ray Data: each video row is read once and expanded into its prompt (or pair) rows.
 """
 from __future__ import annotations
 
+from collections import defaultdict
+
+import pyarrow as pa
 import ray.data
 
 from rlaif.storage import RunPath
 
 FRAME_COLUMNS = ["video_id", "frames", "frames_shape", "duration_s"]
-ROWS_PER_PARTITION = 2000  # rows per join partition (each partition is joined in one task and becomes one block)
-MAX_PARTITIONS = 200
 
 
-def join_partitions(rows: int) -> int:
-    """How many partitions a join of about `rows` rows is split into: few for a small run (each partition costs a
-    task), more as the run grows (each is held in memory while it is joined)."""
-    return max(1, min(MAX_PARTITIONS, -(-rows // ROWS_PER_PARTITION)))
+def expand_by_video(batch: pa.Table, items_by_video: dict[str, list[dict]]) -> pa.Table:
+    rows = [{**item, **video} for video in batch.select(FRAME_COLUMNS).to_pylist()
+            for item in items_by_video.get(video["video_id"], [])]
+    return pa.Table.from_pylist(rows) if rows else pa.table({})
 
 
-def rows_with_frames(videos_path: RunPath, items: ray.data.Dataset, rows: int) -> ray.data.Dataset:
-    """`items` (about `rows` rows with a video_id column) joined to their videos' frames; items whose video is not
-    in videos.parquet are dropped."""
-    videos = ray.data.read_parquet(str(videos_path), columns=FRAME_COLUMNS)
-    return items.join(videos, "inner", join_partitions(rows), on=("video_id",))
+def rows_with_frames(videos_path: RunPath, items: pa.Table) -> ray.data.Dataset:
+    """`items` (with a video_id column) joined to their videos' frames; videos without items are dropped."""
+    by_video: dict[str, list[dict]] = defaultdict(list)
+    for item in items.to_pylist():
+        by_video[item["video_id"]].append({k: v for k, v in item.items() if k != "video_id"})
+    wanted = sorted(by_video)
+    return (ray.data.read_parquet(str(videos_path), columns=FRAME_COLUMNS)
+            .filter(expr=f"video_id in {wanted!r}" if wanted else "video_id == ''")
+            .map_batches(expand_by_video, fn_kwargs={"items_by_video": dict(by_video)},
+                         batch_format="pyarrow", batch_size=4, num_cpus=0.1))

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 def dev_prompts(warm: RunLayout, dev_file: RunPath) -> list[dict]:
     """The dev questions as prompts (prompt_id, video_id, question, reference_answer, kind) of ingested clips."""
-    # Bounded: the warm-up folder holds the experiment's warm-up and dev clips only (experiment config), not the run.
     ids = dict(zip(*read_table(warm.videos, ["uri", "video_id"]).to_pydict().values()))
     rows = [r for r in pq.read_table(str(dev_file)).to_pylist() if r["uri"] in ids]
     return [{"prompt_id": f"dev{i}", "video_id": ids[r["uri"]], "question": r["question"],
@@ -61,7 +60,7 @@ def run_gate(cfg: RunConfig, seed: SeedLayout, policy: str) -> dict:
             table = pa.Table.from_pylist([{k_: r[k_] for k_ in ("prompt_id", "video_id", "question")} for r in rows])
             path = getattr(out, name)
             write_dataset(prompt_answers(seed.warmup, pool, table, sampling, -1), path, ROLLOUTS)
-            answers[name] = {}  # bounded: gate_samples answers to each dev question
+            answers[name] = {}
             for r in read_table(path, ["prompt_id", "response"]).to_pylist():
                 answers[name].setdefault(r["prompt_id"], []).append(r["response"])
     finally:

@@ -17,6 +17,7 @@ With `caption` (a run whose engines are started before ingest), decoded batches 
 """
 from __future__ import annotations
 
+import collections
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -37,7 +38,7 @@ from rlaif.storage import RunPath
 from rlaif.video_rows import InternalErrors, VideoRowDecoder
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.io import read_dataset, row_count, value_counts, write_dataset
+from pipelines.stages.io import read_table, write_dataset
 
 if TYPE_CHECKING:
     from pipelines.stages.caption import CaptionDuringIngest
@@ -90,10 +91,9 @@ def check_internal_errors(result: IngestResult, max_share: float) -> None:
         f"{first.get('error')}\n{first.get('traceback') or ''}")
 
 
-def _warning_codes(batch: pa.Table) -> pa.Table:
-    """One row per warning of a batch of videos: its code (the text before the first colon)."""
-    return pa.table({"code": pa.array([w.split(":", 1)[0] for ws in batch.column("warnings").to_pylist() if ws
-                                       for w in ws], pa.string())})
+def _warning_counts(warnings: list[list[str] | None]) -> dict[str, int]:
+    codes = collections.Counter(w.split(":", 1)[0] for ws in warnings if ws for w in ws)
+    return dict(sorted(codes.items()))
 
 
 def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str] | None = None,
@@ -142,22 +142,20 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     if caption is not None:
         captions = str(layout.captions)
         write_dataset(ok.select_columns(CAPTIONS.names), captions, CAPTIONS, count=False)
-    # The summary from Ray Data aggregates and the parquet footers: the driver gets counts and one error row.
-    n_ok, n_bad = row_count(videos), row_count(quarantine)
-    reasons = value_counts(read_dataset(quarantine, ["reason"]), "reason")["reason"] if n_bad else {}
-    n_internal = reasons.get(INTERNAL_ERROR, 0)
-    internal = (read_dataset(quarantine).filter(expr=f"reason == {INTERNAL_ERROR!r}").sort("video_id").take(1)
-                if n_internal else [])
+    bad = read_table(quarantine, ["reason"]).column("reason").to_pylist()
+    kept = read_table(videos, ["video_id", "warnings"])
+    internal = sorted((r for r in read_table(quarantine).to_pylist() if r["reason"] == INTERNAL_ERROR),
+                      key=lambda r: r["video_id"]) if INTERNAL_ERROR in bad else []
     first = {k: internal[0][k] for k in ("uri", "error", "traceback")} if internal else None
-    warnings = (value_counts(read_dataset(videos, ["warnings"]).map_batches(_warning_codes, batch_format="pyarrow"),
-                             "code")["code"] if n_ok else {})
-    result = IngestResult(n_inputs=len(items), n_ok=n_ok, n_quarantined=n_bad, reasons=reasons,
+    result = IngestResult(n_inputs=len(items), n_ok=kept.num_rows, n_quarantined=len(bad),
+                          reasons=dict(sorted(collections.Counter(bad).items())),
                           videos_path=str(videos), quarantine_path=str(quarantine), captions_path=captions,
-                          n_internal_errors=n_internal, first_internal_error=first, warnings=warnings)
+                          n_internal_errors=len(internal), first_internal_error=first,
+                          warnings=_warning_counts(kept.column("warnings").to_pylist()))
     if result.n_ok + result.n_quarantined != result.n_inputs:
         raise RuntimeError(f"ingest lost rows: {result.n_inputs} in, {result.n_ok} ok + {result.n_quarantined} quarantined")
     if internal:
-        log.error("ingest: %d internal error(s) (bugs, not bad input) in %s; the first, %s: %s", n_internal,
+        log.error("ingest: %d internal error(s) (bugs, not bad input) in %s; the first, %s: %s", len(internal),
                   quarantine, internal[0]["uri"], internal[0]["error"])
     check_internal_errors(result, cfg.max_internal_error_share)
     return result

@@ -16,6 +16,7 @@ prompt the judge refused, gets no score; so does a prompt that killed its engine
 """
 from __future__ import annotations
 
+import collections
 import importlib
 import json
 import logging
@@ -37,9 +38,8 @@ from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.frames_join import join_partitions
-from pipelines.stages.io import read_dataset, row_count, value_counts, write_dataset, write_table
-from pipelines.stages.rollout import prompt_answers, rollout_sampling, split_prompts
+from pipelines.stages.io import read_table, write_dataset, write_table
+from pipelines.stages.rollout import answers_dataset, rollout_sampling
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +82,10 @@ def judge_some(rows: list[dict], judge: Callable[[list[dict]], tuple[list, list[
     return out
 
 
-CONTEXT_COLUMNS = ("question", "reference_answer", "caption")  # what the judge reads beside each answer
-
-
-def judged_batch(batch: pa.Table, judge: Callable[[list[dict]], tuple[list, list[int]]], model: str,
-                 cfg: JudgeConfig) -> pa.Table:
-    """A batch of answers (ROLLOUTS rows with their CONTEXT_COLUMNS) as JUDGMENTS rows, each judged against its
-    context by `judge` (judge_some)."""
-    unmatched = sum(batch.column(c).null_count for c in ("question", "caption"))
-    if unmatched:
-        raise RuntimeError(f"{unmatched} answers have no prompt or caption to judge against")
-    rows = batch.to_pylist()  # bounded: one Ray Data batch
+def judged_batch(batch: pa.Table, context: pa.Table, judge: Callable[[list[dict]], tuple[list, list[int]]],
+                 model: str, cfg: JudgeConfig) -> pa.Table:
+    """A batch of answers (ROLLOUTS) as JUDGMENTS rows, each judged against its context by `judge` (judge_some)."""
+    rows = with_context(batch, context).to_pylist()
     return pa.Table.from_pylist([judgment_row(r, v, a, model, cfg, s)
                                  for r, (v, a, s) in zip(rows, judge_some(rows, judge))], schema=JUDGMENTS)
 
@@ -100,15 +93,15 @@ def judged_batch(batch: pa.Table, judge: Callable[[list[dict]], tuple[list, list
 class JudgeAnswers(EngineClient):
     """LLM judge (kind score or aspects) through the judge pool."""
 
-    def __init__(self, engines: list, cfg: JudgeConfig, model: str):
+    def __init__(self, engines: list, cfg: JudgeConfig, model: str, context: pa.Table):
         super().__init__(engines)
-        self.cfg, self.model = cfg, model
+        self.cfg, self.model, self.context = cfg, model, context
         aspects = cfg.kind == "aspects"
         self.parse = parse_aspects if aspects else parse_judgment
         self.regex = (aspect_output_regex if aspects else judge_output_regex)(cfg.max_tokens) if cfg.structured else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return judged_batch(batch, self.judge, self.model, self.cfg)
+        return judged_batch(batch, self.context, self.judge, self.model, self.cfg)
 
     def judge(self, rows: list[dict]) -> tuple[list, list[int]]:
         requests = [{"messages": judge_messages(r["caption"], r["question"], r["response"],
@@ -128,13 +121,13 @@ class JudgeAnswers(EngineClient):
 class ScoreAnswers:
     """External scoring function (kind function), built once per Ray Data actor."""
 
-    def __init__(self, cfg: JudgeConfig):
+    def __init__(self, cfg: JudgeConfig, context: pa.Table):
         module, name = cfg.function.split(":")
         self.scorer = getattr(importlib.import_module(module), name)()
-        self.cfg, self.model = cfg, cfg.function
+        self.cfg, self.model, self.context = cfg, cfg.function, context
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return judged_batch(batch, self.score, self.model, self.cfg)
+        return judged_batch(batch, self.context, self.score, self.model, self.cfg)
 
     def score(self, rows: list[dict]) -> tuple[list, list[int]]:
         scores = self.scorer([r["caption"] for r in rows], [r["question"] for r in rows], [r["response"] for r in rows])
@@ -143,80 +136,76 @@ class ScoreAnswers:
         return [Judgment(min(5.0, max(1.0, float(s))), "", True) for s in scores], [1] * len(rows)
 
 
-def with_evidence(prompts: ray.data.Dataset, captions: RunPath, rows: int) -> ray.data.Dataset:
-    """Prompts (prompt_id, video_id, question, reference_answer; about `rows`) each with its video's caption, by a
-    Ray Data join; a prompt whose video has no caption keeps a null one, which judged_batch refuses."""
-    evidence = read_dataset(captions, ["video_id", "caption"])
-    return prompts.join(evidence, "left_outer", join_partitions(rows), on=("video_id",))
+def judging_context(layout: RunLayout, captions: RunPath | None = None) -> pa.Table:
+    """What the judge reads beside each answer, by prompt_id: the question, the reference answer and the evidence
+    caption (small text tables). `captions` defaults to the run's captions.parquet (i-SRT passes the round's
+    re-descriptions)."""
+    prompts = read_table(layout.prompts, ["prompt_id", "video_id", "question", "reference_answer"])
+    evidence = read_table(captions or layout.captions, ["video_id", "caption"])
+    return prompts.join(evidence, "video_id").drop(["video_id"])
 
 
-def with_context(answers: ray.data.Dataset, layout: RunLayout, rows: int,
-                 captions: RunPath | None = None) -> ray.data.Dataset:
-    """Each of the `rows` answers with its question, reference answer and evidence caption (CONTEXT_COLUMNS) by Ray
-    Data joins; `captions` defaults to the run's captions.parquet (i-SRT passes the round's re-descriptions). An
-    answer without a prompt keeps null context, which judged_batch refuses."""
-    prompts = read_dataset(layout.prompts, ["prompt_id", "video_id", "question", "reference_answer"])
-    context = with_evidence(prompts, captions or layout.captions, rows).drop_columns(["video_id"])
-    return answers.join(context, "left_outer", join_partitions(rows), on=("prompt_id",))
+def with_context(batch: pa.Table, context: pa.Table) -> pa.Table:
+    """Each answer with its question, reference and caption. Done inside the judging actor (which holds `context`)
+    rather than as a Ray Data stage of its own: a batch-size-less stage there would gather the whole stream first."""
+    joined = batch.join(context, "prompt_id")
+    if joined.num_rows != batch.num_rows:
+        raise RuntimeError(f"{batch.num_rows - joined.num_rows} answers have no prompt or caption to judge against")
+    return joined
 
 
-def judged_dataset(answers: ray.data.Dataset, pool: EnginePool | None, cfg: JudgeConfig,
-                   scorers: TransientPool | None = None) -> ray.data.Dataset:
-    """`answers` (ROLLOUTS rows with their CONTEXT_COLUMNS, a stream or a table) judged: JUDGMENTS rows.
+def judged_dataset(answers: ray.data.Dataset, context: pa.Table, pool: EnginePool | None,
+                   cfg: JudgeConfig, scorers: TransientPool | None = None) -> ray.data.Dataset:
+    """`answers` (ROLLOUTS rows, a stream or a table) judged against `context` (judging_context): JUDGMENTS rows.
     A scoring function (kind function) runs on the `scorers` actor pool (rlaif.placement.scorer_pool; the default
     pools.scorer if None)."""
     if cfg.kind == "function":
         scorers = scorers or scorer_pool(RunConfig(judge=cfg))
-        return answers.map_batches(ScoreAnswers, fn_constructor_kwargs={"cfg": cfg}, batch_size=64,
+        return answers.map_batches(ScoreAnswers, fn_constructor_kwargs={"cfg": cfg, "context": context}, batch_size=64,
                                    batch_format="pyarrow", num_cpus=scorers.cpus, num_gpus=scorers.gpus,
                                    compute=ray.data.ActorPoolStrategy(min_size=scorers.min_size,
                                                                       max_size=scorers.max_size))
-    return pool.map_batches(answers, JudgeAnswers, cfg=cfg, model=pool.model_path)
+    return pool.map_batches(answers, JudgeAnswers, cfg=cfg, model=pool.model_path, context=context)
 
 
 def judgment_counts(judgments: RunPath, cfg: JudgeConfig) -> dict:
-    """The judge stage's manifest record: rows, and how many of each status, retry and truncation (Ray Data
-    aggregates over the three columns: the driver gets the counts)."""
-    rows = row_count(judgments)
-    columns = ["status", "attempts", "finish_reason"]
-    counts = value_counts(read_dataset(judgments, columns), *columns) if rows else {}
-    statuses, attempts, reasons = (counts.get(c, {}) for c in columns)
-    info = {"rows": rows, "parse_failures": statuses.get(PARSE_FAILED, 0),
-            "retried": sum(c for a, c in attempts.items() if a > 1),
-            "truncated": reasons.get(TRUNCATED_FINISH, 0),
+    """The judge stage's manifest record: rows, and how many of each status, retry and truncation."""
+    judged = read_table(judgments, ["status", "attempts", "finish_reason"]).to_pylist()
+    statuses = collections.Counter(r["status"] for r in judged)
+    info = {"rows": len(judged), "parse_failures": statuses[PARSE_FAILED],
+            "retried": sum(r["attempts"] > 1 for r in judged),
+            "truncated": sum(r["finish_reason"] == TRUNCATED_FINISH for r in judged),
             "statuses": dict(sorted(statuses.items()))}
-    log.info("judged %d answers (%s): %s", rows, cfg.kind, info)
+    log.info("judged %d answers (%s): %s", len(judged), cfg.kind, info)
     return info
 
 
 def judge_answers(ctx: StageContext, answers: RunPath, out: RunPath) -> dict:
     """The answers saved in `answers` judged by the judge pool against ctx.evidence (the run's captions if None)."""
-    n = row_count(answers)
-    if n == 0:
+    rollouts = read_table(answers)
+    if rollouts.num_rows == 0:
         write_table(JUDGMENTS.empty_table(), out)
         return judgment_counts(out, ctx.cfg.judge)
-    expect(n)
-    ds = with_context(read_dataset(answers, ROLLOUTS.names), ctx.layout, n, ctx.evidence)
-    write_dataset(judged_dataset(ds, ctx.judge_pool, ctx.cfg.judge, scorer_pool(ctx.cfg)), out, JUDGMENTS)
+    context = judging_context(ctx.layout, ctx.evidence)
+    expect(rollouts.num_rows)
+    write_dataset(judged_dataset(ray.data.from_arrow(rollouts), context, ctx.judge_pool, ctx.cfg.judge,
+                                 scorer_pool(ctx.cfg)), out, JUDGMENTS)
     return judgment_counts(out, ctx.cfg.judge)
 
 
 def answer_and_judge(ctx: StageContext, responders: list[EnginePool], split: str, sampling: dict, answers: RunPath,
                      out: RunPath) -> dict:
     """Rollout and judge as one stream (loop.stream_judge): the judge scores each batch of answers as it comes out
-    of the policy pool, so the two pools work at the same time instead of one after the other. Each prompt is joined
-    to its caption before it is answered and its answers carry that context to the judge (a join between the two
-    pools would hold the judge back until the last answer). Writes the same two tables as generate_answers +
-    judge_answers (the answers are the judgments' ROLLOUTS columns)."""
-    prompts, n = split_prompts(ctx.layout, split)
-    ds = prompt_answers(ctx.layout, responders, with_evidence(prompts, ctx.evidence or ctx.layout.captions, n) if n
-                        else prompts, sampling, ctx.round, rows=n, carry=CONTEXT_COLUMNS)
+    of the policy pool, so the two pools work at the same time instead of one after the other. Writes the same two
+    tables as generate_answers + judge_answers (the answers are the judgments' ROLLOUTS columns)."""
+    ds = answers_dataset(ctx.layout, responders, split, sampling, ctx.round)
     if ds is None:
         write_table(ROLLOUTS.empty_table(), answers)
         write_table(JUDGMENTS.empty_table(), out)
     else:
-        write_dataset(judged_dataset(ds, ctx.judge_pool, ctx.cfg.judge, scorer_pool(ctx.cfg)), out, JUDGMENTS)
-        write_dataset(read_dataset(out, ROLLOUTS.names), answers, ROLLOUTS, count=False)
+        context = judging_context(ctx.layout, ctx.evidence)
+        write_dataset(judged_dataset(ds, context, ctx.judge_pool, ctx.cfg.judge, scorer_pool(ctx.cfg)), out, JUDGMENTS)
+        write_table(read_table(out, ROLLOUTS.names), answers)
     return judgment_counts(out, ctx.cfg.judge)
 
 

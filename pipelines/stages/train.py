@@ -1,7 +1,7 @@
 """Train stage: Ray Train workers running DeepSpeed (ZeRO-2 or ZeRO-3) on a LoRA of the policy (or, with
 train.finetune "full", on all of its weights).
 
-    driver: pairs.parquet ⋈ frames (Ray Data, sorted) → TorchTrainer(train_worker) → round_r/policy/ (merged HF folder)
+    driver: pairs.parquet + frames → Ray Data → TorchTrainer(train_worker) → round_r/policy/ (merged HF folder)
     worker: load the LoRA's base, attach a fresh LoRA (or the previous round's), DeepSpeed steps on its data shard
             (rlaif.objectives: DPO family + SFT terms, or plain SFT for rebirth tuning), checkpoints via ray.train;
             at the end rank 0 merges the LoRA into the weights, extrapolates them if configured, saves the new
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import ray
-import ray.data
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -34,8 +33,8 @@ from rlaif.seeding import request_seed
 from rlaif.storage import RunPath, local_folder, local_staging, publish_folder
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.frames_join import FRAME_COLUMNS, join_partitions, rows_with_frames
-from pipelines.stages.io import read_dataset, row_count
+from pipelines.stages.frames_join import FRAME_COLUMNS, rows_with_frames
+from pipelines.stages.io import read_table
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +195,7 @@ def strict_trainable_load(engine):
 def batch_digest(batch: pa.Table) -> str:
     """A short fingerprint of a batch's rows without their frames (which rows, in which order): the history records
     it per rank, so a resumed run can check that it skips the very batches the checkpoint had trained on."""
-    text = batch.drop_columns([c for c in FRAME_COLUMNS if c != "video_id" and c in batch.column_names])
-    rows = text.to_pylist()  # bounded: one micro-batch
+    rows = batch.drop_columns([c for c in FRAME_COLUMNS if c != "video_id" and c in batch.column_names]).to_pylist()
     return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -285,7 +283,7 @@ def train_worker(config: dict) -> None:
                 continue
             started = time.perf_counter()
             torch.manual_seed(request_seed(job.seed, "train", rank, step))  # dropout: the same draws after a resume
-            rows = batch.to_pylist()  # bounded: one micro-batch of this rank's shard
+            rows = batch.to_pylist()
             if job.objective == "sft":
                 loss, metrics = sft_loss(engine, processor, rows, video)
             else:
@@ -324,39 +322,20 @@ def ordered_ingest():
     return options
 
 
-def training_order(objective: str) -> list[str]:
-    """The columns the training rows are sorted by after their frames are joined (a join loses the order): a pair
-    is unique by prompt_id within a round; SFT rows that tie on (video_id, prompt, target) are the same row."""
-    return ["prompt_id"] if objective == "dpo" else ["video_id", "prompt", "target"]
-
-
-def training_rows(layout: RunLayout, data: ray.data.Dataset, rows: int, objective: str,
-                  block_rows: int) -> ray.data.Dataset:
-    """`data` with its videos' frames, in training_order, in blocks of `block_rows`: the same rows in the same blocks
-    in every run, so that Ray Train's ordered split (ordered_ingest) gives every rank the same shard again after a
-    restore (a sort's blocks depend on its sampled boundaries, a fixed block size does not)."""
-    return (rows_with_frames(layout.videos, data, rows).sort(training_order(objective))
-            .repartition(target_num_rows_per_block=block_rows))
-
-
-def run_train(cfg: RlaifConfig, layout: RunLayout, out: RoundLayout, data: ray.data.Dataset | pa.Table, *,
-              engines: list, lora_base: str, reference: str, objective: str = "dpo", train: TrainConfig | None = None,
-              lora_init: str | None = None, rows: int | None = None) -> dict:
-    """Trains a LoRA on `lora_base` (starting from the adapter `lora_init` when given) over `data` (a Ray Data stream
-    of `rows` rows, counted by Ray Data when not given, or a caller's small table; rows with a video_id of the run's
-    videos and the training_order columns), writes out.policy, and broadcasts it to `engines`. `reference` is θ_ref
-    of the extrapolation."""
-    if isinstance(data, pa.Table):  # a caller's own few rows (the warm start's SFT, a benchmark)
-        data, rows = ray.data.from_arrow(data), data.num_rows
-    rows = data.count() if rows is None else rows
+def run_train(cfg: RlaifConfig, layout: RunLayout, out: RoundLayout, data: pa.Table, *, engines: list, lora_base: str,
+              reference: str, objective: str = "dpo", train: TrainConfig | None = None,
+              lora_init: str | None = None) -> dict:
+    """Trains a LoRA on `lora_base` (starting from the adapter `lora_init` when given) over `data` (rows with a
+    video_id of the run's videos), writes out.policy, and broadcasts it to `engines`. `reference` is θ_ref of the
+    extrapolation."""
     t = train or cfg.train
-    workers = min(t.workers, rows)
+    workers = min(t.workers, data.num_rows)
     if workers == 0:
         log.warning("train: no training rows; the policy stays as it is")
         return {"steps": 0, "skipped": "no rows"}
     if workers < t.workers:
-        log.warning("train: only %d rows, using %d worker(s) instead of %d", rows, workers, t.workers)
-    expect(t.epochs * -(-(rows // workers) // t.micro_batch_size), "steps")  # each rank's equal shard
+        log.warning("train: only %d rows, using %d worker(s) instead of %d", data.num_rows, workers, t.workers)
+    expect(t.epochs * -(-(data.num_rows // workers) // t.micro_batch_size), "steps")  # each rank's equal shard
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": TrainJob(
@@ -369,7 +348,7 @@ def run_train(cfg: RlaifConfig, layout: RunLayout, out: RoundLayout, data: ray.d
                                      resources_per_worker={"CPU": t.cpus_per_worker,
                                                            **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        datasets={"train": training_rows(layout, data, rows, objective, t.micro_batch_size)},
+        datasets={"train": rows_with_frames(layout.videos, data)},  # video by video, each video's rows in data's order
         dataset_config=DataConfig(execution_options=ordered_ingest()),
         # Ray Train resumes a run of the same name from its last checkpoint (a driver killed mid-training, then
         # --resume); the config hash in the name keeps a changed config from resuming another config's training.
@@ -384,7 +363,7 @@ def run_train(cfg: RlaifConfig, layout: RunLayout, out: RoundLayout, data: ray.d
         log.info("train (%s): %d steps, loss %.4f -> %.4f, sync %.2f s (%d buckets, %d bytes)", objective,
                  len(history), history[0]["loss"], history[-1]["loss"], metrics.get("sync_s", 0),
                  metrics.get("sync_buckets", 0), metrics.get("sync_bytes", 0))
-    return {"fit_seconds": round(time.time() - start, 2), "workers": workers, "rows": rows,
+    return {"fit_seconds": round(time.time() - start, 2), "workers": workers, "rows": data.num_rows,
             "history": history, **metrics}
 
 
@@ -394,19 +373,18 @@ def train(ctx: StageContext) -> dict:
     merge_each_round the LoRA is fresh on the round's starting policy (mrDPO); without it the previous round's adapter
     keeps training on the starting model. With train.caption_sft_weight each pair also carries its video's
     ground-truth caption."""
-    from pipelines.stages.caption import reference_caption_table
+    from pipelines.stages.caption import reference_captions
 
     cfg = ctx.cfg
-    rows = row_count(ctx.out.pairs)
-    pairs = read_dataset(ctx.out.pairs)
-    if cfg.train.caption_sft_weight and rows:
-        truth = reference_caption_table(cfg, ctx.layout).select(["video_id", "caption"]).rename_columns(
-            ["video_id", "gt_caption"])
-        pairs = pairs.join(ray.data.from_arrow(truth), "left_outer", join_partitions(rows), on=("video_id",))
+    pairs = read_table(ctx.out.pairs)
+    if cfg.train.caption_sft_weight and pairs.num_rows:
+        truth = reference_captions(cfg, ctx.layout)
+        pairs = pairs.append_column("gt_caption", pa.array([truth.get(v) for v in pairs.column("video_id").to_pylist()],
+                                                           pa.string()))
     if cfg.train.merge_each_round:
         lora_base, lora_init = ctx.policy, None
     else:
         lora_base, lora_init = ctx.start, ctx.adapter
     engines = ctx.policy_pool.actors if ctx.pools.get("policy") else []  # (no pool: nothing to broadcast to)
     return run_train(cfg, ctx.layout, ctx.out, pairs, engines=engines, lora_base=lora_base, lora_init=lora_init,
-                     reference=ctx.reference, rows=rows)
+                     reference=ctx.reference)
