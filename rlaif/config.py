@@ -414,6 +414,12 @@ class ServeConfig(_Strict):
 class RayConfig(_Strict):
     address: str | None = Field(None, description="Ray cluster address; None starts (or joins, under `ray job submit`) a local one.")
     num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a locally started Ray (None: the machine's, at least 4).")
+    broadcast_join_rows: int = Field(
+        200_000, ge=0, description="How a stage joins two tables (prompts with frames, answers with their judging "
+                                   "context, pairs with prompts): a keyed side of at most this many rows goes to every "
+                                   "worker whole, from the object store (a broadcast join: no shuffle, the order kept; "
+                                   "fastest for small runs); a larger one is joined by Ray Data's hash join, in "
+                                   "partitions, so that no process holds it whole. 0: always hash joins.")
 
 
 SCENE_KEYS = ("min_objects", "max_objects", "object_size", "p_duplicate")

@@ -36,25 +36,49 @@ def states_reference(answer: str, reference: str) -> bool:
     return bool(ref) and any(ans[i: i + len(ref)] == ref for i in range(len(ans) - len(ref) + 1))
 
 
-def eval_metrics(rows: list[dict]) -> dict:
-    """`rows`: judged answers with score, status, n_tokens and (optionally) reference_answer, response. Accuracy and
-    mean score are over the scored answers (an empty answer is scored 1 by rule); answers without a score (parse
-    failures, refusals) are counted in unscored_rate, never guessed."""
-    n = len(rows)
+def eval_sums(rows: list[dict]) -> dict[str, float]:
+    """The counts and sums eval_metrics is made of, for some of the answers: the sums of several parts add up to the
+    whole's (so the answers can be counted batch by batch where they are, and only these numbers gathered)."""
     scored = [r for r in rows if r["score"] is not None]
     with_ref = [r for r in rows if r.get("reference_answer")]
     judged_with_ref = [r for r in with_ref if r["score"] is not None]
     return {
-        "answers": n,
-        "accuracy": sum(is_correct(r["score"]) for r in scored) / len(scored) if scored else None,
-        "mean_score": sum(r["score"] for r in scored) / len(scored) if scored else None,
-        "parse_failure_rate": sum(r.get("status") == PARSE_FAILED for r in rows) / n if n else None,
-        "unscored_rate": (n - len(scored)) / n if n else None,
-        "mean_tokens": sum(r["n_tokens"] for r in rows) / n if n else None,
-        "reference_match": (sum(states_reference(r["response"], r["reference_answer"]) for r in with_ref) / len(with_ref)
-                            if with_ref else None),
-        "exact_match": (sum(exact_match(r["response"], r["reference_answer"]) for r in with_ref) / len(with_ref)
-                        if with_ref else None),
-        "judge_agreement": (sum(is_correct(r["score"]) == states_reference(r["response"], r["reference_answer"])
-                                for r in judged_with_ref) / len(judged_with_ref) if judged_with_ref else None),
+        "answers": len(rows),
+        "scored": len(scored),
+        "correct": sum(is_correct(r["score"]) for r in scored),
+        "score_sum": sum(r["score"] for r in scored),
+        "parse_failed": sum(r.get("status") == PARSE_FAILED for r in rows),
+        "tokens": sum(r["n_tokens"] for r in rows),
+        "with_ref": len(with_ref),
+        "states_ref": sum(states_reference(r["response"], r["reference_answer"]) for r in with_ref),
+        "exact": sum(exact_match(r["response"], r["reference_answer"]) for r in with_ref),
+        "judged_with_ref": len(judged_with_ref),
+        "agree": sum(is_correct(r["score"]) == states_reference(r["response"], r["reference_answer"])
+                     for r in judged_with_ref),
     }
+
+
+def metrics_from_sums(s: dict[str, float]) -> dict:
+    """eval_metrics from eval_sums (of all the answers, or added up over parts of them)."""
+    def share(part: str, whole: str):
+        return s[part] / s[whole] if s[whole] else None
+
+    n = s["answers"]
+    return {
+        "answers": n,
+        "accuracy": share("correct", "scored"),
+        "mean_score": share("score_sum", "scored"),
+        "parse_failure_rate": share("parse_failed", "answers"),
+        "unscored_rate": (n - s["scored"]) / n if n else None,
+        "mean_tokens": share("tokens", "answers"),
+        "reference_match": share("states_ref", "with_ref"),
+        "exact_match": share("exact", "with_ref"),
+        "judge_agreement": share("agree", "judged_with_ref"),
+    }
+
+
+def eval_metrics(rows: list[dict]) -> dict:
+    """`rows`: judged answers with score, status, n_tokens and (optionally) reference_answer, response. Accuracy and
+    mean score are over the scored answers (an empty answer is scored 1 by rule); answers without a score (parse
+    failures, refusals) are counted in unscored_rate, never guessed."""
+    return metrics_from_sums(eval_sums(rows))

@@ -63,11 +63,10 @@ def sync_engines(engines: list, buckets: list[Bucket], label: str | None, backen
     world_size = 1 + len(engines)
     index = [b.index for b in buckets]
     # The engines' calls go out first: the sender's side of the group waits for every engine to join.
-    receives = [e.receive_weight_broadcast.remote(host, store.port, rank, world_size, backend, index, timeout_s,
-                                                  label=label)
+    receives = [e.receive_weight_broadcast.remote(host, store.port, rank, world_size, index, timeout_s, label=label)
                 for rank, e in enumerate(engines, start=1)]
     try:
-        send_buckets(store, world_size, backend, buckets, timeout_s)
+        send_buckets(store, world_size, buckets, timeout_s)
         return ray.get(receives)
     except Exception:
         _settle(receives)
@@ -94,11 +93,9 @@ def open_store(host: str, timeout_s: float) -> dist.TCPStore:
 
 
 @contextlib.contextmanager
-def joined(store: dist.Store, rank: int, world_size: int, backend: str, timeout_s: float) -> Iterator:
+def joined(store: dist.Store, rank: int, world_size: int, timeout_s: float) -> Iterator:
     """This process's member of the sync's gloo group (a backend object, not a torch.distributed group: nothing
-    global)."""
-    if backend != "gloo":
-        raise ValueError(f"rlaif's own collective group is gloo only (GPUs use vLLM's NCCL engine), not {backend!r}")
+    global). gloo only: on GPUs the sync is vLLM's NCCL engine (see sync_engines)."""
     timeout = timedelta(seconds=timeout_s)
     # Every rank checks in before the group connects, so a missing rank fails here within the timeout.
     store.set(f"joined/{rank}", "1")
@@ -106,7 +103,7 @@ def joined(store: dist.Store, rank: int, world_size: int, backend: str, timeout_
     yield dist.ProcessGroupGloo(store, rank, world_size, timeout)
 
 
-def broadcast_buckets(group, buckets: list[Bucket], backend: str) -> None:
+def broadcast_buckets(group, buckets: list[Bucket]) -> None:
     """The root's bucket bytes into every other rank's buckets (the same layout, see Bucket.empty)."""
     options = dist.BroadcastOptions()
     options.rootRank = ROOT
@@ -114,17 +111,17 @@ def broadcast_buckets(group, buckets: list[Bucket], backend: str) -> None:
         group.broadcast([torch.from_numpy(bucket.data)], options).wait()
 
 
-def send_buckets(store: dist.Store, world_size: int, backend: str, buckets: list[Bucket], timeout_s: float) -> None:
+def send_buckets(store: dist.Store, world_size: int, buckets: list[Bucket], timeout_s: float) -> None:
     """Rank 0: the group forms on `store` (see open_store) once every engine has joined, then each bucket goes out."""
-    with joined(store, ROOT, world_size, backend, timeout_s) as group:
-        broadcast_buckets(group, buckets, backend)
+    with joined(store, ROOT, world_size, timeout_s) as group:
+        broadcast_buckets(group, buckets)
 
 
-def receive_buckets(host: str, port: int, rank: int, world_size: int, backend: str, index: list[BucketIndex],
+def receive_buckets(host: str, port: int, rank: int, world_size: int, index: list[BucketIndex],
                     timeout_s: float) -> list[Bucket]:
     """An engine's side of send_buckets: the buckets described by `index`, filled by the sender's broadcasts."""
     store = dist.TCPStore(host, port, world_size, is_master=False, timeout=timedelta(seconds=timeout_s))
     buckets = [Bucket.empty(i) for i in index]
-    with joined(store, rank, world_size, backend, timeout_s) as group:
-        broadcast_buckets(group, buckets, backend)
+    with joined(store, rank, world_size, timeout_s) as group:
+        broadcast_buckets(group, buckets)
     return buckets

@@ -35,7 +35,7 @@ class WeightSyncEngine:
         policy folder they were saved to)."""
         return self._update_weights({"buckets": list(buckets)}, label)
 
-    def receive_weight_broadcast(self, host: str, port: int, rank: int, world_size: int, backend: str, index: list,
+    def receive_weight_broadcast(self, host: str, port: int, rank: int, world_size: int, index: list,
                                  timeout_s: float, label: str | None = None) -> dict:
         """New weights, in place, by the collective transport (actors.weight_sync.collective): joins the sender's group
         at host:port as `rank` and receives the buckets `index` (actors.weight_sync.buckets.BucketIndex) describes.
@@ -43,8 +43,8 @@ class WeightSyncEngine:
         if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:
             # Every vLLM worker would join as the same rank; the object store serves sharded engines instead.
             raise ValueError("the collective weight transport takes engines of one worker")
-        group = {"host": host, "port": port, "rank": rank, "world_size": world_size, "backend": backend,
-                 "index": index, "timeout_s": timeout_s}
+        group = {"host": host, "port": port, "rank": rank, "world_size": world_size, "index": index,
+                 "timeout_s": timeout_s}
         return self._update_weights({"group": group}, label)
 
     def _update_weights(self, update_info: dict, label: str | None) -> dict:

@@ -19,6 +19,7 @@ from pipelines.orchestration.pools import EnginePools
 from pipelines.orchestration.resume import Stages
 from pipelines.stages.base import StageContext
 from pipelines.stages.ingest import ingest
+from pipelines.stages.joins import set_broadcast_rows
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ def run_pipeline(cfg: RunConfig, run_dir: RunPath | str, resume: bool = False, s
     decoded batch as it comes (caption.during_ingest)."""
     if loop:
         cfg.check_inputs()  # before anything starts: a missing input file fails now, not after ingest
+    set_broadcast_rows(cfg.ray.broadcast_join_rows)  # how this run's stages join their tables
     layout = RunLayout(run_dir)
     layout.dir.mkdir()
     manifest = Manifest(layout.dir)

@@ -25,27 +25,27 @@ from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.frames_join import FRAME_COLUMNS
-from pipelines.stages.io import read_table, write_dataset, write_table
+from pipelines.stages.joins import FRAME_COLUMNS, Rows, per_group, rows_with_frames, stored
+from pipelines.stages.io import read_dataset, read_table, row_count, write_dataset, write_table
 
 log = logging.getLogger(__name__)
 
 
 class CaptionVideos(EngineClient):
-    """Captions a batch of videos; with `previous` ({video_id: description}) the engine instead re-describes each
-    video given its previous description (i-SRT's self-retrospection)."""
+    """Captions a batch of videos; with `retrospect` the engine instead re-describes each video given its previous
+    description, the batch's `caption` column (i-SRT's self-retrospection)."""
 
-    def __init__(self, engines: list, sampling: dict, model: str | None = None, previous: dict[str, str] | None = None):
+    def __init__(self, engines: list, sampling: dict, model: str | None = None, retrospect: bool = False):
         super().__init__(engines)
         # No model given: the engines' own (this waits for an engine still starting, not the driver).
         self.model = model or ray.get(engines[0].health.remote())["model"]
-        self.sampling, self.previous = sampling, previous
+        self.sampling, self.retrospect = sampling, retrospect
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.select(["video_id", "frames", "frames_shape", "duration_s"]).to_pylist()
-        requests = [{"messages": retrospect_messages(self.previous[r["video_id"]]) if self.previous else caption_messages(),
+        rows = batch.select(FRAME_COLUMNS + (["caption"] if self.retrospect else [])).to_pylist()
+        requests = [{"messages": retrospect_messages(r["caption"]) if self.retrospect else caption_messages(),
                      "frames": frames_of(r), "fps": frames_fps(r)} for r in rows]
-        version = f"{PROMPT_VERSION}-retrospect" if self.previous else PROMPT_VERSION
+        version = f"{PROMPT_VERSION}-retrospect" if self.retrospect else PROMPT_VERSION
         outs = self.call(requests, [seeded(self.sampling, r["video_id"], version, self.model) for r in rows])
         return pa.Table.from_pylist([{"video_id": r["video_id"], "caption": o[0]["text"].strip(), "model": self.model,
                                       "prompt_version": version} for r, o in zip(rows, outs)], schema=CAPTIONS)
@@ -81,16 +81,29 @@ def caption_sampling(cfg: RunConfig) -> dict:
 
 
 def caption_videos(layout: RunLayout, pool: EnginePool, sampling: dict, out: RunPath,
-                   video_ids: list[str] | None = None, previous: dict[str, str] | None = None) -> int:
-    """Captions (or, with `previous`, re-describes) the ingested videos, or those of `video_ids`, into `out`."""
-    ds = ray.data.read_parquet(str(layout.videos), columns=FRAME_COLUMNS)
-    if video_ids is not None:
-        wanted = sorted(video_ids)
-        ds = ds.filter(expr=f"video_id in {wanted!r}" if wanted else "video_id == ''")
-    expect(len(video_ids) if video_ids is not None else read_table(layout.videos, ["video_id"]).num_rows)
-    ds = pool.map_batches(ds, CaptionVideos, sampling=sampling, model=pool.model_path, previous=previous)
+                   videos: Rows | list[str] | None = None, retrospect: bool = False) -> int:
+    """Captions the ingested videos, or those of `videos` (Rows with a video_id column, or ids), into `out`; with
+    `retrospect` re-describes them given their previous description (`videos`' caption column)."""
+    if videos is None:
+        ds = read_dataset(layout.videos, FRAME_COLUMNS)
+        expect(row_count(layout.videos))
+    else:
+        if isinstance(videos, list):  # a caller's own few ids
+            videos = Rows(len(videos), table=ray.put(pa.table({"video_id": pa.array(sorted(videos), pa.string())})))
+        expect(videos.count())
+        ds = rows_with_frames(layout.videos, videos)
+    ds = pool.map_batches(ds, CaptionVideos, sampling=sampling, model=pool.model_path, retrospect=retrospect)
     write_dataset(ds, out, CAPTIONS)
-    return read_table(out, ["video_id"]).num_rows
+    return row_count(out)
+
+
+def training_videos(layout: RunLayout) -> Rows:
+    """The video_id of every training video, once each (a video's prompts all share its split)."""
+    return per_group(stored(layout.prompts, ["video_id"], [("split", "==", "train")]), "video_id", distinct_videos)
+
+
+def distinct_videos(table: pa.Table) -> pa.Table:
+    return pa.table({"video_id": pc.unique(table.column("video_id")).sort()}) if table.num_rows else table
 
 
 def captions_from_file(path: str, videos: pa.Table) -> pa.Table:
@@ -124,8 +137,8 @@ def caption(ctx: StageContext) -> int:
         table = captions_from_file(cfg.caption.file, read_table(ctx.layout.videos, ["video_id", "uri"]))
         write_table(table, out)
         return table.num_rows
-    n = (read_table(out, ["video_id"]).num_rows if ctx.captioned_during_ingest
+    n = (row_count(out) if ctx.captioned_during_ingest
          else caption_videos(ctx.layout, ctx.captioner_pool, caption_sampling(cfg), out))
-    empty = pc.sum(pc.equal(read_table(out, ["caption"]).column("caption"), "")).as_py() if n else 0
+    empty = row_count(out, pc.field("caption") == "") if n else 0
     log.info("captions: %d videos (%s empty)", n, empty)
     return n

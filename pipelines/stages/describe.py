@@ -4,14 +4,12 @@ description is that round's evidence for the judge (round_r/captions.parquet), s
 the policy instead of staying the starting captioner's."""
 from __future__ import annotations
 
-import pyarrow.compute as pc
-
 from rlaif.layout import RunLayout
 from rlaif.storage import RunPath
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.caption import caption_sampling, caption_videos
-from pipelines.stages.io import read_table
+from pipelines.stages.caption import caption_sampling, caption_videos, training_videos
+from pipelines.stages.joins import joined, stored
 
 
 def previous_descriptions(layout: RunLayout, round_idx: int) -> RunPath:
@@ -22,11 +20,8 @@ def previous_descriptions(layout: RunLayout, round_idx: int) -> RunPath:
 @stage("caption")
 def describe(ctx: StageContext) -> dict:
     """round_<r>/captions.parquet: the policy's re-descriptions of the training videos, the round's evidence."""
-    prompts = read_table(ctx.layout.prompts, ["video_id", "split"])
-    train_videos = set(prompts.filter(pc.equal(prompts.column("split"), "train")).column("video_id").to_pylist())
     source = previous_descriptions(ctx.layout, ctx.round)
-    previous = {v: c for v, c in zip(*read_table(source, ["video_id", "caption"]).to_pydict().values())
-                if v in train_videos}
-    n = caption_videos(ctx.layout, ctx.policy_pool, caption_sampling(ctx.cfg), ctx.out.captions, sorted(previous),
-                       previous)
+    previous = joined(training_videos(ctx.layout), stored(source, ["video_id", "caption"]), "video_id")
+    n = caption_videos(ctx.layout, ctx.policy_pool, caption_sampling(ctx.cfg), ctx.out.captions, previous,
+                       retrospect=True)
     return {"rows": n, "previous": source.relative_to(ctx.layout.dir).as_posix()}

@@ -5,15 +5,39 @@ from __future__ import annotations
 
 import logging
 
-from rlaif.metrics import eval_metrics
+import pyarrow as pa
+import ray
+
+from rlaif.metrics import eval_sums, metrics_from_sums
 
 from pipelines.stages.base import StageContext, stage
 from pipelines.stages.caption_eval import caption_eval
-from pipelines.stages.io import read_table
+from pipelines.stages.joins import apply, joined, stored
 from pipelines.stages.judge import answer_and_judge, judge_answers
 from pipelines.stages.rollout import generate_answers
 
 log = logging.getLogger(__name__)
+
+
+def table_sums(table: pa.Table) -> dict[str, float]:
+    return eval_sums(table.to_pylist())
+
+
+def batch_sums(batch: pa.Table) -> pa.Table:
+    return pa.Table.from_pylist([table_sums(batch)])
+
+
+def answer_sums(ctx: StageContext) -> dict[str, float]:
+    """eval_sums of the round's judged held-out answers, each with its prompt's reference answer: by a task when they
+    are few, else batch by batch in Ray Data, where the answers are, and added up here."""
+    columns = ["prompt_id", "response", "score", "status", "n_tokens"]
+    judged = stored(ctx.out.eval_judgments, columns)
+    refs = stored(ctx.layout.prompts, ["prompt_id", "reference_answer"], [("split", "==", "eval")])
+    answers = joined(judged, refs, "prompt_id", how="left")
+    if answers.small:
+        return ray.get(apply.remote(table_sums, answers.table))
+    parts = answers.dataset.map_batches(batch_sums, batch_format="pyarrow", batch_size=None).take_all()
+    return {k: sum(p[k] for p in parts) for k in parts[0]} if parts else eval_sums([])
 
 
 @stage("loop.eval_max_tokens", "loop.stream_judge", "judge", "eval")
@@ -29,11 +53,7 @@ def evaluate(ctx: StageContext) -> dict:
     else:
         generate_answers(ctx.layout, ctx.policy_pool, "eval", sampling, ctx.round, out.eval_answers)
         judge_answers(ctx, out.eval_answers, out.eval_judgments)
-    rows = read_table(out.eval_judgments).to_pylist()
-    refs = dict(zip(*read_table(ctx.layout.prompts, ["prompt_id", "reference_answer"]).to_pydict().values()))
-    for r in rows:
-        r["reference_answer"] = refs.get(r["prompt_id"])
-    metrics = {"round": ctx.round, **eval_metrics(rows)}
+    metrics = {"round": ctx.round, **metrics_from_sums(answer_sums(ctx))}
     if cfg.eval.caption_metrics:
         metrics.update(caption_eval(ctx))
     out.eval.write_json(metrics)

@@ -38,7 +38,7 @@ from rlaif.storage import RunPath
 from rlaif.video_rows import InternalErrors, VideoRowDecoder
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.io import read_table, write_dataset
+from pipelines.stages.io import read_table, row_count, scan, write_dataset
 
 if TYPE_CHECKING:
     from pipelines.stages.caption import CaptionDuringIngest
@@ -142,16 +142,21 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     if caption is not None:
         captions = str(layout.captions)
         write_dataset(ok.select_columns(CAPTIONS.names), captions, CAPTIONS, count=False)
-    bad = read_table(quarantine, ["reason"]).column("reason").to_pylist()
-    kept = read_table(videos, ["video_id", "warnings"])
-    internal = sorted((r for r in read_table(quarantine).to_pylist() if r["reason"] == INTERNAL_ERROR),
-                      key=lambda r: r["video_id"]) if INTERNAL_ERROR in bad else []
+    # Counts, scanned a column at a time (the driver's memory stays flat); only internal errors are read whole.
+    bad: collections.Counter = collections.Counter()
+    for batch in scan(quarantine, ["reason"]):
+        bad.update(batch.column(0).to_pylist())
+    warnings: collections.Counter = collections.Counter()
+    for batch in scan(videos, ["warnings"]):
+        warnings.update(_warning_counts(batch.column(0).to_pylist()))
+    internal = sorted(read_table(quarantine, filters=[("reason", "==", INTERNAL_ERROR)]).to_pylist(),
+                      key=lambda r: r["video_id"]) if bad[INTERNAL_ERROR] else []
     first = {k: internal[0][k] for k in ("uri", "error", "traceback")} if internal else None
-    result = IngestResult(n_inputs=len(items), n_ok=kept.num_rows, n_quarantined=len(bad),
-                          reasons=dict(sorted(collections.Counter(bad).items())),
+    result = IngestResult(n_inputs=len(items), n_ok=row_count(videos), n_quarantined=sum(bad.values()),
+                          reasons=dict(sorted(bad.items())),
                           videos_path=str(videos), quarantine_path=str(quarantine), captions_path=captions,
                           n_internal_errors=len(internal), first_internal_error=first,
-                          warnings=_warning_counts(kept.column("warnings").to_pylist()))
+                          warnings=dict(sorted(warnings.items())))
     if result.n_ok + result.n_quarantined != result.n_inputs:
         raise RuntimeError(f"ingest lost rows: {result.n_inputs} in, {result.n_ok} ok + {result.n_quarantined} quarantined")
     if internal:

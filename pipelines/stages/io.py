@@ -2,7 +2,11 @@
 is written to a hidden staging sibling and published when complete, whether Ray Data workers or the driver write it."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray.data
 
@@ -32,9 +36,34 @@ def write_table(table: pa.Table, final: RunPath | str) -> None:
     publish(staged, final)
 
 
-def read_table(path: RunPath | str, columns: list[str] | None = None) -> pa.Table:
+def read_table(path: RunPath | str, columns: list[str] | None = None, filters: list | None = None) -> pa.Table:
+    """A stored table whole, in this process: for small tables (a summary, a Ray task's keyed side of a join, see
+    pipelines.stages.joins). `filters`: pyarrow's row filters, e.g. [("split", "==", "eval")]."""
     path = RunPath.of(path)
     files = [p for p in path.glob("*.parquet")]
     if not files:
         return pa.table({})
-    return pq.ParquetDataset(path.path, filesystem=path.fs).read(columns=columns)
+    return pq.ParquetDataset(path.path, filesystem=path.fs, filters=filters).read(columns=columns)
+
+
+def read_dataset(path: RunPath | str, columns: list[str] | None = None) -> ray.data.Dataset:
+    """A stored table as a Ray Data stream, read block by block by Ray Data's workers (never whole in the driver)."""
+    return ray.data.read_parquet(str(RunPath.of(path)), columns=columns)
+
+
+def row_count(path: RunPath | str, where: pc.Expression | None = None) -> int:
+    """The rows of a stored table: from its parquet footers, or, with `where` (e.g. pc.field("split") == "eval"),
+    by a scan of the columns it names, batch by batch (the driver's memory stays flat)."""
+    path = RunPath.of(path)
+    files = [p for p in path.glob("*.parquet")]
+    if where is None:
+        return sum(pq.read_metadata(p.path, filesystem=p.fs).num_rows for p in files)
+    return pads.dataset([p.path for p in files], filesystem=path.fs, format="parquet").count_rows(filter=where)
+
+
+def scan(path: RunPath | str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """A stored table's `columns`, batch by batch, in this process: for the driver's counts (memory flat)."""
+    path = RunPath.of(path)
+    files = [p.path for p in path.glob("*.parquet")]
+    if files:
+        yield from pads.dataset(files, filesystem=path.fs, format="parquet").to_batches(columns=columns)

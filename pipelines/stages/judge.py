@@ -23,6 +23,7 @@ import logging
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray.data
 
 from actors.pool import EngineClient, EnginePool
@@ -38,7 +39,8 @@ from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.io import read_table, write_dataset, write_table
+from pipelines.stages.io import read_dataset, read_table, row_count, scan, write_dataset, write_table
+from pipelines.stages.joins import attach, copy_table, joined, stored
 from pipelines.stages.rollout import answers_dataset, rollout_sampling
 
 log = logging.getLogger(__name__)
@@ -82,9 +84,10 @@ def judge_some(rows: list[dict], judge: Callable[[list[dict]], tuple[list, list[
     return out
 
 
-def judged_batch(batch: pa.Table, context: pa.Table, judge: Callable[[list[dict]], tuple[list, list[int]]],
+def judged_batch(batch: pa.Table, context: pa.Table | None, judge: Callable[[list[dict]], tuple[list, list[int]]],
                  model: str, cfg: JudgeConfig) -> pa.Table:
-    """A batch of answers (ROLLOUTS) as JUDGMENTS rows, each judged against its context by `judge` (judge_some)."""
+    """A batch of answers (ROLLOUTS) as JUDGMENTS rows, each judged against its context by `judge` (judge_some): the
+    batch's own JUDGE_CONTEXT columns, or `context`'s by prompt_id."""
     rows = with_context(batch, context).to_pylist()
     return pa.Table.from_pylist([judgment_row(r, v, a, model, cfg, s)
                                  for r, (v, a, s) in zip(rows, judge_some(rows, judge))], schema=JUDGMENTS)
@@ -93,7 +96,7 @@ def judged_batch(batch: pa.Table, context: pa.Table, judge: Callable[[list[dict]
 class JudgeAnswers(EngineClient):
     """LLM judge (kind score or aspects) through the judge pool."""
 
-    def __init__(self, engines: list, cfg: JudgeConfig, model: str, context: pa.Table):
+    def __init__(self, engines: list, cfg: JudgeConfig, model: str, context: pa.Table | None = None):
         super().__init__(engines)
         self.cfg, self.model, self.context = cfg, model, context
         aspects = cfg.kind == "aspects"
@@ -121,7 +124,7 @@ class JudgeAnswers(EngineClient):
 class ScoreAnswers:
     """External scoring function (kind function), built once per Ray Data actor."""
 
-    def __init__(self, cfg: JudgeConfig, context: pa.Table):
+    def __init__(self, cfg: JudgeConfig, context: pa.Table | None = None):
         module, name = cfg.function.split(":")
         self.scorer = getattr(importlib.import_module(module), name)()
         self.cfg, self.model, self.context = cfg, cfg.function, context
@@ -137,26 +140,39 @@ class ScoreAnswers:
 
 
 def judging_context(layout: RunLayout, captions: RunPath | None = None) -> pa.Table:
-    """What the judge reads beside each answer, by prompt_id: the question, the reference answer and the evidence
-    caption (small text tables). `captions` defaults to the run's captions.parquet (i-SRT passes the round's
-    re-descriptions)."""
+    """What the judge reads beside each answer, by prompt_id, whole (JUDGE_CONTEXT: the question, the reference answer
+    and the evidence caption): for a caller's few answers (the judge audit). `captions` defaults to the run's
+    captions.parquet (i-SRT passes the round's re-descriptions)."""
     prompts = read_table(layout.prompts, ["prompt_id", "video_id", "question", "reference_answer"])
     evidence = read_table(captions or layout.captions, ["video_id", "caption"])
     return prompts.join(evidence, "video_id").drop(["video_id"])
 
 
-def with_context(batch: pa.Table, context: pa.Table) -> pa.Table:
-    """Each answer with its question, reference and caption. Done inside the judging actor (which holds `context`)
-    rather than as a Ray Data stage of its own: a batch-size-less stage there would gather the whole stream first."""
-    joined = batch.join(context, "prompt_id")
-    if joined.num_rows != batch.num_rows:
-        raise RuntimeError(f"{batch.num_rows - joined.num_rows} answers have no prompt or caption to judge against")
+def with_judging_context(answers: ray.data.Dataset, rows: int, layout: RunLayout,
+                         captions: RunPath | None = None) -> ray.data.Dataset:
+    """A stream of `rows` answers with their JUDGE_CONTEXT columns (pipelines.stages.joins), from the prompts and
+    the captions (`captions`, default the run's)."""
+    prompts = stored(layout.prompts, ["prompt_id", "video_id", "question", "reference_answer"])
+    context = joined(prompts, stored(captions or layout.captions, ["video_id", "caption"]), "video_id", how="left")
+    # A left join: an answer without a prompt or caption is reported by the judge (with_context), not dropped.
+    return attach(answers, context, "prompt_id", rows, how="left").drop_columns(["video_id"])
+
+
+def with_context(batch: pa.Table, context: pa.Table | None) -> pa.Table:
+    """Each answer with its question, reference and caption: its own columns (`context` None: joined upstream), or
+    `context`'s by prompt_id, joined inside the judging actor (a batch-size-less Ray Data stage there would gather
+    the whole stream first). Raises when an answer has no prompt or caption to judge against."""
+    joined = batch if context is None else batch.join(context, "prompt_id")
+    missing = batch.num_rows - joined.num_rows + (joined.column("caption").null_count if joined.num_rows else 0)
+    if missing:
+        raise RuntimeError(f"{missing} answers have no prompt or caption to judge against")
     return joined
 
 
-def judged_dataset(answers: ray.data.Dataset, context: pa.Table, pool: EnginePool | None,
+def judged_dataset(answers: ray.data.Dataset, context: pa.Table | None, pool: EnginePool | None,
                    cfg: JudgeConfig, scorers: TransientPool | None = None) -> ray.data.Dataset:
-    """`answers` (ROLLOUTS rows, a stream or a table) judged against `context` (judging_context): JUDGMENTS rows.
+    """`answers` (a stream of ROLLOUTS rows) judged against their context: their own JUDGE_CONTEXT columns (`context`
+    None) or `context`'s (judging_context, a caller's small table), as JUDGMENTS rows.
     A scoring function (kind function) runs on the `scorers` actor pool (rlaif.placement.scorer_pool; the default
     pools.scorer if None)."""
     if cfg.kind == "function":
@@ -169,43 +185,46 @@ def judged_dataset(answers: ray.data.Dataset, context: pa.Table, pool: EnginePoo
 
 
 def judgment_counts(judgments: RunPath, cfg: JudgeConfig) -> dict:
-    """The judge stage's manifest record: rows, and how many of each status, retry and truncation."""
-    judged = read_table(judgments, ["status", "attempts", "finish_reason"]).to_pylist()
-    statuses = collections.Counter(r["status"] for r in judged)
-    info = {"rows": len(judged), "parse_failures": statuses[PARSE_FAILED],
-            "retried": sum(r["attempts"] > 1 for r in judged),
-            "truncated": sum(r["finish_reason"] == TRUNCATED_FINISH for r in judged),
+    """The judge stage's manifest record: rows, and how many of each status, retry and truncation (the driver scans
+    the three columns batch by batch)."""
+    statuses: collections.Counter = collections.Counter()
+    rows = retried = truncated = 0
+    for batch in scan(judgments, ["status", "attempts", "finish_reason"]):
+        rows += batch.num_rows
+        statuses.update(batch.column("status").to_pylist())
+        retried += pc.sum(pc.greater(batch.column("attempts"), 1)).as_py() or 0
+        truncated += pc.sum(pc.equal(batch.column("finish_reason"), TRUNCATED_FINISH)).as_py() or 0
+    info = {"rows": rows, "parse_failures": statuses[PARSE_FAILED], "retried": retried, "truncated": truncated,
             "statuses": dict(sorted(statuses.items()))}
-    log.info("judged %d answers (%s): %s", len(judged), cfg.kind, info)
+    log.info("judged %d answers (%s): %s", rows, cfg.kind, info)
     return info
 
 
 def judge_answers(ctx: StageContext, answers: RunPath, out: RunPath) -> dict:
     """The answers saved in `answers` judged by the judge pool against ctx.evidence (the run's captions if None)."""
-    rollouts = read_table(answers)
-    if rollouts.num_rows == 0:
+    n = row_count(answers)
+    if n == 0:
         write_table(JUDGMENTS.empty_table(), out)
         return judgment_counts(out, ctx.cfg.judge)
-    context = judging_context(ctx.layout, ctx.evidence)
-    expect(rollouts.num_rows)
-    write_dataset(judged_dataset(ray.data.from_arrow(rollouts), context, ctx.judge_pool, ctx.cfg.judge,
-                                 scorer_pool(ctx.cfg)), out, JUDGMENTS)
+    expect(n)
+    answered = with_judging_context(read_dataset(answers, ROLLOUTS.names), n, ctx.layout, ctx.evidence)
+    write_dataset(judged_dataset(answered, None, ctx.judge_pool, ctx.cfg.judge, scorer_pool(ctx.cfg)), out, JUDGMENTS)
     return judgment_counts(out, ctx.cfg.judge)
 
 
 def answer_and_judge(ctx: StageContext, responders: list[EnginePool], split: str, sampling: dict, answers: RunPath,
                      out: RunPath) -> dict:
     """Rollout and judge as one stream (loop.stream_judge): the judge scores each batch of answers as it comes out
-    of the policy pool, so the two pools work at the same time instead of one after the other. Writes the same two
-    tables as generate_answers + judge_answers (the answers are the judgments' ROLLOUTS columns)."""
-    ds = answers_dataset(ctx.layout, responders, split, sampling, ctx.round)
+    of the policy pool, so the two pools work at the same time instead of one after the other; the answers carry
+    their judging context from the rollout on. Writes the same two tables as generate_answers + judge_answers (the
+    answers are the judgments' ROLLOUTS columns, pipelines.stages.joins.copy_table)."""
+    ds = answers_dataset(ctx.layout, responders, split, sampling, ctx.round, evidence=ctx.evidence or ctx.layout.captions)
     if ds is None:
         write_table(ROLLOUTS.empty_table(), answers)
         write_table(JUDGMENTS.empty_table(), out)
     else:
-        context = judging_context(ctx.layout, ctx.evidence)
-        write_dataset(judged_dataset(ds, context, ctx.judge_pool, ctx.cfg.judge, scorer_pool(ctx.cfg)), out, JUDGMENTS)
-        write_table(read_table(out, ROLLOUTS.names), answers)
+        write_dataset(judged_dataset(ds, None, ctx.judge_pool, ctx.cfg.judge, scorer_pool(ctx.cfg)), out, JUDGMENTS)
+        copy_table(out, answers, ROLLOUTS)
     return judgment_counts(out, ctx.cfg.judge)
 
 

@@ -14,31 +14,46 @@ import pyarrow.compute as pc
 from rlaif.prompts import CAPTION_REQUEST
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.caption import caption_videos
-from pipelines.stages.io import read_table, write_table
+from pipelines.stages.caption import caption_videos, training_videos
+from pipelines.stages.io import row_count, write_dataset
+from pipelines.stages.joins import joined, mapped, ordered, stored
 from pipelines.stages.rollout import generate_answers
 from pipelines.stages.train import run_train
 
 TARGETS = pa.schema([("video_id", pa.string()), ("prompt", pa.string()), ("target", pa.string()), ("kind", pa.string())])
 
 
-def write_targets(ctx: StageContext) -> pa.Table:
-    """The final policy's own outputs on the training data (the engines must hold the final policy)."""
+def answer_targets(answers: pa.Table) -> pa.Table:
+    """Answers joined with their prompts as TARGETS rows (an empty output teaches nothing but to stop at once, so it
+    is left out)."""
+    return _targets(answers.column("video_id"), answers.column("question"), answers.column("response"), "answer")
+
+
+def caption_targets(captions: pa.Table) -> pa.Table:
+    return _targets(captions.column("video_id"), pa.array([CAPTION_REQUEST] * captions.num_rows, pa.string()),
+                    captions.column("caption"), "caption")
+
+
+def _targets(video_ids, prompts, targets, kind: str) -> pa.Table:
+    table = pa.table({"video_id": video_ids, "prompt": prompts, "target": targets,
+                      "kind": pa.array([kind] * len(video_ids), pa.string())}, schema=TARGETS)
+    return table.filter(pc.not_equal(pc.utf8_trim_whitespace(table.column("target")), ""))
+
+
+def write_targets(ctx: StageContext) -> int:
+    """The final policy's own outputs on the training data (the engines must hold the final policy), written to
+    rebirth/targets.parquet; returns how many."""
     cfg, layout, out, policy = ctx.cfg, ctx.layout, ctx.out, ctx.policy_pool
     sampling = {"n": 1, "temperature": cfg.rebirth.temperature, "max_tokens": cfg.rebirth.max_tokens}
     generate_answers(layout, policy, "train", sampling, ctx.round, out.final_answers)
-    prompts = read_table(layout.prompts, ["prompt_id", "video_id", "question", "split"])
-    answers = read_table(out.final_answers, ["prompt_id", "response"]).join(prompts, "prompt_id")
-    rows = [{"video_id": r["video_id"], "prompt": r["question"], "target": r["response"], "kind": "answer"}
-            for r in answers.to_pylist()]
-    train_videos = sorted(set(prompts.filter(pc.equal(prompts.column("split"), "train")).column("video_id").to_pylist()))
-    caption_videos(layout, policy, {**sampling, "max_tokens": cfg.caption.max_tokens}, out.final_captions, train_videos)
-    rows += [{"video_id": r["video_id"], "prompt": CAPTION_REQUEST, "target": r["caption"], "kind": "caption"}
-             for r in read_table(out.final_captions, ["video_id", "caption"]).to_pylist()]
-    # An empty output teaches nothing but to stop at once; it is left out.
-    table = pa.Table.from_pylist([r for r in rows if r["target"].strip()], schema=TARGETS)
-    write_table(table, out.targets)
-    return table
+    answers = joined(stored(out.final_answers, ["prompt_id", "response"]),
+                     stored(layout.prompts, ["prompt_id", "video_id", "question"]), "prompt_id")
+    caption_videos(layout, policy, {**sampling, "max_tokens": cfg.caption.max_tokens}, out.final_captions,
+                   training_videos(layout))
+    parts = [mapped(answers, answer_targets), mapped(stored(out.final_captions, ["video_id", "caption"]),
+                                                     caption_targets)]
+    write_dataset(ordered(parts[0].union(parts[1])), out.targets, TARGETS, count=False)
+    return row_count(out.targets)
 
 
 @stage("rebirth")
@@ -48,6 +63,6 @@ def rebirth(ctx: StageContext) -> dict:
     ctx.out.dir.mkdir()
     targets = write_targets(ctx)
     train = cfg.train.model_copy(update={"epochs": cfg.rebirth.epochs, "lr": cfg.rebirth.lr})
-    info = run_train(cfg, ctx.layout, ctx.out, targets, engines=ctx.policy_pool.actors, lora_base=ctx.start,
-                     reference=ctx.start, objective="sft", train=train)
-    return {"targets": targets.num_rows, **info}
+    info = run_train(cfg, ctx.layout, ctx.out, stored(ctx.out.targets, rows=targets), engines=ctx.policy_pool.actors,
+                     lora_base=ctx.start, reference=ctx.start, objective="sft", train=train)
+    return {"targets": targets, **info}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import ray
+import ray.data
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -33,8 +34,7 @@ from rlaif.seeding import request_seed
 from rlaif.storage import RunPath, local_folder, local_staging, publish_folder
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.frames_join import FRAME_COLUMNS, rows_with_frames
-from pipelines.stages.io import read_table
+from pipelines.stages.joins import FRAME_COLUMNS, Rows, joined, rows_with_frames, stored
 
 log = logging.getLogger(__name__)
 
@@ -322,20 +322,40 @@ def ordered_ingest():
     return options
 
 
-def run_train(cfg: RlaifConfig, layout: RunLayout, out: RoundLayout, data: pa.Table, *, engines: list, lora_base: str,
-              reference: str, objective: str = "dpo", train: TrainConfig | None = None,
+def training_order(objective: str) -> list[str]:
+    """The columns a shuffle plan's training rows are sorted by (a hash join loses the order): a pair is unique by
+    prompt_id within a round; SFT rows that tie on (video_id, prompt, target) are the same row."""
+    return ["prompt_id"] if objective == "dpo" else ["video_id", "prompt", "target"]
+
+
+def training_rows(layout: RunLayout, data: Rows, objective: str, block_rows: int) -> ray.data.Dataset:
+    """`data` with its videos' frames, in an order every run repeats, so that Ray Train's ordered split
+    (ordered_ingest) gives every rank the same shard again after a restore: a small table's (video by video, each
+    video's rows in data's order), or a large one's training_order in blocks of `block_rows` (a sort's blocks depend
+    on its sampled boundaries, a fixed block size does not)."""
+    with_frames = rows_with_frames(layout.videos, data)
+    if data.small:
+        return with_frames
+    return with_frames.sort(training_order(objective)).repartition(target_num_rows_per_block=block_rows)
+
+
+def run_train(cfg: RlaifConfig, layout: RunLayout, out: RoundLayout, data: Rows | pa.Table, *, engines: list,
+              lora_base: str, reference: str, objective: str = "dpo", train: TrainConfig | None = None,
               lora_init: str | None = None) -> dict:
-    """Trains a LoRA on `lora_base` (starting from the adapter `lora_init` when given) over `data` (rows with a
-    video_id of the run's videos), writes out.policy, and broadcasts it to `engines`. `reference` is θ_ref of the
-    extrapolation."""
+    """Trains a LoRA on `lora_base` (starting from the adapter `lora_init` when given) over `data` (a stage's Rows, or
+    a caller's small table; rows with a video_id of the run's videos), writes out.policy, and broadcasts it to
+    `engines`. `reference` is θ_ref of the extrapolation."""
+    if isinstance(data, pa.Table):  # a caller's own few rows (rebirth's targets, the warm start's SFT, a benchmark)
+        data = Rows(data.num_rows, table=ray.put(data))
+    rows = data.rows
     t = train or cfg.train
-    workers = min(t.workers, data.num_rows)
+    workers = min(t.workers, rows)
     if workers == 0:
         log.warning("train: no training rows; the policy stays as it is")
         return {"steps": 0, "skipped": "no rows"}
     if workers < t.workers:
-        log.warning("train: only %d rows, using %d worker(s) instead of %d", data.num_rows, workers, t.workers)
-    expect(t.epochs * -(-(data.num_rows // workers) // t.micro_batch_size), "steps")  # each rank's equal shard
+        log.warning("train: only %d rows, using %d worker(s) instead of %d", rows, workers, t.workers)
+    expect(t.epochs * -(-(rows // workers) // t.micro_batch_size), "steps")  # each rank's equal shard
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"job": TrainJob(
@@ -348,7 +368,7 @@ def run_train(cfg: RlaifConfig, layout: RunLayout, out: RoundLayout, data: pa.Ta
                                      resources_per_worker={"CPU": t.cpus_per_worker,
                                                            **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        datasets={"train": rows_with_frames(layout.videos, data)},  # video by video, each video's rows in data's order
+        datasets={"train": training_rows(layout, data, objective, t.micro_batch_size)},
         dataset_config=DataConfig(execution_options=ordered_ingest()),
         # Ray Train resumes a run of the same name from its last checkpoint (a driver killed mid-training, then
         # --resume); the config hash in the name keeps a changed config from resuming another config's training.
@@ -363,7 +383,7 @@ def run_train(cfg: RlaifConfig, layout: RunLayout, out: RoundLayout, data: pa.Ta
         log.info("train (%s): %d steps, loss %.4f -> %.4f, sync %.2f s (%d buckets, %d bytes)", objective,
                  len(history), history[0]["loss"], history[-1]["loss"], metrics.get("sync_s", 0),
                  metrics.get("sync_buckets", 0), metrics.get("sync_bytes", 0))
-    return {"fit_seconds": round(time.time() - start, 2), "workers": workers, "rows": data.num_rows,
+    return {"fit_seconds": round(time.time() - start, 2), "workers": workers, "rows": rows,
             "history": history, **metrics}
 
 
@@ -373,14 +393,12 @@ def train(ctx: StageContext) -> dict:
     merge_each_round the LoRA is fresh on the round's starting policy (mrDPO); without it the previous round's adapter
     keeps training on the starting model. With train.caption_sft_weight each pair also carries its video's
     ground-truth caption."""
-    from pipelines.stages.caption import reference_captions
-
     cfg = ctx.cfg
-    pairs = read_table(ctx.out.pairs)
-    if cfg.train.caption_sft_weight and pairs.num_rows:
-        truth = reference_captions(cfg, ctx.layout)
-        pairs = pairs.append_column("gt_caption", pa.array([truth.get(v) for v in pairs.column("video_id").to_pylist()],
-                                                           pa.string()))
+    pairs = stored(ctx.out.pairs)
+    if cfg.train.caption_sft_weight and pairs.rows:
+        # The user's ground-truth captions file, matched to the videos by a task.
+        truth = Rows(0, table=reference_caption_table.remote(cfg, ctx.layout))
+        pairs = joined(pairs, truth, "video_id", how="left")
     if cfg.train.merge_each_round:
         lora_base, lora_init = ctx.policy, None
     else:
@@ -388,3 +406,12 @@ def train(ctx: StageContext) -> dict:
     engines = ctx.policy_pool.actors if ctx.pools.get("policy") else []  # (no pool: nothing to broadcast to)
     return run_train(cfg, ctx.layout, ctx.out, pairs, engines=engines, lora_base=lora_base, lora_init=lora_init,
                      reference=ctx.reference)
+
+
+@ray.remote(num_cpus=0)
+def reference_caption_table(cfg: RlaifConfig, layout: RunLayout) -> pa.Table:
+    """video_id, gt_caption: caption.reference_file's captions of the ingested videos."""
+    from pipelines.stages.caption import reference_captions
+
+    truth = reference_captions(cfg, layout)
+    return pa.table({"video_id": pa.array(list(truth), pa.string()), "gt_caption": pa.array(list(truth.values()), pa.string())})

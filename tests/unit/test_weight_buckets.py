@@ -43,13 +43,13 @@ def test_gloo_group_carries_every_bucket_to_every_rank(receivers):
     received: dict[int, list[Bucket]] = {}
 
     def receive(rank):
-        received[rank] = receive_buckets("127.0.0.1", store.port, rank, world_size, "gloo", [b.index for b in packed],
+        received[rank] = receive_buckets("127.0.0.1", store.port, rank, world_size, [b.index for b in packed],
                                          timeout_s=20)
 
     threads = [threading.Thread(target=receive, args=(r,)) for r in range(1, world_size)]
     for t in threads:
         t.start()
-    send_buckets(store, world_size, "gloo", packed, timeout_s=20)
+    send_buckets(store, world_size, packed, timeout_s=20)
     for t in threads:
         t.join(timeout=30)
     assert sorted(received) == list(range(1, world_size))
@@ -61,7 +61,7 @@ def test_a_missing_receiver_fails_the_sender_within_the_timeout():
     packed = pack_buckets(_weights().items())
     store = open_store("127.0.0.1", timeout_s=0.5)
     with pytest.raises(RuntimeError):  # torch's DistStoreError
-        send_buckets(store, 2, "gloo", packed, timeout_s=0.5)
+        send_buckets(store, 2, packed, timeout_s=0.5)
 
 
 def test_vllm_weight_transfer_factory_builds_the_rlaif_engine():
