@@ -193,7 +193,8 @@ def measure(n: int, args, inputs: tuple[Path, Path], work: Path) -> dict:
     manifest_path = run_dir / "manifest.json"
     if manifest_path.exists():
         stages = json.loads(manifest_path.read_text())["stages"]
-        result["stages"] = {name: {"seconds": s["seconds"], "rows": stage_rows(s)}
+        result["stages"] = {name: {"seconds": s["seconds"], "rows": stage_rows(s),
+                                   "driver_peak_mb": s.get("driver_peak_rss_mb")}
                             for name, s in stages.items() if isinstance(s, dict) and "seconds" in s}
         result["bytes"] = folder_bytes(run_dir)
     if not args.keep:
@@ -287,6 +288,11 @@ def render(results: list[dict], command: str) -> str:
               "", "Driver (`rlaif run` process) peak RSS, MB:", "",
               section("process", ["driver peak RSS"], lambda r, _: r["driver_peak_rss"] / 1e6, "MB",
                       lambda v: round(v, 1)),
+              *(["", "The driver's memory high-water mark at the end of each stage (its manifest record's "
+                 "driver_peak_rss_mb, MiB): the stage where it rises is the one that holds memory:", "",
+                 section("after stage", stages, lambda r, s: r["stages"].get(s, {}).get("driver_peak_mb"), "MiB",
+                         lambda v: round(v, 1))]
+                if any(st.get("driver_peak_mb") for r in ok for st in r["stages"].values()) else []),
               "", "Run folder bytes per table, MB:", "",
               section("table", tables, lambda r, t: (r["bytes"].get(t) or 0) / 1e6 or None, "MB",
                       lambda v: round(v, 3)),

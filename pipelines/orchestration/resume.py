@@ -8,6 +8,7 @@ may have changed.
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from typing import Callable
 
@@ -57,7 +58,10 @@ class Stages:
             info = fn()
         info = info if isinstance(info, dict) else {"rows": info}
         self.ran_now.add(name)
-        self.manifest.record(name, "done", key, **{**info, "seconds": round(time.time() - start, 2)})
+        # The driver's memory high-water mark so far (Linux: KiB): the stage that raises it is the one to look at.
+        peak_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        self.manifest.record(name, "done", key, **{**info, "seconds": round(time.time() - start, 2),
+                                                   "driver_peak_rss_mb": peak_mb})
         log.info("%s: done in %.1f s", name, time.time() - start)
         return self.manifest.stage(name)
 
