@@ -102,18 +102,6 @@ def stored(path: RunPath | str, columns: list[str] | None = None, filters: list 
     return Rows(rows, dataset=ds if columns is None else ds.select_columns(columns))
 
 
-def from_stream(ds: ray.data.Dataset, rows: int) -> Rows:
-    """A stream of about `rows` rows (gathered into one table in the object store when small)."""
-    if rows <= broadcast_rows():
-        return Rows(rows, table=apply.remote(_concat, ordered(ds).to_arrow_refs()))
-    return Rows(rows, dataset=ds)
-
-
-def _concat(refs: list) -> pa.Table:
-    tables = [t for t in ray.get(refs) if t.num_rows]
-    return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
-
-
 def ordered(ds: ray.data.Dataset) -> ray.data.Dataset:
     """`ds` executed with its blocks in their order (this dataset's own context: other datasets are unaffected)."""
     ds.context.execution_options.preserve_order = True
