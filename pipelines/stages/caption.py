@@ -90,6 +90,7 @@ def caption_videos(layout: RunLayout, pool: EnginePool, sampling: dict, out: Run
     else:
         if isinstance(videos, list):  # a caller's own few ids
             videos = Rows(len(videos), table=ray.put(pa.table({"video_id": pa.array(sorted(videos), pa.string())})))
+        videos = videos.executed()  # counted, then joined to the frames: a large table's stream runs once
         expect(videos.count())
         ds = rows_with_frames(layout.videos, videos)
     ds = pool.map_batches(ds, CaptionVideos, sampling=sampling, model=pool.model_path, retrospect=retrospect)

@@ -67,6 +67,11 @@ class Rows:
         """As a Ray Data stream, either way."""
         return ray.data.from_arrow_refs([self.table]) if self.small else self.dataset
 
+    def executed(self) -> Rows:
+        """A large table's stream executed once into the object store, for a caller that reads it twice (counts it,
+        then uses it); a small table as it is."""
+        return self if self.small else Rows(self.rows, dataset=self.dataset.materialize())
+
     def count(self) -> int:
         """The exact row count (a task counts a small table; Ray Data a large one, which it executes)."""
         return ray.get(_num_rows.remote(self.table)) if self.small else self.dataset.count()

@@ -71,8 +71,7 @@ def pairs(ctx: StageContext) -> dict:
     n_selected = 0
     if judged_rows:
         selected, small = selected_pairs(ctx, judged_rows)
-        if not selected.small:  # selected once, then counted and read by the reference actors from the object store
-            selected = Rows(selected.rows, dataset=selected.dataset.materialize())
+        selected = selected.executed()  # selected once, then counted and read by the reference actors
         n_selected = selected.count()
     if n_selected == 0:
         write_table(PAIRS.empty_table(), out.pairs)
