@@ -11,10 +11,34 @@ from pathlib import Path
 MANIFEST_COLUMNS = ("uri", "path", "video")  # the first one present names the videos in a Parquet manifest
 
 
-def video_id_for(uri: str) -> str:
-    """Readable and stable: the file stem plus a hash of the full URI (two `clip.mp4` in different folders differ)."""
+def video_id_for(uri: str, root: str = "") -> str:
+    """Readable and stable: the file stem plus a hash of the URI's path below `root` (two `clip.mp4` in different
+    folders differ). Hashing the path below the inputs' common folder, not the absolute one, gives the same ids (and
+    so the same split and sampling seeds) to the same inputs wherever they are copied."""
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(uri.rstrip("/")).stem)[:48] or "video"
-    return f"{stem}-{hashlib.sha1(uri.encode()).hexdigest()[:8]}"
+    below = uri[len(root):].lstrip("/") if root and uri.startswith(root) else uri
+    return f"{stem}-{hashlib.sha1(below.encode()).hexdigest()[:8]}"
+
+
+def common_folder(uris: list[str]) -> str:
+    """The deepest folder holding every URI ("/data/clips" for /data/clips/a.mp4 and /data/clips/b/c.mp4;
+    "s3://bucket/x" likewise; "" when they share none, e.g. a local path and an object-store one)."""
+    if not uris:
+        return ""
+    parts = [u.rstrip("/").split("/")[:-1] for u in uris]
+    shared = parts[0]
+    for p in parts[1:]:
+        n = 0
+        while n < min(len(shared), len(p)) and shared[n] == p[n]:
+            n += 1
+        shared = shared[:n]
+    return "/".join(shared)
+
+
+def video_ids(uris: list[str]) -> list[str]:
+    """The ids of a whole input list, each hashed below the inputs' common folder (see `video_id_for`)."""
+    root = common_folder(uris)
+    return [video_id_for(u, root) for u in uris]
 
 
 def _list_dir(folder: str, extensions: list[str] | None) -> list[str]:

@@ -32,7 +32,7 @@ from rlaif.decode import INTERNAL_ERROR, DecodeSpec
 from rlaif.frames import RAW, decode_frames, encode_frames
 from rlaif.placement import decoder_pool
 from rlaif.schemas import CAPTIONS, QUARANTINE, QUARANTINE_COLUMNS, VIDEOS
-from rlaif.sources import list_video_uris, video_id_for
+from rlaif.sources import list_video_uris, video_ids
 from rlaif.layout import RunLayout
 from rlaif.storage import RunPath
 from rlaif.video_rows import InternalErrors, VideoRowDecoder
@@ -103,9 +103,8 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     if source is None:
         raise ValueError("ingest needs a source: set ingest.source in the config or pass SOURCE")
     uris = list_video_uris(source, cfg.extensions)
-    if cfg.limit:
-        uris = uris[: cfg.limit]
-    items = [{"video_id": video_id_for(u), "uri": u} for u in uris]
+    # Ids come from the whole list, so that a video keeps its id (and split) whatever `limit` is.
+    items = [{"video_id": v, "uri": u} for v, u in zip(video_ids(uris), uris)][: cfg.limit or None]
     log.info("ingest: %d inputs from %s", len(items), source)
     expect(len(items), "videos")
 

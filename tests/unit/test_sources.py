@@ -2,7 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlaif.sources import list_video_uris, video_id_for
+from rlaif.sources import common_folder, list_video_uris, video_id_for, video_ids
 
 
 def _touch(p, data=b"x"):
@@ -52,6 +52,17 @@ def test_video_ids_are_stable_readable_and_distinct():
     assert video_id_for("/a/clip.mp4") == video_id_for("/a/clip.mp4")
     assert video_id_for("/a/clip.mp4") != video_id_for("/b/clip.mp4")
     assert video_id_for("/a/my clip!.mp4").startswith("my_clip_-")
+
+
+def test_video_ids_do_not_depend_on_where_the_inputs_are():
+    here = ["/home/u/clips/a/clip.mp4", "/home/u/clips/b/clip.mp4", "/home/u/clips/c.mp4"]
+    there = [u.replace("/home/u/clips", "s3://bucket/copy") for u in here]
+    assert common_folder(here) == "/home/u/clips" and common_folder(there) == "s3://bucket/copy"
+    assert video_ids(here) == video_ids(there)
+    assert len(set(video_ids(here))) == 3 and video_ids(here)[0].startswith("clip-")
+    assert video_ids(["/x/one.mp4"]) == video_ids(["/y/z/one.mp4"])  # a single file: its name
+    assert common_folder(["/x/a.mp4", "s3://b/a.mp4"]) == ""  # nothing shared: the whole URI is hashed
+    assert len(set(video_ids(["/x/a.mp4", "s3://b/a.mp4"]))) == 2
 
 
 def test_object_store_folder_glob_and_object(s3_bucket):
