@@ -12,9 +12,11 @@ summary, table and gallery of starting answers; the training sections appear wit
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from rlaif.layout import RoundLayout, RunLayout
@@ -30,14 +32,35 @@ from pipelines.apps.report import eval_table, run_warnings, stage_times, stages_
 log = logging.getLogger(__name__)
 
 GALLERY = 6  # held-out questions shown
+GALLERY_POOL = 1000  # chosen among the held-out questions with the lowest prompt_ids (all of them in a small run)
 
 
-def read_rows(path: RunPath, columns: list[str] | None = None, video_ids: list[str] | None = None) -> list[dict]:
-    """A run-folder table's rows ([] when it is not written yet); `video_ids` reads only those videos' rows."""
+def read_rows(path: RunPath, columns: list[str] | None = None, video_ids: list[str] | None = None,
+              prompt_ids: list[str] | None = None) -> list[dict]:
+    """A run-folder table's rows ([] when it is not written yet); `video_ids` or `prompt_ids` reads only theirs."""
     if not path.is_dir():
         return []
-    where = pads.field("video_id").isin(video_ids) if video_ids is not None else None
+    where = (pads.field("video_id").isin(video_ids) if video_ids is not None
+             else pads.field("prompt_id").isin(prompt_ids) if prompt_ids is not None else None)
     return pads.dataset(path.path, filesystem=path.fs, format="parquet").to_table(columns, filter=where).to_pylist()
+
+
+def count_rows(path: RunPath, where=None) -> int:
+    """A run-folder table's rows passing `where` (0 when it is not written yet), counted by a scan."""
+    return pads.dataset(path.path, filesystem=path.fs, format="parquet").count_rows(filter=where) if path.is_dir() else 0
+
+
+def first_held_out(prompts: RunPath, n: int) -> list[dict]:
+    """The `n` held-out prompts with the lowest prompt_ids, from a scan (the report's memory does not grow with the
+    run): the gallery picks among them."""
+    if not prompts.is_dir():
+        return []
+    kept: list[dict] = []
+    columns = ["prompt_id", "video_id", "question", "reference_answer", "split"]
+    for batch in pads.dataset(prompts.path, filesystem=prompts.fs, format="parquet").to_batches(columns=columns):
+        held = [r for r in batch.to_pylist() if r["split"] == "eval"]
+        kept = heapq.nsmallest(n, kept + held, key=lambda r: r["prompt_id"])
+    return kept
 
 
 def eval_folders(run: RunLayout) -> list[tuple[str, RoundLayout]]:
@@ -75,8 +98,7 @@ def summary(run: RunLayout, manifest: Manifest) -> list[str]:
     stages = manifest.data["stages"]
     ingest = stages.get("ingest", {})
     latest = max((stage.get("at", 0) for stage in stages.values()), default=0)
-    prompts = read_rows(run.prompts, ["split", "reference_answer"])
-    held = [p for p in prompts if p["split"] == "eval"]
+    n_prompts, n_held = count_rows(run.prompts), count_rows(run.prompts, pc.field("split") == "eval")
     scorer = judge.get("function") if judge.get("kind") == "function" else models.get("judge")
     lines = [f"- policy: {code(models.get('policy'))} ({text(train.get('finetune', '?'))} fine-tuning), "
              f"judge: {code(scorer)} ({text(judge.get('kind', '?'))})"
@@ -89,19 +111,21 @@ def summary(run: RunLayout, manifest: Manifest) -> list[str]:
         reasons = ", ".join(f"{n} {text(r)}" for r, n in sorted(ingest.get("reasons", {}).items()))
         lines.append(f"- videos: {ingest.get('rows_ok')} kept of {ingest.get('rows_in')}, "
                      f"{ingest.get('rows_quarantined')} quarantined" + (f" ({reasons})" if reasons else ""))
-    if prompts:
-        refs = sum(1 for p in held if p["reference_answer"])
-        lines.append(f"- questions: {len(prompts) - len(held)} train, {len(held)} held out ({refs} with a "
-                     "reference answer)")
+    if n_prompts:
+        refs = count_rows(run.prompts, (pc.field("split") == "eval") & pc.field("reference_answer").is_valid()
+                         & (pc.field("reference_answer") != ""))
+        lines.append(f"- questions: {n_prompts - n_held} train, {n_held} held out ({refs} with a reference answer)")
     return lines
 
 
 def gallery_section(run: RunLayout, folders: list[tuple[str, RoundLayout]], images: dict) -> list[str]:
     """GALLERY held-out questions, each with its frames and its answers at the start and after the last eval."""
-    answers = {label: {r["prompt_id"]: r for r in read_rows(f.eval_judgments) or read_rows(f.eval_answers)}
-               for label, f in folders}
+    held = first_held_out(run.prompts, GALLERY_POOL)
+    ids = [p["prompt_id"] for p in held]
+    answers = {label: {r["prompt_id"]: r for r in read_rows(f.eval_judgments, prompt_ids=ids)
+                       or read_rows(f.eval_answers, prompt_ids=ids)} for label, f in folders}
     first, last = folders[0][0], folders[-1][0]
-    held = [p for p in read_rows(run.prompts) if p["split"] == "eval"]
+    n_held = count_rows(run.prompts, pc.field("split") == "eval")
     shown = gallery.pick([p for p in held if p["prompt_id"] in answers[first]],
                          {k: r["response"] for k, r in answers[first].items()},
                          {k: r["response"] for k, r in answers[last].items()}, GALLERY)
@@ -109,7 +133,7 @@ def gallery_section(run: RunLayout, folders: list[tuple[str, RoundLayout]], imag
                                                   sorted({q["video_id"] for q in shown}))}
     order = (f", those whose answer changed from {first} to {last} first" if last != first else
              ": the starting policy's answers (after the first round, its answers next to the latest round's)")
-    lines = [f"{len(shown)} of the {len(held)} held-out questions{order}. The judge's score is 1-5; exact match "
+    lines = [f"{len(shown)} of the {n_held} held-out questions{order}. The judge's score is 1-5; exact match "
              "compares with the reference answer, which no judge sees.", ""]
     for i, q in enumerate(shown, 1):
         lines += [f"### {i}. {text(q['question'])}", ""]

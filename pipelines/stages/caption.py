@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import ray.data
 
@@ -25,8 +24,8 @@ from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.joins import FRAME_COLUMNS, Rows, per_group, rows_with_frames, stored
-from pipelines.stages.io import read_dataset, read_table, row_count, write_dataset, write_table
+from pipelines.stages.joins import FRAME_COLUMNS, Rows, joined, numbered, per_group, rows_with_frames, stored
+from pipelines.stages.io import column_names, read_dataset, row_count, write_dataset
 
 log = logging.getLogger(__name__)
 
@@ -107,26 +106,39 @@ def distinct_videos(table: pa.Table) -> pa.Table:
     return pa.table({"video_id": pc.unique(table.column("video_id")).sort()}) if table.num_rows else table
 
 
-def captions_from_file(path: str, videos: pa.Table) -> pa.Table:
-    """User captions, matched to ingested videos by video_id or by uri (whichever of the file's columns matches
-    more videos: a ground-truth file may carry its own video ids beside the uris)."""
-    given = pq.read_table(path)
-    keys = [k for k in ("video_id", "uri") if k in given.column_names]
-    if not keys or "caption" not in given.column_names:
+def captions_from_file(path: str, videos: RunPath) -> Rows:
+    """User captions, matched to the ingested videos by video_id or by uri (whichever of the file's columns matches
+    more videos: a ground-truth file may carry its own video ids beside the uris), one per video (the file's last)."""
+    names = column_names(path)
+    keys = [k for k in ("video_id", "uri") if k in names]
+    if not keys or "caption" not in names:
         raise ValueError(f"{path}: a captions file needs `caption` and `video_id` or `uri` columns")
-    key = max(keys, key=lambda k: len(set(given.column(k).to_pylist()) & set(videos.column(k).to_pylist())))
-    by_key = dict(zip(given.column(key).to_pylist(), given.column("caption").to_pylist()))
-    rows = [{"video_id": v, "caption": by_key[k], "model": "file", "prompt_version": "file"}
-            for v, k in zip(videos.column("video_id").to_pylist(), videos.column(key).to_pylist()) if k in by_key]
-    return pa.Table.from_pylist(rows, schema=CAPTIONS)
+
+    def matches(key: str) -> int:
+        return joined(numbered(path, [key]), stored(videos, [key]), key).count()  # numbered: any Parquet file
+
+    key = max(keys, key=matches) if len(keys) > 1 else keys[0]
+    given = joined(numbered(path, [key, "caption"]), stored(videos, ["video_id", "uri"] if key == "uri" else ["video_id"]),
+                   key)
+    return per_group(given, "video_id", last_caption)
+
+
+def last_caption(table: pa.Table) -> pa.Table:
+    """The CAPTIONS row of each video in `table` (video_id, caption, row): its last caption in the file."""
+    last = {r["video_id"]: r["caption"] for r in sorted(table.to_pylist(), key=lambda r: r["row"])}
+    return pa.table({"video_id": pa.array(list(last), pa.string()), "caption": pa.array(list(last.values()), pa.string()),
+                     "model": pa.array(["file"] * len(last), pa.string()),
+                     "prompt_version": pa.array(["file"] * len(last), pa.string())}).cast(CAPTIONS)
 
 
 def reference_captions(cfg: RunConfig, layout: RunLayout) -> dict[str, str]:
-    """{video_id: ground-truth caption} from caption.reference_file, for the ingested videos it covers."""
+    """{video_id: ground-truth caption} from caption.reference_file, for the ingested videos it covers (read whole:
+    caption evaluation and the caption term use it for the held-out or caption-trained videos)."""
     if not cfg.caption.reference_file:
         return {}
-    table = captions_from_file(cfg.caption.reference_file, read_table(layout.videos, ["video_id", "uri"]))
-    return dict(zip(table.column("video_id").to_pylist(), table.column("caption").to_pylist()))
+    rows = captions_from_file(cfg.caption.reference_file, layout.videos)
+    tables = [t for t in ray.get(rows.stream().to_arrow_refs()) if t.num_rows]
+    return {v: c for t in tables for v, c in zip(t.column("video_id").to_pylist(), t.column("caption").to_pylist())}
 
 
 @stage("models", "caption")
@@ -135,9 +147,8 @@ def caption(ctx: StageContext) -> int:
     (ctx.captioned_during_ingest) are only counted."""
     cfg, out = ctx.cfg, ctx.layout.captions
     if cfg.caption.source == "file":
-        table = captions_from_file(cfg.caption.file, read_table(ctx.layout.videos, ["video_id", "uri"]))
-        write_table(table, out)
-        return table.num_rows
+        write_dataset(captions_from_file(cfg.caption.file, ctx.layout.videos).stream(), out, CAPTIONS)
+        return row_count(out)
     n = (row_count(out) if ctx.captioned_during_ingest
          else caption_videos(ctx.layout, ctx.captioner_pool, caption_sampling(cfg), out))
     empty = row_count(out, pc.field("caption") == "") if n else 0

@@ -46,6 +46,13 @@ def read_table(path: RunPath | str, columns: list[str] | None = None, filters: l
     return pq.ParquetDataset(path.path, filesystem=path.fs, filters=filters).read(columns=columns)
 
 
+def column_names(path: RunPath | str) -> list[str]:
+    """The columns of a Parquet file, or of a folder's first file, from its footer ([] for an empty folder)."""
+    path = RunPath.of(path)
+    first = sorted(path.glob("*.parquet"), key=str)[:1] if path.is_dir() else [path]
+    return pq.read_schema(first[0].path, filesystem=first[0].fs).names if first else []
+
+
 def read_dataset(path: RunPath | str, columns: list[str] | None = None) -> ray.data.Dataset:
     """A stored table as a Ray Data stream, read block by block by Ray Data's workers (never whole in the driver)."""
     return ray.data.read_parquet(str(RunPath.of(path)), columns=columns)

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 import ray.data
 from ray.data import DataContext
@@ -105,6 +106,57 @@ def stored(path: RunPath | str, columns: list[str] | None = None, filters: list 
     for column, op, value in filters:
         ds = ds.filter(expr=f"{column} {op} {value!r}")
     return Rows(rows, dataset=ds if columns is None else ds.select_columns(columns))
+
+
+def numbered(path: RunPath | str, columns: list[str], index: str = "row") -> Rows:
+    """A Parquet file or folder of the user's (e.g. a questions file) with each row's place in it as column `index`
+    (0, 1, ... in file, row-group and row order), sized from its footers. Large: Ray Data reads it a row group per
+    task, each numbered from where its group starts."""
+    path = RunPath.of(path)
+    files = sorted(path.glob("*.parquet"), key=str) if path.is_dir() else [path]
+    groups, start = [], 0
+    for f in files:
+        meta = pq.read_metadata(f.path, filesystem=f.fs)
+        for g in range(meta.num_row_groups):
+            groups.append({"file": str(f), "group": g, "start": start})
+            start += meta.row_group(g).num_rows
+    if start <= broadcast_rows():
+        return Rows(start, table=_read_numbered.remote(groups, columns, index))
+    ds = ray.data.from_items(groups, override_num_blocks=len(groups))
+    return Rows(start, dataset=ds.map_batches(_read_numbered_batch, fn_args=(columns, index), batch_size=1,
+                                              batch_format="pyarrow"))
+
+
+def _read_groups(groups: list[dict], columns: list[str], index: str) -> pa.Table:
+    tables = []
+    for g in groups:
+        f = RunPath.of(g["file"])
+        table = pq.ParquetFile(f.path, filesystem=f.fs).read_row_group(g["group"], columns=columns)
+        tables.append(table.append_column(index, pa.array(range(g["start"], g["start"] + table.num_rows), pa.int64())))
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+@ray.remote(num_cpus=0)
+def _read_numbered(groups: list[dict], columns: list[str], index: str) -> pa.Table:
+    return _read_groups(groups, columns, index)
+
+
+def _read_numbered_batch(batch: pa.Table, columns: list[str], index: str) -> pa.Table:
+    return _read_groups(batch.to_pylist(), columns, index)
+
+
+def collected(ds: ray.data.Dataset, rows: int, schema: pa.Schema) -> Rows:
+    """A stream executed once, as Rows of at most `rows` rows: its blocks concatenated into one table in the object
+    store by a task when small, else kept as Ray Data blocks (materialised)."""
+    if rows <= broadcast_rows():
+        return Rows(rows, table=_concat.remote(schema, *ds.to_arrow_refs()))
+    return Rows(rows, dataset=ds.materialize())
+
+
+@ray.remote(num_cpus=0)
+def _concat(schema: pa.Schema, *tables: pa.Table) -> pa.Table:
+    tables = [t.select(schema.names).cast(schema) for t in tables if t.num_rows]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def ordered(ds: ray.data.Dataset) -> ray.data.Dataset:

@@ -1,6 +1,9 @@
 """The two plans of pipelines.stages.joins on real Ray: small tables (tasks, the object store, order kept) and large
 ones (Ray Data's hash join and groupby: ray.broadcast_join_rows 0) give the same rows, for the frames join alone and
 for a whole round of the real pipeline (its judge context, pair selection, pairs and training rows)."""
+import json
+import shutil
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -67,13 +70,22 @@ def test_a_round_with_hash_joins_writes_the_tiny_runs_tables(ray_local, tiny_run
     cfg, reference, _ = tiny_run
     cfg = cfg.model_copy(deep=True)
     cfg.ray.broadcast_join_rows, cfg.loop.rounds = 0, 1
+    # The tiny run's ingest, captions and prompts are taken as they are (ingest plans no join; the questions stage's
+    # large plan has its own test below): the run resumes at the base eval.
+    ours = tmp_path / "hash"
+    ours.mkdir()
+    for name in ("videos.parquet", "quarantine.parquet", "captions.parquet", "prompts.parquet"):
+        shutil.copytree(reference / name, ours / name)
+    manifest = json.loads((reference / "manifest.json").read_text())
+    manifest["stages"] = {k: v for k, v in manifest["stages"].items() if k in ("ingest", "caption", "questions")}
+    (ours / "manifest.json").write_text(json.dumps(manifest))
     try:
-        run_pipeline(cfg, tmp_path / "hash")
+        run_pipeline(cfg, ours, resume=True)
     finally:
         set_broadcast_rows(DEFAULT_BROADCAST_ROWS)
-    ours = tmp_path / "hash"
+    done = Manifest(ours).data["stages"]
+    assert done["questions"] == manifest["stages"]["questions"] and done["round_base/eval"]["status"] == "done"
     rows = {name: same_rows(ours / name, reference / name, keys, ignore=()) for name, keys in (
-        ("prompts.parquet", ["prompt_id"]),
         ("round_base/eval_judgments.parquet", ["prompt_id", "sample_idx"]),
         ("round_0/rollouts.parquet", ["prompt_id", "sample_idx"]),
         ("round_0/judgments.parquet", ["prompt_id", "sample_idx"]),
@@ -82,3 +94,57 @@ def test_a_round_with_hash_joins_writes_the_tiny_runs_tables(ray_local, tiny_run
     assert (ours / "round_base/eval.json").read_text() == (reference / "round_base/eval.json").read_text()
     train = Manifest(ours).stage("round_0/train")
     assert train["status"] == "done" and train["rows"] == rows["round_0/pairs.parquet"]["rows"][0] and train["step"] > 0
+
+
+def test_questions_from_a_file_get_the_same_prompts_and_split_in_both_plans(ray_local, tmp_path):
+    """The questions stage's file path and split: a questions file in several row groups (numbered across them),
+    matched to the ingested videos by uri, capped per video, split by video (the file's split wins)."""
+    from pipelines.stages.joins import mapped
+    from pipelines.stages.questions import prompts_from_file, split_by_video
+    from rlaif.config import QuestionsConfig
+    from rlaif.questions import assign_splits, with_splits
+    from rlaif.storage import RunPath
+
+    (tmp_path / "videos").mkdir()
+    pq.write_table(pa.table({"video_id": [f"v{i}" for i in range(12)], "uri": [f"/in/{i}.mp4" for i in range(12)]}),
+                   tmp_path / "videos" / "part-0.parquet")
+    asked = [{"uri": f"/in/{i % 13}.mp4", "question": f"q{n}", "answer": f"a{n}", "split": "eval" if i == 5 else None}
+             for n, i in enumerate([3, 5, 1, 3, 12, 3, 0, 7, 7, 2, 9, 11, 4, 6, 8, 10, 1])]  # /in/12.mp4: not ingested
+    pq.write_table(pa.Table.from_pylist(asked), tmp_path / "questions.parquet", row_group_size=4)
+    q = QuestionsConfig(source="file", file=str(tmp_path / "questions.parquet"), max_per_video=2, eval_fraction=0.3)
+
+    def run():
+        prompts = prompts_from_file(q, RunPath.of(tmp_path / "videos")).executed()
+        return mapped(split_by_video(prompts, q.eval_fraction, 1), with_splits).take_all()
+
+    out = _both_plans(run)
+    assert _sorted(out["broadcast"], "prompt_id") == _sorted(out["shuffle"], "prompt_id")
+    drawn = assign_splits([f"v{i}" for i in (3, 1, 0, 7, 2, 9, 11, 4, 6, 8, 10)], 0.3, 1)  # v5: the file's split
+    got = {r["prompt_id"]: (r["question"], r["reference_answer"], r["split"]) for r in out["shuffle"]}
+    assert got == {"v3-q0": ("q0", "a0", drawn["v3"]), "v3-q1": ("q3", "a3", drawn["v3"]),  # q5: over the cap
+                   "v5-q0": ("q1", "a1", "eval"), "v1-q0": ("q2", "a2", drawn["v1"]),
+                   "v1-q1": ("q16", "a16", drawn["v1"]), "v0-q0": ("q6", "a6", drawn["v0"]),
+                   "v7-q0": ("q7", "a7", drawn["v7"]), "v7-q1": ("q8", "a8", drawn["v7"]),
+                   **{f"v{i}-q0": (f"q{n}", f"a{n}", drawn[f"v{i}"])
+                      for n, i in [(9, 2), (10, 9), (11, 11), (12, 4), (13, 6), (14, 8), (15, 10)]}}
+    assert list(drawn.values()).count("eval") == 3
+
+
+def test_a_captions_file_is_matched_by_its_better_key_one_caption_a_video_in_both_plans(ray_local, tmp_path):
+    """caption.file / caption.reference_file: a ground-truth file with its own video ids beside the uris is matched
+    by uri (the key that matches more ingested videos), and a video captioned twice keeps the file's last caption."""
+    from pipelines.stages.caption import captions_from_file
+    from rlaif.storage import RunPath
+
+    (tmp_path / "videos").mkdir()
+    pq.write_table(pa.table({"video_id": [f"v{i}-x" for i in range(6)], "uri": [f"/in/{i}.mp4" for i in range(6)]}),
+                   tmp_path / "videos" / "part-0.parquet")
+    given = [{"video_id": f"v{i}", "uri": f"/in/{i}.mp4", "caption": f"c{n}"} for n, i in enumerate([4, 0, 2, 7, 0, 5])]
+    pq.write_table(pa.Table.from_pylist(given), tmp_path / "truth.parquet", row_group_size=2)
+
+    out = _both_plans(lambda: captions_from_file(str(tmp_path / "truth.parquet"),
+                                                 RunPath.of(tmp_path / "videos")).stream().take_all())
+    assert _sorted(out["broadcast"], "video_id") == _sorted(out["shuffle"], "video_id")
+    assert {r["video_id"]: r["caption"] for r in out["shuffle"]} == {"v4-x": "c0", "v0-x": "c4", "v2-x": "c2",
+                                                                      "v5-x": "c5"}
+    assert {(r["model"], r["prompt_version"]) for r in out["shuffle"]} == {("file", "file")}

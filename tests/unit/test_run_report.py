@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
@@ -245,3 +246,21 @@ def test_gallery_prefers_changed_answers_then_one_question_per_video():
         "v0-q2", "v2-q1", "v2-q2", "v1-q0", "v0-q0", "v0-q1"]
     assert pick(questions, before, after, 6) == pick(list(reversed(questions)), before, after, 6)
     assert parse_png(frame_strip(np.zeros((20, 30, 40, 3), np.uint8))) == (8 * 128 + 7 * 3, 96)
+
+
+def test_the_gallery_chooses_among_the_lowest_held_out_prompt_ids_read_by_a_scan(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.apps.run_report import count_rows, first_held_out
+    from rlaif.storage import RunPath
+
+    rows = [{"prompt_id": f"p{i:03d}", "video_id": f"v{i}", "question": "q", "reference_answer": None,
+             "split": "eval" if i % 3 else "train", "source": "file"} for i in reversed(range(300))]
+    (tmp_path / "prompts").mkdir()
+    for part in range(3):  # three files, each in small row groups: the scan sees many batches
+        pq.write_table(pa.Table.from_pylist(rows[part::3], schema=PROMPTS), tmp_path / "prompts" / f"{part}.parquet",
+                       row_group_size=16)
+    first = first_held_out(RunPath.of(tmp_path / "prompts"), 5)
+    assert [r["prompt_id"] for r in first] == ["p001", "p002", "p004", "p005", "p007"]
+    assert count_rows(RunPath.of(tmp_path / "prompts"), pc.field("split") == "eval") == 200
+    assert first_held_out(RunPath.of(tmp_path / "nothing"), 5) == [] and count_rows(RunPath.of(tmp_path / "x")) == 0
