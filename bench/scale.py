@@ -194,7 +194,8 @@ def measure(n: int, args, inputs: tuple[Path, Path], work: Path) -> dict:
     if manifest_path.exists():
         stages = json.loads(manifest_path.read_text())["stages"]
         result["stages"] = {name: {"seconds": s["seconds"], "rows": stage_rows(s),
-                                   "driver_peak_mb": s.get("driver_peak_rss_mb")}
+                                   "driver_peak_mb": s.get("driver_peak_rss_mb"),
+                                   "driver_peak_start_mb": s.get("driver_peak_rss_mb_at_start")}
                             for name, s in stages.items() if isinstance(s, dict) and "seconds" in s}
         result["bytes"] = folder_bytes(run_dir)
     if not args.keep:
@@ -293,6 +294,11 @@ def render(results: list[dict], command: str) -> str:
                  section("after stage", stages, lambda r, s: r["stages"].get(s, {}).get("driver_peak_mb"), "MiB",
                          lambda v: round(v, 1))]
                 if any(st.get("driver_peak_mb") for r in ok for st in r["stages"].values()) else []),
+              *(["", "The same at the start of each stage (driver_peak_rss_mb_at_start): a rise from the previous "
+                 "stage's end to this stage's start happened between stages, in the runner:", "",
+                 section("before stage", stages, lambda r, s: r["stages"].get(s, {}).get("driver_peak_start_mb"),
+                         "MiB", lambda v: round(v, 1))]
+                if any(st.get("driver_peak_start_mb") for r in ok for st in r["stages"].values()) else []),
               "", "Run folder bytes per table, MB:", "",
               section("table", tables, lambda r, t: (r["bytes"].get(t) or 0) / 1e6 or None, "MB",
                       lambda v: round(v, 3)),

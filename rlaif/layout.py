@@ -74,7 +74,8 @@ class RunLayout(Layout):
     """A run folder (`rlaif run CONFIG --run DIR`): ingest, captions, questions, then one folder per round."""
 
     manifest = File("manifest.json", "the config, each stage's status, config hash, counts, seconds and the driver's "
-                                     "memory high-water mark (driver_peak_rss_mb); final_policy")
+                                     "memory high-water mark at its start and end (driver_peak_rss_mb_at_start, "
+                                     "driver_peak_rss_mb); final_policy")
     videos = File("videos.parquet", "decoded, sampled frames, one row per video (schemas.VIDEOS)")
     quarantine = File("quarantine.parquet", "videos that failed to decode, with the reason (schemas.QUARANTINE)")
     captions = File("captions.parquet", "one detailed caption per video, the judge's evidence (schemas.CAPTIONS)")

@@ -53,15 +53,16 @@ class Stages:
             console.skipped(name, self.manifest.run_dir)
             return self.manifest.stage(name)
         self.manifest.record(name, "running", key)
-        start = time.time()
+        start, peak_before = time.time(), _peak_rss_mb()
         with console.stage(name, self.manifest.run_dir):  # the stage's live line (a quiet console's)
             info = fn()
         info = info if isinstance(info, dict) else {"rows": info}
         self.ran_now.add(name)
-        # The driver's memory high-water mark so far (Linux: KiB): the stage that raises it is the one to look at.
-        peak_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        # The driver's memory high-water mark at the stage's start and end: a rise within a stage is the stage's, a
+        # rise between the previous stage's end and this one's start is the runner's (pools starting, weights held).
         self.manifest.record(name, "done", key, **{**info, "seconds": round(time.time() - start, 2),
-                                                   "driver_peak_rss_mb": peak_mb})
+                                                   "driver_peak_rss_mb_at_start": peak_before,
+                                                   "driver_peak_rss_mb": _peak_rss_mb()})
         log.info("%s: done in %.1f s", name, time.time() - start)
         return self.manifest.stage(name)
 
@@ -73,3 +74,8 @@ class Stages:
     def key(self) -> str:
         """The hash of every config section read so far (what the finished loop is recorded with)."""
         return self.cfg.hash(*sorted(self.read))
+
+
+def _peak_rss_mb() -> float:
+    """This process's memory high-water mark so far, MiB (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
