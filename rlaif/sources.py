@@ -23,16 +23,8 @@ def video_id_for(uri: str, root: str = "") -> str:
 def common_folder(uris: list[str]) -> str:
     """The deepest folder holding every URI ("/data/clips" for /data/clips/a.mp4 and /data/clips/b/c.mp4;
     "s3://bucket/x" likewise; "" when they share none, e.g. a local path and an object-store one)."""
-    if not uris:
-        return ""
-    parts = [u.rstrip("/").split("/")[:-1] for u in uris]
-    shared = parts[0]
-    for p in parts[1:]:
-        n = 0
-        while n < min(len(shared), len(p)) and shared[n] == p[n]:
-            n += 1
-        shared = shared[:n]
-    return "/".join(shared)
+    # commonprefix compares any sequences item by item: here each URI's folder names.
+    return "/".join(os.path.commonprefix([u.rstrip("/").split("/")[:-1] for u in uris])) if uris else ""
 
 
 def video_ids(uris: list[str]) -> list[str]:

@@ -46,10 +46,15 @@ def read_table(path: RunPath | str, columns: list[str] | None = None, filters: l
     return pq.ParquetDataset(path.path, filesystem=path.fs, filters=filters).read(columns=columns)
 
 
+def parquet_files(path: RunPath | str) -> list[RunPath]:
+    """A user's Parquet input, a file or a folder of them (in name order)."""
+    path = RunPath.of(path)
+    return sorted(path.glob("*.parquet"), key=str) if path.is_dir() else [path]
+
+
 def column_names(path: RunPath | str) -> list[str]:
     """The columns of a Parquet file, or of a folder's first file, from its footer ([] for an empty folder)."""
-    path = RunPath.of(path)
-    first = sorted(path.glob("*.parquet"), key=str)[:1] if path.is_dir() else [path]
+    first = parquet_files(path)[:1]
     return pq.read_schema(first[0].path, filesystem=first[0].fs).names if first else []
 
 

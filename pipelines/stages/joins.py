@@ -27,7 +27,7 @@ import ray
 import ray.data
 from ray.data import DataContext
 
-from pipelines.stages.io import read_dataset, read_table, row_count, write_dataset, write_table
+from pipelines.stages.io import parquet_files, read_dataset, read_table, row_count, write_dataset, write_table
 from rlaif.storage import RunPath
 
 FRAME_COLUMNS = ["video_id", "frames", "frames_shape", "duration_s"]
@@ -112,10 +112,8 @@ def numbered(path: RunPath | str, columns: list[str], index: str = "row") -> Row
     """A Parquet file or folder of the user's (e.g. a questions file) with each row's place in it as column `index`
     (0, 1, ... in file, row-group and row order), sized from its footers. Large: Ray Data reads it a row group per
     task, each numbered from where its group starts."""
-    path = RunPath.of(path)
-    files = sorted(path.glob("*.parquet"), key=str) if path.is_dir() else [path]
     groups, start = [], 0
-    for f in files:
+    for f in parquet_files(path):
         meta = pq.read_metadata(f.path, filesystem=f.fs)
         for g in range(meta.num_row_groups):
             groups.append({"file": str(f), "group": g, "start": start})
