@@ -70,6 +70,29 @@ def call_was_running(call_id: str) -> bool:
     return True
 
 
+class FirstTimeOnly(logging.Filter):
+    """Lets a log message that starts with `prefix` through once, then drops it."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix, self.seen = prefix, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        seen, self.seen = self.seen, True
+        return not seen
+
+
+def quiet_thread_warnings() -> None:
+    """vLLM's CPU worker replaces torch.set_num_threads with a function that logs a warning on every call, and
+    vLLM's renderer calls it twice for every video request: two log lines a request, which were most of a run's
+    logs (1.7 of 3.8 MB at 4,000 prompts) and grew with every prompt. The first is kept."""
+    logger = logging.getLogger("vllm.v1.worker.cpu_worker")
+    if not any(isinstance(f, FirstTimeOnly) for f in logger.filters):  # one per process, however many engines
+        logger.addFilter(FirstTimeOnly("CPU backend doesn't allow to use `torch.set_num_threads`"))
+
+
 class VLLMEngine(WeightSyncEngine):
     """A vLLM `LLM` with chat-in, samples-out methods. Used as a Ray actor (`EngineActor`) or in-process. Weight sync's
     receive methods (new weights or a LoRA adapter, in place) come from WeightSyncEngine (actors/weight_sync/).
@@ -92,6 +115,7 @@ class VLLMEngine(WeightSyncEngine):
 
         if threads:  # before the engine starts: vLLM's CPU worker forbids changing it afterwards
             torch.set_num_threads(threads)
+        quiet_thread_warnings()
 
         self.role = role
         self.fault_oom_above = fault_oom_above

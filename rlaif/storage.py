@@ -171,6 +171,18 @@ class RunPath:
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
 
+    def copy_from(self, local: str | os.PathLike) -> None:
+        """The local file `local` copied here a chunk at a time (a log can be large; the caller's memory does not
+        grow with it), atomic like `write_bytes`."""
+        if self.is_local:
+            self.parent.mkdir()
+            tmp = self.local.with_name(f".{self.name}.{uuid.uuid4().hex}.tmp")
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, self.local)
+            return
+        with open(local, "rb") as src, self.fs.open_output_stream(self.path) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
     def read_json(self) -> Any:
         return json.loads(self.read_text())
 

@@ -206,7 +206,7 @@ class Console:
                 os.close(fd)
             self.out, self.err, self.quiet = sys.stdout, sys.stderr, False
         if self.upload_to is not None and self.log_path.exists():
-            self.upload_to.write_bytes(self.log_path.read_bytes())
+            self.upload_to.copy_from(self.log_path)
 
     def _keep_worker_logs(self, files: list[Path]) -> None:
         """This command's workers' own output files (complete once Ray has shut them down) into logs/workers/."""
@@ -216,7 +216,7 @@ class Console:
         dest.mkdir()
         for f in files:
             if f.exists() and f.stat().st_size:
-                (dest / f.name).write_bytes(f.read_bytes())
+                (dest / f.name).copy_from(f)
 
     # ---- what the console shows ---------------------------------------------------------------------------------
     def write(self, line: str, err: bool = False) -> None:

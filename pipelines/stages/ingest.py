@@ -1,6 +1,7 @@
 """Ingest stage: video sources → Ray Data → decoded, sampled frames in `videos.parquet`; rejects in `quarantine.parquet`.
 
-    list (driver) → from_items → map_batches(VideoRowDecoder) on an autoscaling actor pool → materialize
+    list (driver) → (video_id, uri) Arrow blocks → map_batches(VideoRowDecoder) on an autoscaling actor pool
+                  → materialize
                   → filter ok → store_frames (ingest.frame_storage) → videos.parquet/  (written by the workers)
                   → filter bad → quarantine.parquet/  (video_id, uri, reason, error, traceback)
 
@@ -32,7 +33,7 @@ from rlaif.decode import INTERNAL_ERROR, DecodeSpec
 from rlaif.frames import RAW, decode_frames, encode_frames
 from rlaif.placement import decoder_pool
 from rlaif.schemas import CAPTIONS, QUARANTINE, QUARANTINE_COLUMNS, VIDEOS
-from rlaif.sources import list_video_uris, video_ids
+from rlaif.sources import input_table, list_video_uris
 from rlaif.layout import RunLayout
 from rlaif.storage import RunPath
 from rlaif.video_rows import InternalErrors, VideoRowDecoder
@@ -102,17 +103,18 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     source = source if source is not None else cfg.source
     if source is None:
         raise ValueError("ingest needs a source: set ingest.source in the config or pass SOURCE")
-    uris = list_video_uris(source, cfg.extensions)
-    # Ids come from the whole list, so that a video keeps its id (and split) whatever `limit` is.
-    items = [{"video_id": v, "uri": u} for v, u in zip(video_ids(uris), uris)][: cfg.limit or None]
-    log.info("ingest: %d inputs from %s", len(items), source)
-    expect(len(items), "videos")
+    inputs = input_table(list_video_uris(source, cfg.extensions), cfg.limit or None)
+    n_inputs = inputs.num_rows
+    log.info("ingest: %d inputs from %s", n_inputs, source)
+    expect(n_inputs, "videos")
 
-    n_blocks = max(1, -(-len(items) // cfg.batch_size))
     decoders = decoder_pool(cfg)  # as `rlaif plan` shows it
+    # One block per decode batch, handed to the object store; the driver keeps no input list after this.
+    listed = ray.data.from_arrow([inputs.slice(i, cfg.batch_size) for i in range(0, n_inputs, cfg.batch_size)]
+                                 or [inputs])
+    del inputs
     decoded = (
-        ray.data.from_items(items, override_num_blocks=n_blocks)
-        .map_batches(
+        listed.map_batches(
             VideoRowDecoder,
             fn_constructor_kwargs={"spec": decode_spec(cfg), "timeout_s": cfg.decode_timeout_s, "decoder": cfg.decoder},
             batch_size=cfg.batch_size,
@@ -151,7 +153,7 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     internal = sorted(read_table(quarantine, filters=[("reason", "==", INTERNAL_ERROR)]).to_pylist(),
                       key=lambda r: r["video_id"]) if bad[INTERNAL_ERROR] else []
     first = {k: internal[0][k] for k in ("uri", "error", "traceback")} if internal else None
-    result = IngestResult(n_inputs=len(items), n_ok=row_count(videos), n_quarantined=sum(bad.values()),
+    result = IngestResult(n_inputs=n_inputs, n_ok=row_count(videos), n_quarantined=sum(bad.values()),
                           reasons=dict(sorted(bad.items())),
                           videos_path=str(videos), quarantine_path=str(quarantine), captions_path=captions,
                           n_internal_errors=len(internal), first_internal_error=first,

@@ -1,6 +1,7 @@
 """The quiet console (pipelines.orchestration.console): its line formats, and where output goes. The routing runs in
 a child process, as the CLI does: its stdout and stderr are the process's own descriptors there (pytest replaces them
 with its capture in this process)."""
+import logging
 import subprocess
 import sys
 import textwrap
@@ -115,3 +116,19 @@ def test_quiet_console_routes_the_libraries_to_the_log_and_its_own_lines_to_the_
         "rlaif: stage seed_0/arms/judge: train failed: KeyError: 'sampling_mode'",
         f"  the traceback and every library's log: {tmp_path}/logs/driver.log"]
     assert "Traceback (most recent call last)" in log and "KeyError: 'sampling_mode'" in log
+
+
+def test_vllms_thread_warning_is_logged_once_and_other_warnings_always(caplog):
+    from actors.vllm_engine import quiet_thread_warnings
+
+    logger = logging.getLogger("vllm.v1.worker.cpu_worker")
+    logger.filters.clear()  # a fresh process's logger
+    quiet_thread_warnings()
+    quiet_thread_warnings()  # a second engine in the same process adds nothing
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        for _ in range(3):  # what vLLM's CPU worker logs twice for every video request
+            logger.warning("CPU backend doesn't allow to use `torch.set_num_threads` after the thread binding, skip it.")
+            logger.warning("something else")
+    messages = [r.getMessage() for r in caplog.records if r.name == logger.name]
+    assert messages.count("something else") == 3
+    assert sum("torch.set_num_threads" in m for m in messages) == 1 and len(logger.filters) == 1

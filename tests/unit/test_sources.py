@@ -2,7 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlaif.sources import common_folder, list_video_uris, video_id_for, video_ids
+from rlaif.sources import common_folder, input_table, list_video_uris, video_id_for, video_ids
 
 
 def _touch(p, data=b"x"):
@@ -78,3 +78,11 @@ def test_object_store_folder_glob_and_object(s3_bucket):
         list_video_uris(f"{root}/*/*.avi")
     with pytest.raises(ValueError, match="does not exist"):
         list_video_uris(str(root / "c"))
+
+
+def test_input_table_limits_after_hashing_the_whole_list():
+    uris = [f"s3://b/clips/{name}.mp4" for name in ("a", "b", "c")]
+    whole, first = input_table(uris), input_table(uris, limit=2)
+    assert whole.column_names == ["video_id", "uri"] and whole.column("uri").to_pylist() == uris
+    assert whole.column("video_id").to_pylist() == video_ids(uris)
+    assert first.to_pylist() == whole.slice(0, 2).to_pylist()  # a video keeps its id whatever the limit

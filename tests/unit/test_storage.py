@@ -81,3 +81,14 @@ def test_published_folder_comes_back_as_a_local_copy(run_root, tmp_path):
 def test_missing_remote_folder_is_a_clear_error(s3_bucket, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
         local_copy(f"{s3_bucket}/nothing-here", tmp_path)
+
+
+def test_a_local_file_is_copied_in_whole(run_root, tmp_path):
+    src = tmp_path / "worker.out"
+    data = bytes(range(256)) * 12_000  # 3 MB: more than one chunk of the copy
+    src.write_bytes(data)
+    dest = run_root / "logs" / "workers" / "worker.out"
+    dest.copy_from(src)
+    assert dest.read_bytes() == data
+    dest.copy_from(tmp_path / "worker.out")  # again: replaced, not appended, and nothing temporary left beside it
+    assert dest.read_bytes() == data and [p.name for p in dest.parent.glob("*")] == ["worker.out"]
