@@ -56,6 +56,8 @@ class EnginePool:
             engine_kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         if cfg.block_size is not None:
             engine_kwargs["block_size"] = cfg.block_size
+        if cfg.cpu_gemm != "onednn":
+            engine_kwargs["cpu_gemm"] = cfg.cpu_gemm
         start = time.time()
         self.actors = Engines([
             EngineActor.options(**opts, name=None).remote(

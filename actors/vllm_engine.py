@@ -93,6 +93,27 @@ def quiet_thread_warnings() -> None:
         logger.addFilter(FirstTimeOnly("CPU backend doesn't allow to use `torch.set_num_threads`"))
 
 
+def plain_cpu_gemm() -> None:
+    """vLLM's CPU linear layers run on torch.nn.functional.linear with the weights as loaded, instead of oneDNN's
+    (or AMX's) repacked copies (pools.*.cpu_gemm torch): slower generation, but a weight sync becomes an in-place
+    copy (actors.weight_sync.transfer_engine). vLLM has no setting for it; its dispatcher
+    (vllm.model_executor.layers.utils.dispatch_cpu_unquantized_gemm) falls back to torch when these two checks say
+    the packed kernels are missing. In-process engines only (this process's modules); the engine checks afterwards
+    that the weights were kept."""
+    import vllm._custom_ops as ops
+    import vllm.model_executor.layers.utils as layer_utils
+
+    ops._supports_onednn = False
+    layer_utils.check_cpu_sgl_kernel = lambda *args: False
+
+
+def _keeps_linear_weights(worker) -> bool:
+    """Run in the vLLM worker: whether every CPU-dispatched linear layer kept its weights (the plain kernel)."""
+    from actors.weight_sync.transfer_engine import loads_in_place
+
+    return loads_in_place(worker.model_runner.model)
+
+
 class VLLMEngine(WeightSyncEngine):
     """A vLLM `LLM` with chat-in, samples-out methods. Used as a Ray actor (`EngineActor`) or in-process. Weight sync's
     receive methods (new weights or a LoRA adapter, in place) come from WeightSyncEngine (actors/weight_sync/).
@@ -107,7 +128,7 @@ class VLLMEngine(WeightSyncEngine):
                  dtype: str = "float32", max_num_seqs: int = 64, video: bool = True, lora_path: str | None = None,
                  weights_state: str | None = None, fault_oom_above: int | None = None,
                  fault_crash_marker: str | None = None, threads: int | None = None,
-                 adapter_rank: int | None = None, **engine_kwargs: Any):
+                 adapter_rank: int | None = None, cpu_gemm: str = "onednn", **engine_kwargs: Any):
         import torch
         from vllm import LLM
 
@@ -150,8 +171,16 @@ class VLLMEngine(WeightSyncEngine):
         if adapter_rank:  # vLLM takes ranks of 8, 16, 32, ...: the next one up holds this adapter
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=1 << max(3, (adapter_rank - 1).bit_length()))
         kwargs.update(engine_kwargs)
+        if cpu_gemm == "torch" and current_platform.is_cpu():
+            if kwargs.get("distributed_executor_backend") != "uni":
+                raise ValueError("pools.*.cpu_gemm torch needs an in-process CPU engine (VLLM_ENABLE_V1_MULTIPROCESSING=0, "
+                                 "tensor_parallel_size 1): vLLM's own worker processes would not see the choice")
+            plain_cpu_gemm()
         start = time.time()
         self.llm = LLM(model=self.model_path, **kwargs)
+        if cpu_gemm == "torch" and current_platform.is_cpu() and not self.llm.collective_rpc(_keeps_linear_weights)[0]:
+            raise RuntimeError("pools.*.cpu_gemm torch did not take: this vLLM version repacked the linear layers' "
+                               "weights anyway (see actors.vllm_engine.plain_cpu_gemm)")
         self.tokenizer = self.llm.get_tokenizer()
         self.weights_version = 0
         # busy_s: seconds in generate and weight loads, so 1 - busy_s / wall is the idle share of the device it holds.

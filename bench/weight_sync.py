@@ -24,7 +24,9 @@ each transport syncs the first K of them, for every K, interleaved (object store
 ...). The engines' own load (the layerwise reload, run by all K at once on the same cores) is reported beside each, so
 what the transport adds is the difference.
 Also timed: LoRA mode (loop.sync adapter), where an engine started with LoRA support hot-loads a rank --lora-rank
-adapter of every linear layer (`WeightSyncEngine.load_adapter`) instead of receiving the merged weights.
+adapter of every linear layer (`WeightSyncEngine.load_adapter`) instead of receiving the merged weights; and the
+plain CPU kernel (pools.*.cpu_gemm torch), whose engines take a sync as an in-place copy (no oneDNN repacking), with
+what it costs: each kernel's generation speed on the same greedy prompts (--gen-prompts x --gen-tokens tokens).
 """
 from __future__ import annotations
 
@@ -134,6 +136,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per method before the timed ones")
     p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--gen-prompts", type=int, default=16, help="prompts of the generation rows (each kernel's speed)")
+    p.add_argument("--gen-tokens", type=int, default=32, help="tokens generated per prompt in the generation rows")
     p.add_argument("--fanout", default="", help="e.g. 1,2,3: sync time vs number of engines, both transports")
     args = p.parse_args()
 
@@ -165,13 +169,36 @@ def main() -> None:
         return max(s["seconds"] for s in ray.get([e.load_weight_buckets.remote(*pack_buckets(state.items()))
                                                    for e in engines]))
 
+    # The same engines on the plain CPU kernel (pools.*.cpu_gemm torch): a sync copies in place, generation is slower.
+    plain = [actor.options(num_cpus=0.5).remote(folder, role="policy", max_model_len=512, video=video,
+                                                cpu_gemm="torch") for _ in range(args.engines)]
+    ray.get([e.health.remote() for e in plain])
+    gen_requests = [{"messages": [{"role": "user", "content": f"Count from {i} to {i + 40}, one number a line."}]}
+                    for i in range(args.gen_prompts)]
+    gen_sampling = {"n": 1, "temperature": 0.0, "max_tokens": args.gen_tokens, "ignore_eos": True}
+    generated: dict[str, list[int]] = {}
+
+    def generate(key, engine):  # one engine's greedy answers; tokens counted for tokens/s
+        def run():
+            out = ray.get(engine.generate.remote(gen_requests, gen_sampling))
+            generated.setdefault(key, []).append(sum(s[0]["n_tokens"] for s in out))
+        return run
+
     info = broadcast_weights(engines, state.items(), args.bucket_mb)
+    broadcast_weights(plain, state.items(), args.bucket_mb)
+    packed = pack_buckets(state.items(), bucket_bytes=args.bucket_mb << 20)  # what the "put" row puts
     sender = WeightSender.remote(folder)
     lora_engine, adapter, adapter_bytes = adapter_engine(folder, video, args.lora_rank)
     names = {"bucketed": "bucketed broadcast",
              "collective": "bucketed, collective transport (gloo group, from an actor)",
              "rpc": "per-parameter RPC", "load": "engine load alone (layerwise reload)",
-             "lora": f"LoRA mode: hot-load a rank-{args.lora_rank} adapter"}
+             "lora": f"LoRA mode: hot-load a rank-{args.lora_rank} adapter",
+             "bucketed_plain": "bucketed broadcast, plain CPU kernel (cpu_gemm torch)",
+             "load_plain": "engine load alone, plain CPU kernel (in-place copy)",
+             "pack": "of a bucketed sync: packing the buckets (the sender's copy)",
+             "put": "of a bucketed sync: ray.put of the packed buckets (the object store's copy)",
+             "gen": f"generate {args.gen_prompts} x {args.gen_tokens} tokens, oneDNN kernel (default)",
+             "gen_plain": f"generate {args.gen_prompts} x {args.gen_tokens} tokens, plain CPU kernel"}
     load_before = load_average()
     times = interleaved({
         "bucketed": lambda: bucketed() and None,
@@ -179,20 +206,36 @@ def main() -> None:
         "rpc": per_parameter,
         "load": engine_load,
         "lora": lambda: ray.get(lora_engine.load_adapter.remote(adapter)) and None,
+        "bucketed_plain": lambda: broadcast_weights(plain, state.items(), args.bucket_mb) and None,
+        "load_plain": lambda: max(s["seconds"] for s in ray.get([e.load_weight_buckets.remote(
+            *pack_buckets(state.items())) for e in plain])),
+        "pack": lambda: pack_buckets(state.items(), bucket_bytes=args.bucket_mb << 20) and None,
+        "put": lambda: [ray.put(b) for b in packed] and None,  # the refs die at once: each put is freed again
+        "gen": generate("gen", engines[0]),
+        "gen_plain": generate("gen_plain", plain[0]),
     }, args.repeat, args.warmup)
-    for actor in [sender, lora_engine, *engines]:
+    for actor in [sender, lora_engine, *engines, *plain]:
         ray.kill(actor)
     med = {k: spread(v)["median"] for k, v in times.items()}
     bound = nbytes / (copy_bandwidth_gbs() * 1e9)
     print(f"\n{machine()}; {args.model}: {len(state)} tensors, {nbytes / 1e6:.1f} MB fp32, "
           f"{info['sync_buckets']} bucket(s) of <= {args.bucket_mb} MB, {args.engines} engine(s)")
-    calls = {"bucketed": 1, "collective": 1, "rpc": len(state) + 1, "load": 1, "lora": 1}
-    rows = []
+    calls = {"bucketed": 1, "collective": 1, "rpc": len(state) + 1, "load": 1, "lora": 1, "bucketed_plain": 1,
+             "load_plain": 1, "pack": "-", "put": "-", "gen": 1, "gen_plain": 1}
+    rows, speed = [], {}
     for key, values in times.items():
         sp = spread(values)
+        if key in ("gen", "gen_plain"):  # a generation row: tokens/s, not a sync
+            rates = spread([n / t for n, t in zip(generated[key][args.warmup:], values)])
+            speed[key] = rates["median"]
+            rows.append({"method": names[key], "calls per engine": 1, "runs": sp["n"], "s min": sp["min"],
+                         "median": sp["median"], "max": sp["max"], "median vs per-parameter RPC": "-",
+                         "median vs copy bound": f"{rates['median']:.0f} tokens/s"})
+            continue
         rows.append({"method": names[key] + (f" ({adapter_bytes / 1e6:.1f} MB)" if key == "lora" else ""),
                      "calls per engine": calls[key], "runs": sp["n"], "s min": sp["min"], "median": sp["median"],
-                     "max": sp["max"], "median vs per-parameter RPC": "-" if key == "load" else ratio(med["rpc"], sp["median"]),
+                     "max": sp["max"],
+                     "median vs per-parameter RPC": "-" if key in ("load", "pack", "put") else ratio(med["rpc"], sp["median"]),
                      "median vs copy bound": ratio(sp["median"], bound)})
     rows.append({"method": "copy bound (bytes / memcpy bandwidth)", "median": bound})
     print(f"{args.warmup} untimed + {args.repeat} timed calls per method, interleaved; {load_before} before, "
@@ -204,6 +247,14 @@ def main() -> None:
           f"{ratio(med['collective'], med['bucketed'])} the object store's time; LoRA mode syncs in "
           f"{1000 * med['lora']:.0f} ms ({ratio(med['bucketed'], med['lora'])} faster than the bucketed weights) "
           "(medians)")
+    print(f"plain CPU kernel (pools.*.cpu_gemm torch): the engine's load is {ratio(med['load_plain'], bound)} the copy "
+          f"bound ({ratio(med['load'], bound)} with oneDNN's repacking), the whole bucketed sync "
+          f"{ratio(med['bucketed_plain'], bound)} ({ratio(med['bucketed'], bound)}); it generates at "
+          f"{speed['gen_plain']:.0f} tokens/s against oneDNN's {speed['gen']:.0f} "
+          f"({ratio(speed['gen_plain'], speed['gen'])}); of its sync, packing takes {ratio(med['pack'], bound)} the "
+          f"copy bound, the object store's put {ratio(med['put'], bound)}, the engine's copy "
+          f"{ratio(med['load_plain'], bound)}, the rest (calls, the engine's cache resets) "
+          f"{ratio(med['bucketed_plain'] - med['pack'] - med['put'] - med['load_plain'], bound)} (medians)")
 
 
 if __name__ == "__main__":

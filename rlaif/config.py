@@ -97,6 +97,12 @@ class EnginePoolConfig(_Strict):
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="Share of each GPU's memory vLLM may take (None: vLLM's default, 0.9); lower "
                                       "it when the engine shares its GPU (num_gpus < 1) with trainer workers.")
+    cpu_gemm: Literal["onednn", "torch"] = Field(
+        "onednn",
+        description="CPU engines: the linear layers' kernel. onednn (vLLM's choice): weights repacked into oneDNN's "
+                    "layout at load, faster generation (2-3x here), and a weight sync repacks them (~9x the copy "
+                    "bound); torch: plain torch.nn.functional.linear on the weights as loaded, a weight sync is an "
+                    "in-place copy (~2x the copy bound). bench/weight_sync.py measures both. GPU engines ignore it.")
     batch_size: int = Field(16, ge=1, description="Requests per Ray Data batch forwarded to an engine.")
     block_size: int | None = Field(
         None, ge=16, multiple_of=16,

@@ -19,7 +19,8 @@ of being replaced by it.
 Buckets are received whole before anything is loaded (a gloo group that fails mid-sync leaves the weights untouched),
 then loaded in one pass at `finish_weight_update`: vLLM's layerwise reload (`initialize_layerwise_reload`,
 `model.load_weights`, `finalize_layerwise_reload`: what its in-place `reload_weights` does), which also repacks a CPU
-engine's GEMM weights.
+engine's GEMM weights into oneDNN's layout (most of a sync's time on CPU); or, for an engine on the plain CPU kernel
+(pools.*.cpu_gemm torch, `loads_in_place`), `model.load_weights` alone, copying each tensor into its parameter.
 """
 from __future__ import annotations
 
@@ -103,20 +104,26 @@ class RlaifWeightTransferEngine(WeightTransferEngine[RlaifInitInfo, RlaifUpdateI
         start = time.perf_counter()
         if self._nccl_started:
             self.nccl.finish_weight_update()
-            names = None
+            names, how = None, "nccl"
         else:
-            from vllm.model_executor.model_loader.reload import (finalize_layerwise_reload,
-                                                                 initialize_layerwise_reload)
-
             names = [s.name for b in self._pending for s in b.slots]
-            initialize_layerwise_reload(self.model)
-            self.model.load_weights(kv for b in self._pending for kv in unpack_bucket(b))
-            finalize_layerwise_reload(self.model, self.model_config)
+            weights = (kv for b in self._pending for kv in unpack_bucket(b))
+            how = "in place" if loads_in_place(self.model) else "layerwise reload"
+            if how == "in place":  # the plain CPU kernel (pools.*.cpu_gemm torch): copied into place
+                with torch.no_grad():
+                    self.model.load_weights(weights)
+            else:
+                from vllm.model_executor.model_loader.reload import (finalize_layerwise_reload,
+                                                                     initialize_layerwise_reload)
+
+                initialize_layerwise_reload(self.model)
+                self.model.load_weights(weights)
+                finalize_layerwise_reload(self.model, self.model_config)
         # With tied embeddings the output layer keeps a packed copy of the old embedding on CPU: repack it.
         for name, module in self.model.named_modules():
             if name.endswith("lm_head") and hasattr(module, "quant_method"):
                 module.quant_method.process_weights_after_loading(module)
-        self.stats = {"tensors": len(names) if names is not None else None,
+        self.stats = {"tensors": len(names) if names is not None else None, "load": how,
                       "bytes": sum(b.nbytes for b in self._pending), "receive_seconds": self._received_s,
                       "seconds": time.perf_counter() - start, "update_seconds": time.perf_counter() - self._started}
         self._pending, self._nccl_started = [], False
@@ -125,6 +132,15 @@ class RlaifWeightTransferEngine(WeightTransferEngine[RlaifInitInfo, RlaifUpdateI
         if self.nccl is not None:
             self.nccl.shutdown()
             self.nccl = None
+
+
+def loads_in_place(model: torch.nn.Module) -> bool:
+    """Whether new weights can be copied into `model`'s parameters as they are (vLLM's `load_weights` alone): a CPU
+    model whose linear layers run on the weights as loaded (pools.*.cpu_gemm torch). Otherwise (oneDNN's packed
+    copies, which drop the weights; GPU layers whose loading post-processes them) it takes vLLM's layerwise reload."""
+    dispatched = [m for m in model.modules() if hasattr(m, "cpu_linear")]  # set by vLLM's CPU GEMM dispatch
+    return bool(dispatched) and all(getattr(m, "weight", None) is not None and m.weight.numel() > 0
+                                    for m in dispatched)
 
 
 def register() -> None:

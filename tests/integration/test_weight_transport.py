@@ -102,3 +102,22 @@ def test_required_collective_transport_fails_instead_of_falling_back(engine):
     after = ray.get(engine.health.remote())
     assert (after["weights_version"], after["weights"]) == (health["weights_version"], health["weights"])
     assert _engine_greedy(engine) == before
+
+
+def test_an_engine_on_the_plain_cpu_kernel_copies_new_weights_in_place(ray_local):
+    """pools.*.cpu_gemm torch: the engine's linear layers keep their weights, a sync copies the new ones into them
+    (no layerwise reload, no repacking), and the engine then generates exactly what transformers generates."""
+    from actors.weight_sync import pack_buckets
+
+    plain = EngineActor.options(num_cpus=0.5).remote("tiny-qwen2-vl", role="policy", max_model_len=1024,
+                                                      cpu_gemm="torch")
+    try:
+        model, processor = _perturbed(4)
+        expected = _hf_greedy(model, processor)
+        before = _engine_greedy(plain)
+        stats = ray.get(plain.load_weight_buckets.remote(*pack_buckets(model.state_dict().items()), label="p4"))
+        assert stats["load"] == "in place" and stats["tensors"] == len(model.state_dict())
+        after = _engine_greedy(plain)
+        assert after == expected and after != before
+    finally:
+        ray.kill(plain)
