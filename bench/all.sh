@@ -36,6 +36,7 @@ else
   BENCHES=(
     "dpo|bench/dpo.py --workers 1 --threads 2 --steps 4 --batch 4 --repeat $REPEAT"
     "weight_sync|bench/weight_sync.py --repeat $REPEAT"
+    "sync_profile|bench/sync_profile.py --repeat $REPEAT"
     "rollout|bench/rollout.py --prompts 16 --k 4 --max-tokens 32 --threads 2 --repeat $REPEAT"
     "judge|bench/judge.py --videos 4 --repeat $REPEAT"
     "ingest|bench/ingest.py --repeat 1"
