@@ -313,9 +313,12 @@ def test_a_train_worker_killed_mid_round_resumes_from_the_last_checkpoint(run_di
     killed: list[int] = []
 
     def kill_after_a_checkpoint():  # of step 3 of 8: steps before the kill come back, steps after it follow
-        deadline = time.time() + 600
+        deadline, pids = time.time() + 600, []
         while time.time() < deadline and not killed:
-            if registered_step(checkpoints) >= 3 and (pids := _train_worker_pids()):
+            # The workers are looked up once, as soon as they run: Ray's state API can take seconds under load, and
+            # asked only after step 3's checkpoint it once answered after the round had ended (nothing was killed).
+            pids = pids or _train_worker_pids()
+            if pids and registered_step(checkpoints) >= 3:
                 os.kill(pids[-1], signal.SIGKILL)
                 killed.append(pids[-1])
             time.sleep(0.2)
