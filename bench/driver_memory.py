@@ -16,12 +16,13 @@ import gc
 import os
 import tracemalloc
 
+import psutil
+
 import common  # noqa: F401  (the repository on sys.path)
 
 
 def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def main() -> None:

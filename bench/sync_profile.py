@@ -32,6 +32,7 @@ def profile(kernel: str, model_name: str, repeat: int) -> None:
     from actors.vllm_engine import VLLMEngine
     from actors.weight_sync import pack_buckets, saved_weights
     from actors.weight_sync.buckets import unpack_bucket
+    from actors.weight_sync.transfer_engine import repack_lm_head
     from rlaif.testkit.tiny_models import ensure_model
 
     folder = ensure_model(model_name)
@@ -53,9 +54,7 @@ def profile(kernel: str, model_name: str, repeat: int) -> None:
         t.append(time.perf_counter())
         finalize_layerwise_reload(model, config)
         t.append(time.perf_counter())
-        for name, module in model.named_modules():
-            if name.endswith("lm_head") and hasattr(module, "quant_method"):
-                module.quant_method.process_weights_after_loading(module)
+        repack_lm_head(model)
         t.append(time.perf_counter())
         return [b - a for a, b in zip(t, t[1:])]
 

@@ -165,9 +165,9 @@ def main() -> None:
             ray.get([e.receive.remote(name, tensor) for e in engines])
         ray.get([e.load_received.remote() for e in engines])
 
-    def engine_load():  # the engines' own load time (the same work on every side): how much of a sync is transport
+    def engine_load(group):  # the engines' own load time (the same work on every side): how much of a sync is transport
         return max(s["seconds"] for s in ray.get([e.load_weight_buckets.remote(*pack_buckets(state.items()))
-                                                   for e in engines]))
+                                                   for e in group]))
 
     # The same engines on the plain CPU kernel (pools.*.cpu_gemm torch): a sync copies in place, generation is slower.
     plain = [actor.options(num_cpus=0.5).remote(folder, role="policy", max_model_len=512, video=video,
@@ -204,11 +204,10 @@ def main() -> None:
         "bucketed": lambda: bucketed() and None,
         "collective": lambda: ray.get(sender.sync.remote(engines, args.bucket_mb)) and None,
         "rpc": per_parameter,
-        "load": engine_load,
+        "load": lambda: engine_load(engines),
         "lora": lambda: ray.get(lora_engine.load_adapter.remote(adapter)) and None,
         "bucketed_plain": lambda: broadcast_weights(plain, state.items(), args.bucket_mb) and None,
-        "load_plain": lambda: max(s["seconds"] for s in ray.get([e.load_weight_buckets.remote(
-            *pack_buckets(state.items())) for e in plain])),
+        "load_plain": lambda: engine_load(plain),
         "pack": lambda: pack_buckets(state.items(), bucket_bytes=args.bucket_mb << 20) and None,
         "put": lambda: [ray.put(b) for b in packed] and None,  # the refs die at once: each put is freed again
         "gen": generate("gen", engines[0]),

@@ -38,11 +38,12 @@ def video_ids(uris: list[str]) -> list[str]:
 def input_table(uris: list[str], limit: int | None = None) -> pa.Table:
     """The inputs as (video_id, uri) rows, the first `limit` of them (all when None). Arrow strings, not Python
     rows: a million inputs are ~70 MiB here instead of ~280 MiB of dicts, and Ray Data takes the table's slices
-    into the object store as they are. Ids are hashed over the whole list, so a video keeps its id (and split)
-    whatever `limit` is."""
-    ids = video_ids(uris)
-    n = len(uris) if limit is None else min(limit, len(uris))
-    return pa.table({"video_id": pa.array(ids[:n], pa.string()), "uri": pa.array(uris[:n], pa.string())})
+    into the object store as they are. Ids are hashed below the whole list's common folder, so a video keeps its id
+    (and split) whatever `limit` is."""
+    kept = uris if limit is None else uris[:limit]
+    root = common_folder(uris)
+    return pa.table({"video_id": pa.array([video_id_for(u, root) for u in kept], pa.string()),
+                     "uri": pa.array(kept, pa.string())})
 
 
 def _list_dir(folder: str, extensions: list[str] | None) -> list[str]:

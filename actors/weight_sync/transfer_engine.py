@@ -119,10 +119,7 @@ class RlaifWeightTransferEngine(WeightTransferEngine[RlaifInitInfo, RlaifUpdateI
                 initialize_layerwise_reload(self.model)
                 self.model.load_weights(weights)
                 finalize_layerwise_reload(self.model, self.model_config)
-        # With tied embeddings the output layer keeps a packed copy of the old embedding on CPU: repack it.
-        for name, module in self.model.named_modules():
-            if name.endswith("lm_head") and hasattr(module, "quant_method"):
-                module.quant_method.process_weights_after_loading(module)
+        repack_lm_head(self.model)
         self.stats = {"tensors": len(names) if names is not None else None, "load": how,
                       "bytes": sum(b.nbytes for b in self._pending), "receive_seconds": self._received_s,
                       "seconds": time.perf_counter() - start, "update_seconds": time.perf_counter() - self._started}
@@ -132,6 +129,13 @@ class RlaifWeightTransferEngine(WeightTransferEngine[RlaifInitInfo, RlaifUpdateI
         if self.nccl is not None:
             self.nccl.shutdown()
             self.nccl = None
+
+
+def repack_lm_head(model: torch.nn.Module) -> None:
+    """With tied embeddings the output layer keeps a packed copy of the old embedding on CPU: repack it."""
+    for name, module in model.named_modules():
+        if name.endswith("lm_head") and hasattr(module, "quant_method"):
+            module.quant_method.process_weights_after_loading(module)
 
 
 def loads_in_place(model: torch.nn.Module) -> bool:
