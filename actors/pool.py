@@ -96,12 +96,14 @@ class EnginePool:
     def map_batches(self, ds: "ray.data.Dataset", client: type, *, batch_size: int | None = None,
                     **client_kwargs) -> "ray.data.Dataset":
         """`ds` sent to this pool's engines a batch at a time: `client` (an EngineClient, built with the engines and
-        `client_kwargs`) runs in one Ray Data actor per engine, with a tenth of a CPU each (the engines do the work)."""
-        import ray.data
-
-        return ds.map_batches(client, fn_constructor_kwargs={"engines": self.actors, **client_kwargs},
-                              batch_size=batch_size or self.cfg.batch_size, batch_format="pyarrow",
-                              compute=ray.data.ActorPoolStrategy(size=len(self.actors)), num_cpus=0.1)
+        `client_kwargs`) forwards each batch from a Ray Data task, at most one task per engine at a time, with a
+        tenth of a CPU each (the engines do the work). Tasks rather than an actor pool: Ray reuses its idle worker
+        processes from stage to stage, where an actor pool starts a process (and its imports) for every stage, a
+        fixed cost as long as a small round's generation; each worker builds the client once per stage
+        (forward_batch)."""
+        kwargs = {"stage": uuid.uuid4().hex, "client": client, "engines": self.actors, "client_kwargs": client_kwargs}
+        return ds.map_batches(forward_batch, fn_kwargs=kwargs, batch_size=batch_size or self.cfg.batch_size,
+                              batch_format="pyarrow", concurrency=len(self.actors), num_cpus=0.1)
 
     def generate(self, requests: list[dict], sampling: dict) -> list[list[dict]]:
         """Small direct calls (a handful of requests) without Ray Data, to the first engine (EngineClient.call: split
@@ -134,6 +136,21 @@ class EnginePool:
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)
+
+
+# The client a worker process built for the stage it serves (EnginePool.map_batches): one at a time, so that a
+# worker holds nothing of a finished stage once it serves the next.
+_CLIENT: dict[str, "EngineClient"] = {}
+
+
+def forward_batch(batch, stage: str, client: type, engines: list, client_kwargs: dict):
+    """One batch of an EnginePool.map_batches stage, in a Ray Data task: the stage's client, built on this worker's
+    first batch of the stage, forwards it."""
+    forward = _CLIENT.get(stage)
+    if forward is None:
+        _CLIENT.clear()
+        forward = _CLIENT[stage] = client(engines, **client_kwargs)
+    return forward(batch)
 
 
 def distinct_pools(pools: dict[str, EnginePool | None]) -> list[EnginePool]:

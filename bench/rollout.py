@@ -14,7 +14,8 @@ Sides, all in this process or its Ray actors:
   - bare vLLM: one in-process `vllm.LLM` with the engine settings the pool uses (float32, eager, uni executor);
   - pool: `actors.pool.EnginePool` (a Ray actor per engine, pools.*.threads = --threads), called directly with every
     prompt, and driven the way the rollout stage drives it: a Ray Data stage forwarding batches of --batch-size
-    prompts through `EngineClient.call` (each timed run includes the stage's start, as every rollout stage pays it).
+    prompts through `EnginePool.map_batches` (each timed run includes the stage's start, as every rollout stage pays
+    it).
 Each figure is also printed against the compute bound: matmul peak / (2 x parameters) tokens/s.
 Prompts are text chat questions, so the same prompts reach the text and the video models.
 """
@@ -109,9 +110,7 @@ def pool_sides(folder: str, chats, k: int, max_tokens: int, max_num_seqs: int, b
     def through_ray_data() -> float:
         ds = ray.data.from_items([{"messages": c} for c in chats])
         start = time.perf_counter()
-        n_tokens = ds.map_batches(Answer, fn_constructor_kwargs={"engines": pool.actors}, batch_size=batch_size,
-                                  batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=len(pool.actors)),
-                                  num_cpus=0.1).sum("n_tokens")
+        n_tokens = pool.map_batches(ds, Answer, batch_size=batch_size).sum("n_tokens")
         seconds = time.perf_counter() - start
         assert n_tokens == len(chats) * k * max_tokens
         return n_tokens / seconds

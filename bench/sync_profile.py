@@ -30,7 +30,7 @@ def profile(kernel: str, model_name: str, repeat: int) -> None:
     from vllm import SamplingParams
 
     from actors.vllm_engine import VLLMEngine
-    from actors.weight_sync import pack_buckets, saved_weights
+    from actors.weight_sync import saved_weights, tensor_buckets
     from actors.weight_sync.buckets import unpack_bucket
     from actors.weight_sync.transfer_engine import repack_lm_head
     from rlaif.testkit.tiny_models import ensure_model
@@ -42,7 +42,7 @@ def profile(kernel: str, model_name: str, repeat: int) -> None:
                         cpu_gemm=kernel)
     model = engine.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
     config = engine.llm.llm_engine.vllm_config.model_config
-    buckets = pack_buckets(state.items())
+    buckets = tensor_buckets(state.items())
 
     def layerwise() -> list[float]:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload

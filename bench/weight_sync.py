@@ -8,10 +8,10 @@ the same bytes.
 Every method loads the same tensors into the same live vLLM engines (Ray actors, `actors.vllm_engine`), through the
 same receive path (vLLM's weight-transfer API with rlaif's engine, actors/weight_sync/transfer_engine.py: vLLM's
 layerwise in-place reload):
-  - bucketed (actors.weight_sync.broadcast_weights): the weights packed into a few contiguous buckets, each put in
-    the object store once, and one call per engine carrying every bucket;
-  - collective (the same with loop.sync_transport collective): the same buckets, each one broadcast over a gloo group
-    formed for the sync, sent from a Ray actor as the trainer's rank 0 sends them;
+  - bucketed (actors.weight_sync.broadcast_weights): the weights in a few buckets, each put in the object store once
+    (the tensors' own memory, unpacked: the put is the one copy), and one call per engine carrying every bucket;
+  - collective (the same with loop.sync_transport collective): the weights packed into a few contiguous buckets, each
+    one broadcast over a gloo group formed for the sync, sent from a Ray actor as the trainer's rank 0 sends them;
   - per-parameter RPC (OpenRLHF's `update_weight` pattern): one call per tensor per engine. Here each call only hands
     its tensor over and the engine loads them all once at the end, so the baseline pays the RPCs but not a
     per-tensor load: its time is a lower bound and the ratio a conservative one.
@@ -37,7 +37,7 @@ from common import copy_bandwidth_gbs, interleaved, load_average, machine, ratio
 import ray  # noqa: E402
 
 from actors.vllm_engine import VLLMEngine  # noqa: E402
-from actors.weight_sync import broadcast_weights, pack_buckets, saved_weights  # noqa: E402
+from actors.weight_sync import broadcast_weights, pack_buckets, saved_weights, tensor_buckets  # noqa: E402
 
 
 @ray.remote(num_cpus=0)
@@ -63,7 +63,7 @@ class PerTensorEngine(VLLMEngine):
 
     def load_received(self) -> dict:
         received, self._received = self._received, []
-        return self.load_weight_buckets(*pack_buckets(received, bucket_bytes=1 << 62))
+        return self.load_weight_buckets(*tensor_buckets(received, bucket_bytes=1 << 62))
 
 
 def adapter_engine(folder: str, video: bool, rank: int) -> tuple:
@@ -166,7 +166,7 @@ def main() -> None:
         ray.get([e.load_received.remote() for e in engines])
 
     def engine_load(group):  # the engines' own load time (the same work on every side): how much of a sync is transport
-        return max(s["seconds"] for s in ray.get([e.load_weight_buckets.remote(*pack_buckets(state.items()))
+        return max(s["seconds"] for s in ray.get([e.load_weight_buckets.remote(*tensor_buckets(state.items()))
                                                    for e in group]))
 
     # The same engines on the plain CPU kernel (pools.*.cpu_gemm torch): a sync copies in place, generation is slower.
@@ -186,7 +186,7 @@ def main() -> None:
 
     info = broadcast_weights(engines, state.items(), args.bucket_mb)
     broadcast_weights(plain, state.items(), args.bucket_mb)
-    packed = pack_buckets(state.items(), bucket_bytes=args.bucket_mb << 20)  # what the "put" row puts
+    unpacked = tensor_buckets(state.items(), bucket_bytes=args.bucket_mb << 20)  # what the "put" row puts
     sender = WeightSender.remote(folder)
     lora_engine, adapter, adapter_bytes = adapter_engine(folder, video, args.lora_rank)
     names = {"bucketed": "bucketed broadcast",
@@ -195,8 +195,8 @@ def main() -> None:
              "lora": f"LoRA mode: hot-load a rank-{args.lora_rank} adapter",
              "bucketed_plain": "bucketed broadcast, plain CPU kernel (cpu_gemm torch)",
              "load_plain": "engine load alone, plain CPU kernel (in-place copy)",
-             "pack": "of a bucketed sync: packing the buckets (the sender's copy)",
-             "put": "of a bucketed sync: ray.put of the packed buckets (the object store's copy)",
+             "pack": "of a collective sync: packing the buckets (its sender's copy; the object store's path skips it)",
+             "put": "of a bucketed sync: ray.put of the tensors (the object store's copy, the only one)",
              "gen": f"generate {args.gen_prompts} x {args.gen_tokens} tokens, oneDNN kernel (default)",
              "gen_plain": f"generate {args.gen_prompts} x {args.gen_tokens} tokens, plain CPU kernel"}
     load_before = load_average()
@@ -209,7 +209,7 @@ def main() -> None:
         "bucketed_plain": lambda: broadcast_weights(plain, state.items(), args.bucket_mb) and None,
         "load_plain": lambda: engine_load(plain),
         "pack": lambda: pack_buckets(state.items(), bucket_bytes=args.bucket_mb << 20) and None,
-        "put": lambda: [ray.put(b) for b in packed] and None,  # the refs die at once: each put is freed again
+        "put": lambda: [ray.put(b) for b in unpacked] and None,  # the refs die at once: each put is freed again
         "gen": generate("gen", engines[0]),
         "gen_plain": generate("gen_plain", plain[0]),
     }, args.repeat, args.warmup)
@@ -250,10 +250,10 @@ def main() -> None:
           f"bound ({ratio(med['load'], bound)} with oneDNN's repacking), the whole bucketed sync "
           f"{ratio(med['bucketed_plain'], bound)} ({ratio(med['bucketed'], bound)}); it generates at "
           f"{speed['gen_plain']:.0f} tokens/s against oneDNN's {speed['gen']:.0f} "
-          f"({ratio(speed['gen_plain'], speed['gen'])}); of its sync, packing takes {ratio(med['pack'], bound)} the "
-          f"copy bound, the object store's put {ratio(med['put'], bound)}, the engine's copy "
-          f"{ratio(med['load_plain'], bound)}, the rest (calls, the engine's cache resets) "
-          f"{ratio(med['bucketed_plain'] - med['pack'] - med['put'] - med['load_plain'], bound)} (medians)")
+          f"({ratio(speed['gen_plain'], speed['gen'])}); of its sync, the object store's put takes "
+          f"{ratio(med['put'], bound)} the copy bound, the engine's copy {ratio(med['load_plain'], bound)}, the rest "
+          f"(calls, the engine's cache resets) {ratio(med['bucketed_plain'] - med['put'] - med['load_plain'], bound)};"
+          f" packing, which the collective transport adds, {ratio(med['pack'], bound)} (medians)")
 
 
 if __name__ == "__main__":

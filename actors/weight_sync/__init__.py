@@ -16,6 +16,7 @@ _PUBLIC = {
     "Bucket": "buckets",  # the bucket format
     "BucketIndex": "buckets",
     "pack_buckets": "buckets",
+    "tensor_buckets": "buckets",
     "unpack_bucket": "buckets",
     "WeightSyncEngine": "engine",  # engine side (a mixin of VLLMEngine)
     "WeightReceiver": "receive",  # worker side (vLLM's worker_extension_cls)
@@ -24,7 +25,7 @@ __all__ = sorted(_PUBLIC)
 
 if TYPE_CHECKING:
     from actors.weight_sync.adapter import hot_load_adapter
-    from actors.weight_sync.buckets import Bucket, BucketIndex, pack_buckets, unpack_bucket
+    from actors.weight_sync.buckets import Bucket, BucketIndex, pack_buckets, tensor_buckets, unpack_bucket
     from actors.weight_sync.engine import WeightSyncEngine
     from actors.weight_sync.receive import WeightReceiver
     from actors.weight_sync.send import broadcast_weights, saved_weights

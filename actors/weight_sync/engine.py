@@ -24,10 +24,10 @@ from pathlib import Path
 class WeightSyncEngine:
     def _load_folder(self, folder: str) -> None:
         """The weights saved in `folder`, loaded as the object-store transport loads them, without the object store."""
-        from actors.weight_sync.buckets import pack_buckets
+        from actors.weight_sync.buckets import tensor_buckets
         from actors.weight_sync.send import saved_weights
 
-        self.load_weight_buckets(*pack_buckets(saved_weights(folder).items()), label=folder)
+        self.load_weight_buckets(*tensor_buckets(saved_weights(folder).items()), label=folder)
 
     def load_weight_buckets(self, *buckets, label: str | None = None) -> dict:
         """New weights, in place: actors.weight_sync.buckets.Bucket objects, passed as separate arguments so that Ray

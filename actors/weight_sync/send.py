@@ -1,14 +1,16 @@
 """Send side of weight sync: new policy weights → every policy engine, in a few buckets, one call per engine.
 
-The weights are packed into a few contiguous buckets (actors.weight_sync.buckets) and reach the engines by one of two
-transports (loop.sync_transport), one file each:
-  - object_store (actors.weight_sync.object_store): each bucket is put once in the object store; every engine gets one
-    `load_weight_buckets` call carrying all the bucket refs and fetches them itself (once per node, zero-copy on it);
+The weights are grouped into a few buckets (actors.weight_sync.buckets) and reach the engines by one of two transports
+(loop.sync_transport), one file each:
+  - object_store (actors.weight_sync.object_store): each bucket (the tensors' own memory, unpacked) is put once in the
+    object store; every engine gets one `load_weight_buckets` call carrying all the bucket refs and fetches them
+    itself (once per node, zero-copy on it);
   - collective (actors.weight_sync.collective): a private torch.distributed group per sync between the sender (the
-    trainer's rank 0) and the engines, each bucket one broadcast: gloo on CPU, NCCL when both sides are on GPUs. When
-    the group cannot be formed or a broadcast fails within the timeout, the sync falls back to the object store, logs
-    a WARNING naming the cause and says so in its stats (`sync_fallback`: the train stage records it and the run's
-    summary shows it); with `required` (loop.sync_transport_required) it raises SyncTransportError instead.
+    trainer's rank 0) and the engines, each bucket (packed into one buffer) one broadcast: gloo on CPU, NCCL when
+    both sides are on GPUs. When the group cannot be formed or a broadcast fails within the timeout, the sync falls
+    back to the object store, logs a WARNING naming the cause and says so in its stats (`sync_fallback`: the train
+    stage records it and the run's summary shows it); with `required` (loop.sync_transport_required) it raises
+    SyncTransportError instead.
 The per-parameter-RPC pattern costs one round trip per tensor; either transport costs one call per engine.
 LoRA mode (loop.sync adapter) sends no weights: see actors.weight_sync.adapter.hot_load_adapter.
 """
@@ -24,7 +26,7 @@ import torch
 
 import actors.weight_sync.collective as collective
 import actors.weight_sync.object_store as object_store
-from actors.weight_sync.buckets import Bucket, pack_buckets
+from actors.weight_sync.buckets import Bucket, pack_buckets, tensor_buckets
 from actors.weight_sync.collective import COLLECTIVE_TIMEOUT_S
 from rlaif.storage import local_folder
 
@@ -43,10 +45,13 @@ def broadcast_weights(engines: list, named: Iterable[tuple[str, torch.Tensor]], 
     `required` (loop.sync_transport_required): a failed collective sync raises SyncTransportError (the engines keep
     their weights) instead of falling back to the object store."""
     start = time.perf_counter()
+    stats, used = None, {}
     with torch.no_grad():
-        buckets = pack_buckets(named, bucket_bytes=bucket_mb << 20)
-    stats, used = (_try_collective(engines, buckets, label, timeout_s, required) if transport == "collective"
-                   else (None, {}))
+        if transport == "collective":  # a broadcast sends one flat buffer per bucket: packed
+            buckets = pack_buckets(named, bucket_bytes=bucket_mb << 20)
+            stats, used = _try_collective(engines, buckets, label, timeout_s, required)
+        else:  # the object store copies each tensor in itself: no packing copy first
+            buckets = tensor_buckets(named, bucket_bytes=bucket_mb << 20)
     if stats is None:
         stats = object_store.sync_engines(engines, buckets, label)
         used = {"sync_transport": "object_store", **used}

@@ -13,6 +13,7 @@ summary, table and gallery of starting answers; the training sections appear wit
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 import logging
 import time
 
@@ -48,6 +49,14 @@ def read_rows(path: RunPath, columns: list[str] | None = None, video_ids: list[s
 def count_rows(path: RunPath, where=None) -> int:
     """A run-folder table's rows passing `where` (0 when it is not written yet), counted by a scan."""
     return pads.dataset(path.path, filesystem=path.fs, format="parquet").count_rows(filter=where) if path.is_dir() else 0
+
+
+def score_counts(judgments: RunPath) -> Counter:
+    """plots.score_counts of a judgments table, added up over a scan."""
+    counts: Counter = Counter()
+    for batch in pads.dataset(judgments.path, filesystem=judgments.fs, format="parquet").to_batches(columns=["score"]):
+        counts += plots.score_counts(batch.column(0).to_pylist())
+    return counts
 
 
 def first_held_out(prompts: RunPath, n: int) -> list[dict]:
@@ -212,8 +221,7 @@ def build(run: RunLayout) -> tuple[str, dict]:
     if folders:
         lines += [eval_table(run.dir), ""]
         evals = [(label, f.eval.read_json()) for label, f in folders if f.eval.exists()]
-        scores = {label: [r["score"] for r in read_rows(f.eval_judgments, ["score"])] for label, f in folders
-                  if f.eval_judgments.exists()}
+        scores = {label: score_counts(f.eval_judgments) for label, f in folders if f.eval_judgments.exists()}
         lines += figure(run, images, figures.heldout, plots.heldout(evals), "held-out figures per round")
         lines += figure(run, images, figures.scores, plots.judge_scores(scores), "judge scores per round")
         lines += ["## Gallery: held-out questions before and after", "", *gallery_section(run, folders, images)]

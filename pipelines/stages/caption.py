@@ -24,7 +24,8 @@ from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.joins import FRAME_COLUMNS, Rows, joined, numbered, per_group, rows_with_frames, stored
+from pipelines.stages.joins import (FRAME_COLUMNS, Rows, joined, numbered, per_group, rows_with_frames, stored,
+                                   transformed)
 from pipelines.stages.io import column_names, read_dataset, row_count, write_dataset
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,9 @@ def caption_videos(layout: RunLayout, pool: EnginePool, sampling: dict, out: Run
     return row_count(out)
 
 
-def training_videos(layout: RunLayout) -> Rows:
-    """The video_id of every training video, once each (a video's prompts all share its split)."""
-    return per_group(stored(layout.prompts, ["video_id"], [("split", "==", "train")]), "video_id", distinct_videos)
+def split_videos(layout: RunLayout, split: str) -> Rows:
+    """The video_id of every video of `split` ("train" | "eval"), once each (a video's prompts all share its split)."""
+    return per_group(stored(layout.prompts, ["video_id"], [("split", "==", split)]), "video_id", distinct_videos)
 
 
 def distinct_videos(table: pa.Table) -> pa.Table:
@@ -131,14 +132,16 @@ def last_caption(table: pa.Table) -> pa.Table:
                      "prompt_version": pa.array(["file"] * len(last), pa.string())}).cast(CAPTIONS)
 
 
-def reference_captions(cfg: RunConfig, layout: RunLayout) -> dict[str, str]:
-    """{video_id: ground-truth caption} from caption.reference_file, for the ingested videos it covers (read whole:
-    caption evaluation and the caption term use it for the held-out or caption-trained videos)."""
+def reference_captions(cfg: RunConfig, layout: RunLayout) -> Rows | None:
+    """video_id, reference: caption.reference_file's caption of each ingested video it covers (None without a
+    file), for caption evaluation and the caption term: Rows, never read into the driver."""
     if not cfg.caption.reference_file:
-        return {}
-    rows = captions_from_file(cfg.caption.reference_file, layout.videos)
-    tables = [t for t in ray.get(rows.stream().to_arrow_refs()) if t.num_rows]
-    return {v: c for t in tables for v, c in zip(t.column("video_id").to_pylist(), t.column("caption").to_pylist())}
+        return None
+    return transformed(captions_from_file(cfg.caption.reference_file, layout.videos), as_reference)
+
+
+def as_reference(captions: pa.Table) -> pa.Table:
+    return pa.table({"video_id": captions.column("video_id"), "reference": captions.column("caption")})
 
 
 @stage("models", "caption")

@@ -9,18 +9,17 @@ from __future__ import annotations
 import logging
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import ray.data
 
 from actors.pool import EngineClient
 from actors.progress import expect
-from rlaif.caption_eval import caption_metrics, parse_verdict, reference_facts
+from rlaif.caption_eval import CaptionTally, caption_metrics, fact_rows, parse_verdict
 from rlaif.prompts import FACT_CHECK_REGEX, fact_check_messages
 from rlaif.schemas import CAPTION_FACTS
 
 from pipelines.stages.base import StageContext
-from pipelines.stages.caption import caption_videos, reference_captions
-from pipelines.stages.io import read_table, write_dataset
+from pipelines.stages.caption import caption_videos, reference_captions, split_videos
+from pipelines.stages.io import scan, write_dataset
+from pipelines.stages.joins import joined, stored, transformed
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +49,26 @@ class CheckFacts(EngineClient):
 
 
 def caption_eval(ctx: StageContext) -> dict:
-    """Part of the eval stage (eval.caption_metrics): the caption figures of the round's eval.json."""
+    """Part of the eval stage (eval.caption_metrics): the caption figures of the round's eval.json. The held-out
+    videos with a reference caption, the policy's captions and the facts to check flow as Rows (tasks or Ray Data);
+    the driver adds up the verdicts and captions a batch at a time (CaptionTally)."""
     cfg, layout, out, judge = ctx.cfg, ctx.layout, ctx.out, ctx.judge_pool
-    prompts = read_table(layout.prompts, ["video_id", "split"])
-    held_out = set(prompts.filter(pc.equal(prompts.column("split"), "eval")).column("video_id").to_pylist())
-    references = {v: c for v, c in reference_captions(cfg, layout).items() if v in held_out}
-    if not references:
+    references = reference_captions(cfg, layout)
+    held_out = None if references is None else joined(split_videos(layout, "eval"), references, "video_id").executed()
+    if held_out is None or not held_out.count():
         log.warning("caption eval: no held-out video has a reference caption")
         return caption_metrics([], [])
     sampling = {"n": 1, "temperature": cfg.eval.caption_temperature, "max_tokens": cfg.eval.caption_max_tokens,
                 "seed": cfg.seed}
-    caption_videos(layout, ctx.policy_pool, sampling, out.eval_captions, sorted(references))
-    captions = dict(zip(*read_table(out.eval_captions, ["video_id", "caption"]).to_pydict().values()))
-    facts = [{"video_id": v, "fact_idx": i, "fact": fact, "caption": captions[v]}
-             for v in sorted(captions) for i, fact in enumerate(reference_facts(references[v]))]
-    expect(len(facts))
-    ds = judge.map_batches(ray.data.from_items(facts), CheckFacts, structured=cfg.judge.structured,
-                           retries=cfg.judge.retries)
+    caption_videos(layout, ctx.policy_pool, sampling, out.eval_captions, held_out)
+    facts = transformed(joined(stored(out.eval_captions, ["video_id", "caption"]), held_out, "video_id"),
+                        fact_rows).executed()
+    expect(facts.count())
+    ds = judge.map_batches(facts.stream(), CheckFacts, structured=cfg.judge.structured, retries=cfg.judge.retries)
     write_dataset(ds, out.caption_facts, CAPTION_FACTS)
-    verdicts = read_table(out.caption_facts, ["verdict"]).column("verdict").to_pylist()
-    return caption_metrics(verdicts, [captions[v] for v in sorted(captions)])
+    tally = CaptionTally()
+    for batch in scan(out.caption_facts, ["verdict"]):
+        tally.add(verdicts=batch.column(0).to_pylist())
+    for batch in scan(out.eval_captions, ["caption"]):
+        tally.add(captions=batch.column(0).to_pylist())
+    return tally.metrics()

@@ -8,7 +8,7 @@ from rlaif.layout import RunLayout
 from rlaif.storage import RunPath
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.caption import caption_sampling, caption_videos, training_videos
+from pipelines.stages.caption import caption_sampling, caption_videos, split_videos
 from pipelines.stages.joins import joined, stored
 
 
@@ -21,7 +21,7 @@ def previous_descriptions(layout: RunLayout, round_idx: int) -> RunPath:
 def describe(ctx: StageContext) -> dict:
     """round_<r>/captions.parquet: the policy's re-descriptions of the training videos, the round's evidence."""
     source = previous_descriptions(ctx.layout, ctx.round)
-    previous = joined(training_videos(ctx.layout), stored(source, ["video_id", "caption"]), "video_id")
+    previous = joined(split_videos(ctx.layout, "train"), stored(source, ["video_id", "caption"]), "video_id")
     n = caption_videos(ctx.layout, ctx.policy_pool, caption_sampling(ctx.cfg), ctx.out.captions, previous,
                        retrospect=True)
     return {"rows": n, "previous": source.relative_to(ctx.layout.dir).as_posix()}

@@ -214,9 +214,14 @@ def joined(left: Rows, right: Rows, on: str, how: str = "inner") -> Rows:
 def mapped(rows: Rows, fn: Callable[[pa.Table], pa.Table]) -> ray.data.Dataset:
     """fn over `rows` (a function of a table that treats each row on its own), as a Ray Data stream: one task for a
     small table, batch by batch for a large one."""
+    return transformed(rows, fn).stream()
+
+
+def transformed(rows: Rows, fn: Callable[[pa.Table], pa.Table]) -> Rows:
+    """fn over `rows` (as `mapped`), kept as Rows: by a task when small (its table stays in the object store)."""
     if rows.small:
-        return ray.data.from_arrow_refs([apply.remote(fn, rows.table)])
-    return rows.dataset.map_batches(fn, batch_format="pyarrow")
+        return Rows(rows.rows, table=apply.remote(fn, rows.table))
+    return Rows(rows.rows, dataset=rows.dataset.map_batches(fn, batch_format="pyarrow"))
 
 
 def per_group(rows: Rows, key: str, fn: Callable[..., pa.Table], *args) -> Rows:

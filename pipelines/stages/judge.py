@@ -39,7 +39,7 @@ from rlaif.seeding import seeded
 from rlaif.storage import RunPath
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.io import read_dataset, read_table, row_count, scan, write_dataset, write_table
+from pipelines.stages.io import read_dataset, row_count, scan, write_dataset, write_table
 from pipelines.stages.joins import attach, copy_table, joined, stored
 from pipelines.stages.rollout import answers_dataset, rollout_sampling
 
@@ -139,15 +139,6 @@ class ScoreAnswers:
         return [Judgment(min(5.0, max(1.0, float(s))), "", True) for s in scores], [1] * len(rows)
 
 
-def judging_context(layout: RunLayout, captions: RunPath | None = None) -> pa.Table:
-    """What the judge reads beside each answer, by prompt_id, whole (JUDGE_CONTEXT: the question, the reference answer
-    and the evidence caption): for a caller's few answers (the judge audit). `captions` defaults to the run's
-    captions.parquet (i-SRT passes the round's re-descriptions)."""
-    prompts = read_table(layout.prompts, ["prompt_id", "video_id", "question", "reference_answer"])
-    evidence = read_table(captions or layout.captions, ["video_id", "caption"])
-    return prompts.join(evidence, "video_id").drop(["video_id"])
-
-
 def with_judging_context(answers: ray.data.Dataset, rows: int, layout: RunLayout,
                          captions: RunPath | None = None) -> ray.data.Dataset:
     """A stream of `rows` answers with their JUDGE_CONTEXT columns (pipelines.stages.joins), from the prompts and
@@ -172,7 +163,8 @@ def with_context(batch: pa.Table, context: pa.Table | None) -> pa.Table:
 def judged_dataset(answers: ray.data.Dataset, context: pa.Table | None, pool: EnginePool | None,
                    cfg: JudgeConfig, scorers: TransientPool | None = None) -> ray.data.Dataset:
     """`answers` (a stream of ROLLOUTS rows) judged against their context: their own JUDGE_CONTEXT columns (`context`
-    None) or `context`'s (judging_context, a caller's small table), as JUDGMENTS rows.
+    None) or `context`'s (a caller's small table of JUDGE_CONTEXT by prompt_id: the judge audit's), as JUDGMENTS
+    rows.
     A scoring function (kind function) runs on the `scorers` actor pool (rlaif.placement.scorer_pool; the default
     pools.scorer if None)."""
     if cfg.kind == "function":

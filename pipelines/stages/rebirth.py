@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from rlaif.prompts import CAPTION_REQUEST
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.caption import caption_videos, training_videos
+from pipelines.stages.caption import caption_videos, split_videos
 from pipelines.stages.io import row_count, write_dataset
 from pipelines.stages.joins import joined, mapped, ordered, stored
 from pipelines.stages.rollout import generate_answers
@@ -49,7 +49,7 @@ def write_targets(ctx: StageContext) -> int:
     answers = joined(stored(out.final_answers, ["prompt_id", "response"]),
                      stored(layout.prompts, ["prompt_id", "video_id", "question"]), "prompt_id")
     caption_videos(layout, policy, {**sampling, "max_tokens": cfg.caption.max_tokens}, out.final_captions,
-                   training_videos(layout))
+                   split_videos(layout, "train"))
     parts = [mapped(answers, answer_targets), mapped(stored(out.final_captions, ["video_id", "caption"]),
                                                      caption_targets)]
     write_dataset(ordered(parts[0].union(parts[1])), out.targets, TARGETS, count=False)

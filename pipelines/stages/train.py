@@ -30,11 +30,13 @@ from rlaif.config import RunConfig as RlaifConfig
 from rlaif.config import TrainConfig
 from rlaif.layout import PolicyLayout, RoundLayout, RunLayout
 from rlaif.models import resolve_model
+from rlaif.objectives import GT_CAPTION_KEY
 from rlaif.seeding import request_seed
 from rlaif.storage import RunPath, local_folder, local_staging, publish_folder
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.joins import FRAME_COLUMNS, Rows, joined, rows_with_frames, stored
+from pipelines.stages.caption import reference_captions
+from pipelines.stages.joins import FRAME_COLUMNS, Rows, joined, rows_with_frames, stored, transformed
 
 log = logging.getLogger(__name__)
 
@@ -396,9 +398,10 @@ def train(ctx: StageContext) -> dict:
     cfg = ctx.cfg
     pairs = stored(ctx.out.pairs)
     if cfg.train.caption_sft_weight and pairs.rows:
-        # The user's ground-truth captions file, matched to the videos by a task.
-        truth = Rows(0, table=reference_caption_table.remote(cfg, ctx.layout))
-        pairs = joined(pairs, truth, "video_id", how="left")
+        # The user's ground-truth captions (caption.reference_file), matched to the pairs' videos.
+        truth = reference_captions(cfg, ctx.layout)
+        if truth is not None:
+            pairs = joined(pairs, transformed(truth, as_gt_caption), "video_id", how="left")
     if cfg.train.merge_each_round:
         lora_base, lora_init = ctx.policy, None
     else:
@@ -408,10 +411,6 @@ def train(ctx: StageContext) -> dict:
                      reference=ctx.reference)
 
 
-@ray.remote(num_cpus=0)
-def reference_caption_table(cfg: RlaifConfig, layout: RunLayout) -> pa.Table:
-    """video_id, gt_caption: caption.reference_file's captions of the ingested videos."""
-    from pipelines.stages.caption import reference_captions
 
-    truth = reference_captions(cfg, layout)
-    return pa.table({"video_id": pa.array(list(truth), pa.string()), "gt_caption": pa.array(list(truth.values()), pa.string())})
+def as_gt_caption(truth: pa.Table) -> pa.Table:
+    return truth.rename_columns(["video_id", GT_CAPTION_KEY])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections import Counter
+from typing import Iterable, Mapping
 
 from matplotlib.figure import Figure
 
@@ -26,16 +28,20 @@ def _nan(v):
     return float("nan") if v is None else v
 
 
-def score_shares(scores: list[float | None]) -> tuple[list[float], float]:
-    """Share of answers per score 1..5 (a fractional score, after a length penalty or an aspect mean, counts at its
-    nearest integer), and the share the judge left unscored."""
-    n = len(scores) or 1
-    shares = [sum(1 for s in scores if s is not None and min(5, max(1, round(s))) == k) / n for k in SCORES]
-    return shares, sum(1 for s in scores if s is None) / n
+def score_counts(scores: Iterable[float | None]) -> Counter:
+    """How many answers got each score 1..5 (a fractional score, after a length penalty or an aspect mean, counts at
+    its nearest integer), None for those the judge left unscored: a batch's counts add to the others' (Counter)."""
+    return Counter(None if s is None else min(5, max(1, round(s))) for s in scores)
 
 
-def judge_scores(scores: dict[str, list[float | None]]) -> bytes | None:
-    """Stacked bars, one per round (label -> the held-out answers' scores): the share of each score 1-5."""
+def score_shares(counts: Mapping[int | None, int]) -> tuple[list[float], float]:
+    """Share of answers per score 1..5 and the share left unscored, from score_counts."""
+    n = sum(counts.values()) or 1
+    return [counts.get(k, 0) / n for k in SCORES], counts.get(None, 0) / n
+
+
+def judge_scores(scores: dict[str, Mapping[int | None, int]]) -> bytes | None:
+    """Stacked bars, one per round (label -> the held-out answers' score_counts): the share of each score 1-5."""
     if not scores:
         return None
     fig = Figure(figsize=(9, 3.4))
@@ -50,7 +56,7 @@ def judge_scores(scores: dict[str, list[float | None]]) -> bytes | None:
     if any(unscored for _, unscored in split):
         ax.bar(labels, [u for _, u in split], bottom=bottoms, color=UNSCORED, label="unscored", width=0.6)
     for i, v in enumerate(scores.values()):
-        ax.text(i, 1.02, f"n={len(v)}", ha="center", fontsize=8)
+        ax.text(i, 1.02, f"n={sum(v.values())}", ha="center", fontsize=8)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("share of held-out answers")
     ax.set_title("the judge's scores of the held-out answers", fontsize=11)

@@ -1,6 +1,8 @@
 import pytest
 
-from rlaif.caption_eval import caption_metrics, parse_verdict, reference_facts, repetition_rate
+import pyarrow as pa
+
+from rlaif.caption_eval import CaptionTally, caption_metrics, fact_rows, parse_verdict, reference_facts, repetition_rate
 from rlaif.prompts import FACT_CHECK_REGEX, fact_check_messages
 
 
@@ -41,6 +43,27 @@ def test_metrics_count_unparsed_checks_apart():
     assert m["caption_repetition_rate"] == pytest.approx((1 / 4 + 0) / 2)  # "a b c" recurs once of 4
     empty = caption_metrics([], [])
     assert empty["caption_missing_rate"] is None and empty["caption_repetition_rate"] is None
+
+
+def test_the_tally_added_a_batch_at_a_time_equals_the_metrics_of_the_whole():
+    verdicts = ["covered", "missing", None, "contradicted", "covered"]
+    captions = ["a b c a b c", "x y", "", "one two three one two three"]
+    tally = CaptionTally()
+    for i in range(0, len(verdicts), 2):
+        tally.add(verdicts=verdicts[i:i + 2])
+    for caption in captions:
+        tally.add(captions=[caption])
+    assert tally.metrics() == caption_metrics(verdicts, captions)
+    assert tally.metrics()["caption_facts"] == 5 and tally.metrics()["caption_videos"] == 4
+
+
+def test_fact_rows_are_the_sentences_of_each_reference_beside_the_models_caption():
+    table = pa.table({"video_id": ["a", "b"], "caption": ["a red ball", "blue"],
+                      "reference": ["A red ball. It rolls left.", ""]})
+    assert fact_rows(table).to_pylist() == [
+        {"video_id": "a", "fact_idx": 0, "fact": "A red ball.", "caption": "a red ball"},
+        {"video_id": "a", "fact_idx": 1, "fact": "It rolls left.", "caption": "a red ball"}]
+    assert fact_rows(table.slice(1)).num_rows == 0  # a reference stating nothing has no facts
 
 
 def test_facts_of_an_empty_caption_are_missing_without_asking_a_judge():

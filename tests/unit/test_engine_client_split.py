@@ -157,3 +157,23 @@ def test_a_judging_request_that_kills_its_engine_is_refused_with_its_reason():
         requests, {"seed": 0}, parse=lambda text: text, ok=lambda v: True, retries=2, refused=refused)
     assert values == ["0:0", None, "2:0"] and attempts == [1, 1, 1]  # the crashed one is not asked again
     assert refused == {1: ENGINE_CRASHED}
+
+
+def test_a_worker_builds_a_stages_client_once_and_drops_it_for_the_next_stage():
+    from actors import pool
+
+    built = []
+
+    class Counting(EngineClient):
+        def __init__(self, engines, tag):
+            super().__init__(engines)
+            built.append(tag)
+
+        def __call__(self, batch):
+            return f"{batch} by {id(self)}"
+
+    pool._CLIENT.clear()
+    first = [pool.forward_batch(b, "stage-a", Counting, [object()], {"tag": "a"}) for b in ("x", "y")]
+    assert built == ["a"] and first[0].split(" by ")[1] == first[1].split(" by ")[1]  # one client for the stage
+    pool.forward_batch("z", "stage-b", Counting, [object()], {"tag": "b"})
+    assert built == ["a", "b"] and list(pool._CLIENT) == ["stage-b"]  # the finished stage's client is gone

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+from collections import Counter
 from html.parser import HTMLParser
 
 import numpy as np
@@ -20,6 +21,7 @@ from pipelines.stages.io import write_table
 from rlaif.layout import RunLayout
 from rlaif.report.gallery import frame_strip, pick
 from rlaif.report.page import text, to_html
+from rlaif.report.plots import score_counts, score_shares
 from rlaif.schemas import JUDGMENTS, PROMPTS, VIDEOS
 
 HOSTILE = '<script>alert(1)</script> ![x](http://evil.example/x.png) | *bold*'
@@ -264,3 +266,11 @@ def test_the_gallery_chooses_among_the_lowest_held_out_prompt_ids_read_by_a_scan
     assert [r["prompt_id"] for r in first] == ["p001", "p002", "p004", "p005", "p007"]
     assert count_rows(RunPath.of(tmp_path / "prompts"), pc.field("split") == "eval") == 200
     assert first_held_out(RunPath.of(tmp_path / "nothing"), 5) == [] and count_rows(RunPath.of(tmp_path / "x")) == 0
+
+
+def test_score_counts_add_up_batch_by_batch_into_the_shares_of_the_whole():
+    scores = [1, 2.4, 2.6, None, 5, 7, 0.2]  # fractional scores count at their nearest integer, within 1-5
+    counts = score_counts(scores[:3]) + score_counts(scores[3:])
+    assert counts == Counter({1: 2, 2: 1, 3: 1, 5: 2, None: 1})
+    shares, unscored = score_shares(counts)
+    assert shares == pytest.approx([2 / 7, 1 / 7, 1 / 7, 0, 2 / 7]) and unscored == pytest.approx(1 / 7)

@@ -6,7 +6,9 @@ import threading
 import pytest
 import torch
 
-from actors.weight_sync import Bucket, pack_buckets, unpack_bucket
+import pickle
+
+from actors.weight_sync import Bucket, pack_buckets, tensor_buckets, unpack_bucket
 from actors.weight_sync.collective import open_store, receive_buckets, send_buckets
 
 
@@ -32,6 +34,20 @@ def test_a_bucket_rebuilt_from_its_index_and_bytes_unpacks_to_the_packed_tensors
     for target, source in zip(rebuilt, packed):
         target.data[:] = source.data
     _assert_same(rebuilt, weights)
+
+
+def test_unpacked_buckets_are_views_of_the_tensors_and_survive_out_of_band_pickling():
+    weights = _weights()
+    buckets = tensor_buckets(weights.items(), bucket_bytes=600)
+    assert [[s.name for s in b.slots] for b in buckets] == [[s.name for s in b.slots]
+                                                            for b in pack_buckets(weights.items(), bucket_bytes=600)]
+    # No copy on the sender: each part is the tensor's own memory.
+    assert buckets[0].parts[0].ctypes.data == weights["embed.weight"].data_ptr()
+    # What ray.put does with them (pickle protocol 5, numpy buffers out of band): the bytes travel apart, unpacked.
+    buffers: list = []
+    sent = pickle.dumps(buckets, protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == len(weights) and len(sent) < 2000
+    _assert_same(pickle.loads(sent, buffers=buffers), weights)
 
 
 @pytest.mark.parametrize("receivers", [1, 2])
