@@ -13,9 +13,9 @@ summary, table and gallery of starting answers; the training sections appear wit
 from __future__ import annotations
 
 import heapq
-from collections import Counter
 import logging
 import time
+from collections import Counter
 
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -174,7 +174,7 @@ def pairs_kept(run: RunLayout, manifest: Manifest) -> list[tuple[str, int | None
         if made.get("status") == "done":
             out.append((rd.dir.name.replace("_", " "), made.get("rows"), made.get("prompts")))
         elif rd.pairs.exists():  # written, not yet recorded (the stage was stopped right after)
-            out.append((rd.dir.name.replace("_", " "), len(read_rows(rd.pairs, ["prompt_id"])), None))
+            out.append((rd.dir.name.replace("_", " "), count_rows(rd.pairs), None))
     return out
 
 

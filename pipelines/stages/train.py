@@ -411,6 +411,5 @@ def train(ctx: StageContext) -> dict:
                      reference=ctx.reference)
 
 
-
 def as_gt_caption(truth: pa.Table) -> pa.Table:
     return truth.rename_columns(["video_id", GT_CAPTION_KEY])
