@@ -25,9 +25,14 @@ REFERENCE_BATCH = 8  # pairs per Ray Data batch to a reference actor (which scor
 
 class ReferenceLogps:
     """Ray Data actor holding the reference policy; adds ref_logp_chosen / ref_logp_rejected to pair rows.
-    For IPO the log-probs are per-token means (length-normalised), else sums."""
+    For IPO the log-probs are per-token means (length-normalised), else sums.
 
-    def __init__(self, reference_path: str, average: bool, round_idx: int | None = None, batch_pairs: int = 4):
+    By default each pair is scored in a forward of its own (its chosen and rejected answers together): a pair's
+    log-probs then depend on the pair alone. Scored with other pairs, they change in the last bits with the batch's
+    padding and shape, and which pairs share a Ray Data batch differs from run to run (blocks arrive in any order),
+    so the same round would train on different numbers. `batch_pairs` > 1 is faster on a GPU and not reproducible."""
+
+    def __init__(self, reference_path: str, average: bool, round_idx: int | None = None, batch_pairs: int = 1):
         self.round = {} if round_idx is None else {"round": round_idx}  # the pairs' round, unless they carry it
         self.model, self.processor = load_policy(reference_path)
         self.model.eval()
