@@ -1,5 +1,5 @@
 """What one stage leaves in the driver's memory: runs `rlaif run CONFIG` in this process up to and including STAGE,
-then prints the process's resident memory before the stage, after it, after a garbage collection, and after glibc's
+then prints the process's resident memory before the stage, its highest during the stage (sampled every 0.1 s), after it, after a garbage collection, and after glibc's
 `malloc_trim` and Arrow's `release_unused` (memory the allocators held free but had not returned), with the Python
 objects' share (tracemalloc, from the stage's start), the object references still in scope, Arrow's allocated bytes
 and the kernel's split of the resident memory (anonymous: the heaps; file-backed; shared: pages of Ray's object store
@@ -99,6 +99,26 @@ def heap_dump(prefix: str | None, when: str) -> None:
             raise RuntimeError("jemalloc's prof.dump failed: preload it with MALLOC_CONF=prof:true")
 
 
+class PeakRss:
+    """The highest resident memory seen, sampled every 0.1 s on a thread, until stop()."""
+
+    def __init__(self):
+        import threading
+
+        self.highest, self.done = rss_mib(), threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self):
+        while not self.done.wait(0.1):
+            self.highest = max(self.highest, rss_mib())
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join()
+        return max(self.highest, rss_mib())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config")
@@ -125,11 +145,12 @@ def main() -> None:
         heap_dump(args.heap_dumps, "before")
         arenas_before, regions_before = pymalloc(), anon_regions()
         tracemalloc.start()
+        peak = PeakRss()
         run_stage(self, name, fn, ctx)
-        after = rss_mib()
+        after, highest = rss_mib(), peak.stop()
         gc.collect()
         collected = rss_mib()
-        python = tracemalloc.get_traced_memory()[0] / 2**20
+        python, python_peak = (m / 2**20 for m in tracemalloc.get_traced_memory())
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         import pyarrow as pa
 
@@ -139,10 +160,11 @@ def main() -> None:
         tracemalloc.stop()
         arenas_after, regions_after = pymalloc(), anon_regions()
         refs = len(ray._private.worker.global_worker.core_worker.get_all_reference_counts())
-        print(f"{args.stage}: driver RSS {before:.0f} MiB before, {after:.0f} after (+{after - before:.0f}), "
+        print(f"{args.stage}: driver RSS {before:.0f} MiB before, {highest:.0f} at most during the stage "
+              f"(+{highest - before:.0f}), {after:.0f} after (+{after - before:.0f}), "
               f"{collected:.0f} after gc, {trimmed:.0f} after malloc_trim and Arrow's release_unused "
-              f"(+{trimmed - before:.0f} kept); Python objects allocated during the stage and alive: {python:.1f} "
-              f"MiB; object references in scope: {refs}; {arrow_pool()}\n"
+              f"(+{trimmed - before:.0f} kept); Python objects allocated during the stage: at most {python_peak:.1f} MiB, "
+              f"alive after it {python:.1f} MiB; object references in scope: {refs}; {arrow_pool()}\n"
               f"  resident MiB by kind, before: {parts_before}; after: {rss_parts()}\n"
               f"  before: {arenas_before}; after: {arenas_after}\n"
               f"  resident anonymous MiB by mapping, before: {regions_before}; after: {regions_after}",

@@ -1,9 +1,9 @@
 """Ingest stage: video sources → Ray Data → decoded, sampled frames in `videos.parquet`; rejects in `quarantine.parquet`.
 
     list (driver) → (video_id, uri) Arrow blocks → map_batches(VideoRowDecoder) on an autoscaling actor pool
-                  → materialize
-                  → filter ok → store_frames (ingest.frame_storage) → videos.parquet/  (written by the workers)
-                  → filter bad → quarantine.parquet/  (video_id, uri, reason, error, traceback)
+                  → a hidden Parquet folder, written as the videos decode (removed at the end)
+    that folder → filter ok → store_frames (ingest.frame_storage) → videos.parquet/  (written by the workers)
+                → filter bad → quarantine.parquet/  (video_id, uri, reason, error, traceback)
 
 Each decode actor decodes in a child process (rlaif.isolation): a decoder segfault or hang costs one row, which is
 quarantined with its reason; the actor, the batch and the run go on. Outputs are published atomically.
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import ray.data
 
@@ -32,20 +33,20 @@ from rlaif.config import IngestConfig
 from rlaif.decode import INTERNAL_ERROR, DecodeSpec
 from rlaif.frames import RAW, decode_frames, encode_frames
 from rlaif.placement import decoder_pool
-from rlaif.schemas import CAPTIONS, QUARANTINE, QUARANTINE_COLUMNS, VIDEOS
+from rlaif.schemas import CAPTIONS, DECODED, QUARANTINE, QUARANTINE_COLUMNS, VIDEOS
 from rlaif.sources import input_table, list_video_uris
 from rlaif.layout import RunLayout
-from rlaif.storage import RunPath
+from rlaif.storage import RunPath, staging_path
 from rlaif.video_rows import InternalErrors, VideoRowDecoder
 
 from pipelines.stages.base import StageContext, stage
-from pipelines.stages.io import read_table, row_count, scan, write_dataset
+from pipelines.stages.io import read_dataset, read_table, row_count, scan, write_dataset
 
 if TYPE_CHECKING:
     from pipelines.stages.caption import CaptionDuringIngest
 
 log = logging.getLogger(__name__)
-
+DECODED_FILE_BYTES = 128 * 2**20  # decoded rows (in memory) a file of the decoded stream's hidden folder holds
 
 
 @dataclass
@@ -76,6 +77,20 @@ def store_frames(batch: pa.Table, encoding: str, jpeg_quality: int) -> pa.Table:
         batch = batch.set_column(batch.schema.get_field_index("frames"), "frames", pa.array(encoded, pa.large_binary()))
     return batch.set_column(batch.schema.get_field_index("frames_encoding"), "frames_encoding",
                             pa.array([encoding] * batch.num_rows, pa.string()))
+
+
+def write_decoded(decoded: ray.data.Dataset, folder: RunPath, captioned: bool, writers: int) -> None:
+    """The decoded stream (DECODED rows, with the captions' columns when `captioned`) as Parquet in `folder`, by at
+    most `writers` tasks at a time; an empty typed table when there was nothing to decode."""
+    # A write is I/O: no CPU asked (the decoders and engines hold them), and a cap, or Ray Data would start a worker
+    # process for each of many such small tasks at once. Decode batches are small (a few videos): they are combined
+    # into files of DECODED_FILE_BYTES, so that the reads back are a few tasks, not one per decode batch.
+    decoded.write_parquet(str(folder), ray_remote_args={"num_cpus": 0}, concurrency=writers,
+                          min_bytes_per_file=DECODED_FILE_BYTES)
+    if not folder.glob("*.parquet"):
+        schema = pa.schema(list(DECODED) + [f for f in CAPTIONS if f.name not in DECODED.names]) if captioned else DECODED
+        folder.mkdir()
+        pq.write_table(schema.empty_table(), (folder / "empty.parquet").path, filesystem=folder.fs)
 
 
 def check_internal_errors(result: IngestResult, max_share: float) -> None:
@@ -127,22 +142,32 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     )
     if caption is not None:
         decoded = caption.add_to(decoded)
-    decoded = counted(decoded, num_cpus=0).materialize()  # no CPU: the decoders and engines have them
     layout.dir.mkdir()
     videos, quarantine = layout.videos, layout.quarantine
-    ok = decoded.filter(expr="status == 'ok'")
-    # Encoded after captioning (the captioner saw the decoded frames), in Ray Data tasks: the decoders are done.
-    stored = ok.select_columns(VIDEOS.names).map_batches(
-        store_frames, fn_kwargs={"encoding": cfg.frame_storage, "jpeg_quality": cfg.jpeg_quality},
-        batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=1 if cfg.frame_storage != RAW else 0.1)
-    write_dataset(stored, videos, VIDEOS, count=False)  # counted as they decoded
-    write_dataset(decoded.filter(expr="status != 'ok'").select_columns(QUARANTINE_COLUMNS), quarantine, QUARANTINE,
-                  count=False)
+    # The decoded stream is written once, as it decodes, to a hidden folder (removed at the end, or by a resume's
+    # clean-up when the driver died), and the three tables are read from it. Materialising the stream instead kept
+    # every decoded frame in the object store (spilled to disk past its size) and a reference to each block in the
+    # driver until the end; now only the blocks in flight are held.
+    decoded_dir = staging_path(layout.dir / "decoded.parquet")
+    write_decoded(counted(decoded, num_cpus=0), decoded_dir, caption is not None, writers=decoders.max_size)
+    try:
+        ok = read_dataset(decoded_dir, VIDEOS.names).filter(expr="status == 'ok'")
+        # Encoded after captioning (the captioner saw the decoded frames), in Ray Data tasks: the decoders are done.
+        stored = ok.map_batches(
+            store_frames, fn_kwargs={"encoding": cfg.frame_storage, "jpeg_quality": cfg.jpeg_quality},
+            batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=1 if cfg.frame_storage != RAW else 0.1)
+        write_dataset(stored, videos, VIDEOS, count=False)  # counted as they decoded
+        # The quarantine and the captions hold no frames: their columns alone are read back.
+        rejected = read_dataset(decoded_dir, ["status", *QUARANTINE_COLUMNS]).filter(expr="status != 'ok'")
+        write_dataset(rejected.select_columns(QUARANTINE_COLUMNS), quarantine, QUARANTINE, count=False)
+        captions = ""
+        if caption is not None:
+            captions = str(layout.captions)
+            kept = read_dataset(decoded_dir, ["status", *CAPTIONS.names]).filter(expr="status == 'ok'")
+            write_dataset(kept.select_columns(CAPTIONS.names), captions, CAPTIONS, count=False)
+    finally:
+        decoded_dir.remove()
 
-    captions = ""
-    if caption is not None:
-        captions = str(layout.captions)
-        write_dataset(ok.select_columns(CAPTIONS.names), captions, CAPTIONS, count=False)
     # Counts, scanned a column at a time (the driver's memory stays flat); only internal errors are read whole.
     bad: collections.Counter = collections.Counter()
     for batch in scan(quarantine, ["reason"]):

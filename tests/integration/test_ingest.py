@@ -66,6 +66,8 @@ def test_mixed_corpus_keeps_every_good_video_and_quarantines_every_bad_one(corpu
     assert len({r["video_id"] for r in ok + bad}) == len(inputs)  # every input exactly once
     assert (result.n_inputs, result.n_ok, result.n_quarantined) == (len(inputs), len(ok), len(bad))
     assert all(r["reason"] and r["error"] for r in bad)
+    # The decoded stream's hidden folder, which the three tables are read from, is gone.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quarantine.parquet", "videos.parquet"]
 
     by_uri = {r["uri"]: r["reason"] for r in bad}
     assert by_uri[corpus["crash"]] == decode.DECODER_CRASHED
