@@ -163,6 +163,8 @@ def parse_video_url(url: str, max_bytes: int) -> VideoSource:
         if not data:
             raise RequestError(400, "the uploaded video is empty")
         return VideoSource("bytes", data=data)
+    if "\x00" in url:  # no file system or URL takes one; as a path it would reach open() and raise there
+        raise RequestError(400, "the video URL contains a NUL character")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "file":
         return VideoSource("path", location=url[len("file://"):])

@@ -38,7 +38,7 @@ def test_video_url_kinds_and_limits():
     assert parse_video_url("https://host/a.mp4", 100).kind == "url"
     cases = {"data:video/mp4;base64," + base64.b64encode(b"x" * 200).decode(): 413,
              "data:video/mp4;base64,@@@@": 400, "data:video/mp4,rawbytes": 400, "data:video/mp4;base64,": 400,
-             "ftp://host/a.mp4": 400}
+             "ftp://host/a.mp4": 400, "\x00": 400, "file:///v/a\x00.mp4": 400, "https://host/\x00": 400}
     for url, status in cases.items():
         with pytest.raises(RequestError) as err:
             parse_video_url(url, max_bytes=100)
