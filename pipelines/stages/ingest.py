@@ -90,26 +90,26 @@ class InputBatches(ray.data.Datasource):
     def __init__(self, inputs: pa.Table, batch_size: int):
         self.ref, self.n, self.size, self.schema = ray.put(inputs), inputs.num_rows, batch_size, inputs.schema
         self.nbytes = inputs.nbytes
+        # At least one block: an empty input list still gives an empty block with the inputs' schema.
+        self.num_blocks = max(1, -(-self.n // batch_size))
 
     def estimate_inmemory_data_size(self) -> int:
         return self.nbytes
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: ray.data.DataContext | None = None) -> list[ray.data.ReadTask]:
-        if self.n == 0:  # one empty block, so that the empty run still has the inputs' schema
-            return [ray.data.ReadTask(lambda schema=self.schema: [schema.empty_table()],
-                                      BlockMetadata(num_rows=0, size_bytes=0, exec_stats=None), schema=self.schema)]
         tasks = []
-        for start in range(0, self.n, self.size):
-            rows = min(self.size, self.n - start)
-            tasks.append(ray.data.ReadTask(functools.partial(_input_rows, self.ref, start, rows), BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None),
+        for start in range(0, self.num_blocks * self.size, self.size):
+            rows = max(0, min(self.size, self.n - start))
+            tasks.append(ray.data.ReadTask(functools.partial(_input_rows, self.ref, start, rows),
+                                           BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None),
                                            schema=self.schema, per_task_row_limit=per_task_row_limit))
         return tasks
 
 
 def _input_rows(inputs: ray.ObjectRef, start: int, rows: int) -> list[pa.Table]:
     # take: a block of its own rows (a slice would share, and might carry, the whole list's buffers)
-    return [ray.get(inputs).take(pa.array(range(start, start + rows)))]
+    return [ray.get(inputs).take(pa.array(range(start, start + rows), pa.int64()))]
 
 
 def write_decoded(decoded: ray.data.Dataset, folder: RunPath, captioned: bool, writers: int) -> None:
@@ -157,9 +157,10 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     expect(n_inputs, "videos")
 
     decoders = decoder_pool(cfg)  # as `rlaif plan` shows it
-    listed = ray.data.read_datasource(InputBatches(inputs, cfg.batch_size), num_cpus=0, concurrency=decoders.max_size,
-                                      override_num_blocks=max(1, -(-n_inputs // cfg.batch_size)))
+    batches = InputBatches(inputs, cfg.batch_size)
     del inputs  # the object store holds the one copy
+    listed = ray.data.read_datasource(batches, num_cpus=0, concurrency=decoders.max_size,
+                                      override_num_blocks=batches.num_blocks)
     decoded = (
         listed.map_batches(
             VideoRowDecoder,
