@@ -48,7 +48,9 @@ class IngestConfig(_Strict):
                            "the JPEG's pixels, the captioner during ingest the decoded ones. Measured per choice in "
                            "docs/performance.md, Frames storage.")
     jpeg_quality: int = Field(90, ge=1, le=100, description="frame_storage jpeg: the JPEG quality.")
-    batch_size: int = Field(4, ge=1, le=4096, description="Videos per Ray Data batch.")
+    batch_size: int = Field(4, ge=1, le=4096, description=(
+        "Videos per call of a decoder. A decode task takes one batch, or several when there are more than "
+        "max(64, 4 x decoders) batches: the number of tasks, not of videos, sets the driver's memory."))
     limit: int | None = Field(None, ge=1, description="Ingest at most this many videos (after sorting), for quick runs.")
     decoder: str = Field("rlaif.decode:decode_video", pattern=r"^[\w.]+:\w+$",
                          description="'module:function' decoding one video (uri, DecodeSpec) -> DecodedVideo; swap in "

@@ -1,7 +1,7 @@
 """Ingest stage: video sources → Ray Data → decoded, sampled frames in `videos.parquet`; rejects in `quarantine.parquet`.
 
-    list (driver) → the object store → (video_id, uri) blocks of a decode batch each, made by read tasks
-                  → map_batches(VideoRowDecoder) on an autoscaling actor pool
+    list (driver) → the object store → (video_id, uri) blocks of one decode task each, made by read tasks
+                  → map_batches(VideoRowDecoder) on an autoscaling actor pool, ingest.batch_size videos a call
                   → a hidden Parquet folder, written as the videos decode (removed at the end)
     that folder → filter ok → store_frames (ingest.frame_storage) → videos.parquet/  (written by the workers)
                 → filter bad → quarantine.parquet/  (video_id, uri, reason, error, traceback)
@@ -35,7 +35,7 @@ from actors.progress import counted, expect
 from rlaif.config import IngestConfig
 from rlaif.decode import INTERNAL_ERROR, DecodeSpec
 from rlaif.frames import RAW, decode_frames, encode_frames
-from rlaif.placement import decoder_pool
+from rlaif.placement import decode_task_rows, decoder_pool
 from rlaif.schemas import CAPTIONS, DECODED, QUARANTINE, QUARANTINE_COLUMNS, VIDEOS
 from rlaif.sources import input_table, list_video_uris
 from rlaif.layout import RunLayout
@@ -83,15 +83,16 @@ def store_frames(batch: pa.Table, encoding: str, jpeg_quality: int) -> pa.Table:
 
 
 class InputBatches(ray.data.Datasource):
-    """The input list as one block per decode batch, each made by a read task from the one copy of the table in the
-    object store. (`from_arrow` of the batches' slices made the driver put a block per batch, and that held ~50 KB
-    of the driver's native memory per block until the stage ended: +50 MiB at 4,000 videos in batches of 4.)"""
+    """The input list as one block of `task_rows` rows per decode task, each made by a read task from the one copy
+    of the table in the object store. (`from_arrow` of the batches' slices made the driver put a block per batch,
+    and that held ~50 KB of the driver's native memory per block until the stage ended: +50 MiB at 4,000 videos in
+    batches of 4.)"""
 
-    def __init__(self, inputs: pa.Table, batch_size: int):
-        self.ref, self.n, self.size, self.schema = ray.put(inputs), inputs.num_rows, batch_size, inputs.schema
+    def __init__(self, inputs: pa.Table, task_rows: int):
+        self.ref, self.n, self.size, self.schema = ray.put(inputs), inputs.num_rows, task_rows, inputs.schema
         self.nbytes = inputs.nbytes
         # At least one block: an empty input list still gives an empty block with the inputs' schema.
-        self.num_blocks = max(1, -(-self.n // batch_size))
+        self.num_blocks = max(1, -(-self.n // task_rows))
 
     def estimate_inmemory_data_size(self) -> int:
         return self.nbytes
@@ -157,7 +158,9 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     expect(n_inputs, "videos")
 
     decoders = decoder_pool(cfg)  # as `rlaif plan` shows it
-    batches = InputBatches(inputs, cfg.batch_size)
+    # A decode task takes several batches when the inputs are many: the driver's memory grows with the tasks.
+    # (Ray Data gives a task one block, and the decoder batch_size videos of it at a time.)
+    batches = InputBatches(inputs, decode_task_rows(n_inputs, cfg.batch_size, decoders.max_size))
     del inputs  # the object store holds the one copy
     listed = ray.data.read_datasource(batches, num_cpus=0, concurrency=decoders.max_size,
                                       override_num_blocks=batches.num_blocks)

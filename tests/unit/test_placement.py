@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from rlaif.config import EnginePoolConfig, load_config, parse_config
-from rlaif.placement import (Actor, PoolPlan, describe, engine_gpus, pack, plan_pools, reference_pool, run_actors,
-                             scorer_pool, transient_pools)
+from rlaif.placement import (DECODE_TASKS_PER_DECODER, MIN_DECODE_TASKS, Actor, PoolPlan, decode_task_rows, describe,
+                             engine_gpus, pack, plan_pools, reference_pool, run_actors, scorer_pool, transient_pools)
 
 GPU_PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "gpu").glob("*.yaml"))
 
@@ -110,3 +110,22 @@ def test_plan_lists_each_transient_pool_and_whether_it_fits_beside_the_engines()
     big = parse_config({"pools": {"reference": {"actors": 4, "num_cpus": 6}}})
     text = describe(big, pack(run_actors(big), nodes=1, cpus_per_node=8, gpus_per_node=0))
     assert "| reference log-probs | 1..4 | 6 | 0 | pairs stage, on the idle trainer's resources | NO |" in text
+
+
+@pytest.mark.parametrize("n_inputs, batch_size, decoders, rows", [
+    (34, 4, 2, 4),            # a small run: a batch per task, 9 tasks
+    (256, 4, 2, 4),           # 64 batches: still one each
+    (257, 4, 2, 8),           # 65 batches: two per task, 33 tasks
+    (4000, 4, 2, 64),         # 1,000 batches in 63 tasks
+    (4000, 16, 2, 64),        # 250 batches in 63 tasks
+    (1_000_000, 8, 256, 984),  # 125,000 batches, at most 1,024 tasks: 123 batches each
+    (0, 4, 2, 4),             # an empty list: one empty block
+])
+def test_decode_tasks_are_whole_batches_and_capped(n_inputs, batch_size, decoders, rows):
+    got = decode_task_rows(n_inputs, batch_size, decoders)
+    assert got == rows and got % batch_size == 0
+    tasks = -(-n_inputs // got)
+    assert tasks <= max(MIN_DECODE_TASKS, DECODE_TASKS_PER_DECODER * decoders)
+    # no bigger than it must be: one batch fewer per task would exceed the cap
+    if got > batch_size:
+        assert -(-n_inputs // (got - batch_size)) > max(MIN_DECODE_TASKS, DECODE_TASKS_PER_DECODER * decoders)

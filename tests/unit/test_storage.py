@@ -92,3 +92,17 @@ def test_a_local_file_is_copied_in_whole(run_root, tmp_path):
     assert dest.read_bytes() == data
     dest.copy_from(tmp_path / "worker.out")  # again: replaced, not appended, and nothing temporary left beside it
     assert dest.read_bytes() == data and [p.name for p in dest.parent.glob("*")] == ["worker.out"]
+
+
+def test_scan_reads_every_files_rows_and_skips_an_empty_file_without_columns(run_root):
+    from pipelines.stages.io import scan
+
+    folder = run_root / "t.parquet"
+    folder.mkdir()
+    pq.write_table(pa.schema([]).empty_table(), (folder / "empty.parquet").path, filesystem=folder.fs)
+    pq.write_table(pa.table({"k": ["a", "b"], "big": [b"x" * 10, b"y"]}), (folder / "part-0.parquet").path,
+                   filesystem=folder.fs, row_group_size=1)
+    pq.write_table(pa.table({"k": ["c"], "big": [b"z"]}), (folder / "part-1.parquet").path, filesystem=folder.fs)
+    batches = list(scan(folder, ["k"]))
+    assert [b.schema.names for b in batches] == [["k"]] * len(batches)
+    assert [v for b in batches for v in b.column(0).to_pylist()] == ["a", "b", "c"]
