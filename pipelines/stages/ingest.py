@@ -82,7 +82,7 @@ def store_frames(batch: pa.Table, encoding: str, jpeg_quality: int) -> pa.Table:
                             pa.array([encoding] * batch.num_rows, pa.string()))
 
 
-class InputBatches(ray.data.Datasource):
+class InputBlocks(ray.data.Datasource):
     """The input list as one block of `task_rows` rows per decode task, each made by a read task from the one copy
     of the table in the object store. (`from_arrow` of the batches' slices made the driver put a block per batch,
     and that held ~50 KB of the driver's native memory per block until the stage ended: +50 MiB at 4,000 videos in
@@ -117,8 +117,9 @@ def write_decoded(decoded: ray.data.Dataset, folder: RunPath, captioned: bool, w
     """The decoded stream (DECODED rows, with the captions' columns when `captioned`) as Parquet in `folder`, by at
     most `writers` tasks at a time; an empty typed table when there was nothing to decode."""
     # A write is I/O: no CPU asked (the decoders and engines hold them), and a cap, or Ray Data would start a worker
-    # process for each of many such small tasks at once. Decode batches are small (a few videos): they are combined
-    # into files of DECODED_FILE_BYTES, so that the reads back are a few tasks, not one per decode batch.
+    # process for each of many such small tasks at once. A decode task's block is small (a few to a few hundred
+    # videos): they are combined into files of DECODED_FILE_BYTES, so that the reads back are a few tasks, not one
+    # per decode task.
     decoded.write_parquet(str(folder), ray_remote_args={"num_cpus": 0}, concurrency=writers,
                           min_bytes_per_file=DECODED_FILE_BYTES)
     if not folder.glob("*.parquet"):
@@ -160,10 +161,10 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     decoders = decoder_pool(cfg)  # as `rlaif plan` shows it
     # A decode task takes several batches when the inputs are many: the driver's memory grows with the tasks.
     # (Ray Data gives a task one block, and the decoder batch_size videos of it at a time.)
-    batches = InputBatches(inputs, decode_task_rows(n_inputs, cfg.batch_size, decoders.max_size))
+    blocks = InputBlocks(inputs, decode_task_rows(n_inputs, cfg.batch_size, decoders.max_size))
     del inputs  # the object store holds the one copy
-    listed = ray.data.read_datasource(batches, num_cpus=0, concurrency=decoders.max_size,
-                                      override_num_blocks=batches.num_blocks)
+    listed = ray.data.read_datasource(blocks, num_cpus=0, concurrency=decoders.max_size,
+                                      override_num_blocks=blocks.num_blocks)
     decoded = (
         listed.map_batches(
             VideoRowDecoder,

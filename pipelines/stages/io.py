@@ -78,6 +78,6 @@ def scan(path: RunPath | str, columns: list[str]) -> Iterator[pa.RecordBatch]:
     a time, on this thread: pyarrow's dataset scanner (read-ahead over files, its thread pools) held 37 MiB of the
     driver to read one small column of 4,000 rows in 10 files, this 13 MiB (docs/scale.md)."""
     for file in sorted(RunPath.of(path).glob("*.parquet"), key=str):
-        table = pq.ParquetFile(file.path, filesystem=file.fs)
-        if table.metadata.num_rows:  # an empty output's file may have no columns at all (write_dataset)
-            yield from table.iter_batches(columns=columns, use_threads=False)
+        parquet = pq.ParquetFile(file.path, filesystem=file.fs)
+        if parquet.metadata.num_rows:  # an empty output's file may have no columns at all (write_dataset)
+            yield from parquet.iter_batches(columns=columns, use_threads=False)

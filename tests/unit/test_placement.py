@@ -124,8 +124,8 @@ def test_plan_lists_each_transient_pool_and_whether_it_fits_beside_the_engines()
 def test_decode_tasks_are_whole_batches_and_capped(n_inputs, batch_size, decoders, rows):
     got = decode_task_rows(n_inputs, batch_size, decoders)
     assert got == rows and got % batch_size == 0
-    tasks = -(-n_inputs // got)
-    assert tasks <= max(MIN_DECODE_TASKS, DECODE_TASKS_PER_DECODER * decoders)
+    cap = max(MIN_DECODE_TASKS, DECODE_TASKS_PER_DECODER * decoders)
+    assert -(-n_inputs // got) <= cap
     # no bigger than it must be: one batch fewer per task would exceed the cap
     if got > batch_size:
-        assert -(-n_inputs // (got - batch_size)) > max(MIN_DECODE_TASKS, DECODE_TASKS_PER_DECODER * decoders)
+        assert -(-n_inputs // (got - batch_size)) > cap
