@@ -160,7 +160,7 @@ def decoder_pool(cfg: IngestConfig) -> TransientPool:
 
 
 # A Ray Data stage that sends batches to a pool of workers (ingest's decoders, the rollout's engines) runs at most
-# max(MIN_TASKS, TASKS_PER_WORKER x workers) tasks, whatever the number of rows: the driver holds ~17-35 KB per
+# max(MIN_TASKS, TASKS_PER_WORKER x workers) tasks, whatever the number of rows: the driver holds ~17-45 KB per
 # task while the stage runs (Ray Data's executor and Ray's core worker; docs/scale.md), so a task count that grew
 # with the rows made the driver's memory grow with them. Four tasks per worker still balance the load: the last
 # tasks to finish hold a quarter of a worker's share at most.

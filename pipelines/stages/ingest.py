@@ -35,7 +35,7 @@ from actors.progress import counted, expect
 from rlaif.config import IngestConfig
 from rlaif.decode import INTERNAL_ERROR, DecodeSpec
 from rlaif.frames import RAW, decode_frames, encode_frames
-from rlaif.placement import task_rows, decoder_pool
+from rlaif.placement import decoder_pool, task_rows
 from rlaif.schemas import CAPTIONS, DECODED, QUARANTINE, QUARANTINE_COLUMNS, VIDEOS
 from rlaif.sources import input_table, list_video_uris
 from rlaif.layout import RunLayout
