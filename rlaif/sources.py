@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 
 MANIFEST_COLUMNS = ("uri", "path", "video")  # the first one present names the videos in a Parquet manifest
+ID_CHUNK = 65536  # video ids made at a time by input_table
 
 
 def video_id_for(uri: str, root: str = "") -> str:
@@ -25,8 +26,13 @@ def video_id_for(uri: str, root: str = "") -> str:
 def common_folder(uris: list[str]) -> str:
     """The deepest folder holding every URI ("/data/clips" for /data/clips/a.mp4 and /data/clips/b/c.mp4;
     "s3://bucket/x" likewise; "" when they share none, e.g. a local path and an object-store one)."""
-    # commonprefix compares any sequences item by item: here each URI's folder names.
-    return "/".join(os.path.commonprefix([u.rstrip("/").split("/")[:-1] for u in uris])) if uris else ""
+    # commonprefix compares any sequences item by item: here each URI's folder names, one URI at a time (a list of
+    # every URI's names held ~400 bytes a URI at once in the driver).
+    shared: list[str] | None = None
+    for uri in uris:
+        folders = uri.rstrip("/").split("/")[:-1]
+        shared = folders if shared is None else os.path.commonprefix([shared, folders])
+    return "/".join(shared or [])
 
 
 def video_ids(uris: list[str]) -> list[str]:
@@ -42,8 +48,10 @@ def input_table(uris: list[str], limit: int | None = None) -> pa.Table:
     (and split) whatever `limit` is."""
     kept = uris if limit is None else uris[:limit]
     root = common_folder(uris)
-    return pa.table({"video_id": pa.array([video_id_for(u, root) for u in kept], pa.string()),
-                     "uri": pa.array(kept, pa.string())})
+    # Made ID_CHUNK ids at a time: a Python list of every id held ~80 bytes a video at once in the driver.
+    ids = [pa.array([video_id_for(u, root) for u in kept[i:i + ID_CHUNK]], pa.string())
+           for i in range(0, len(kept), ID_CHUNK)]
+    return pa.table({"video_id": pa.chunked_array(ids, pa.string()), "uri": pa.array(kept, pa.string())})
 
 
 def _list_dir(folder: str, extensions: list[str] | None) -> list[str]:

@@ -2,6 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from rlaif import sources
 from rlaif.sources import common_folder, input_table, list_video_uris, video_id_for, video_ids
 
 
@@ -86,3 +87,11 @@ def test_input_table_limits_after_hashing_the_whole_list():
     assert whole.column_names == ["video_id", "uri"] and whole.column("uri").to_pylist() == uris
     assert whole.column("video_id").to_pylist() == video_ids(uris)
     assert first.to_pylist() == whole.slice(0, 2).to_pylist()  # a video keeps its id whatever the limit
+
+
+def test_input_table_makes_its_ids_a_chunk_at_a_time(monkeypatch):
+    uris = [f"/data/clips/{name}/x.mp4" for name in ("a", "b", "c", "d", "e")]
+    monkeypatch.setattr(sources, "ID_CHUNK", 2)
+    table = input_table(uris)
+    assert table.column("video_id").num_chunks == 3
+    assert table.column("video_id").to_pylist() == video_ids(uris) and table.column("uri").to_pylist() == uris
