@@ -187,8 +187,7 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     # every decoded frame in the object store (spilled to disk past its size) and a reference to each block in the
     # driver until the end; now only the blocks in flight are held.
     # Every table is written in the input list's order, whichever decoder finishes first (Ray Data's preserve_order):
-    # a run's tables, and so the order its training reads them in, are the same from run to run. The cost: a block
-    # decoded before the ones above it waits for them in the object store, and is captioned after them.
+    # a run's tables, and so the order its training reads them in, are the same from run to run.
     decoded_dir = staging_path(layout.dir / "decoded.parquet")
     write_decoded(ordered(counted(decoded, num_cpus=0)), decoded_dir, caption is not None, writers=decoders.max_size)
     try:
