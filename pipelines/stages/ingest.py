@@ -44,7 +44,6 @@ from rlaif.video_rows import InternalErrors, VideoRowDecoder
 
 from pipelines.stages.base import StageContext, stage
 from pipelines.stages.io import read_dataset, read_table, row_count, scan, write_dataset
-from pipelines.stages.joins import ordered
 
 if TYPE_CHECKING:
     from pipelines.stages.caption import CaptionDuringIngest
@@ -186,25 +185,23 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     # clean-up when the driver died), and the three tables are read from it. Materialising the stream instead kept
     # every decoded frame in the object store (spilled to disk past its size) and a reference to each block in the
     # driver until the end; now only the blocks in flight are held.
-    # Every table is written in the input list's order, whichever decoder finishes first (Ray Data's preserve_order):
-    # a run's tables, and so the order its training reads them in, are the same from run to run.
     decoded_dir = staging_path(layout.dir / "decoded.parquet")
-    write_decoded(ordered(counted(decoded, num_cpus=0)), decoded_dir, caption is not None, writers=decoders.max_size)
+    write_decoded(counted(decoded, num_cpus=0), decoded_dir, caption is not None, writers=decoders.max_size)
     try:
         ok = read_dataset(decoded_dir, VIDEOS.names).filter(expr="status == 'ok'")
         # Encoded after captioning (the captioner saw the decoded frames), in Ray Data tasks: the decoders are done.
         stored = ok.map_batches(
             store_frames, fn_kwargs={"encoding": cfg.frame_storage, "jpeg_quality": cfg.jpeg_quality},
             batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=1 if cfg.frame_storage != RAW else 0.1)
-        write_dataset(ordered(stored), videos, VIDEOS, count=False)  # counted as they decoded
+        write_dataset(stored, videos, VIDEOS, count=False)  # counted as they decoded
         # The quarantine and the captions hold no frames: their columns alone are read back.
         rejected = read_dataset(decoded_dir, ["status", *QUARANTINE_COLUMNS]).filter(expr="status != 'ok'")
-        write_dataset(ordered(rejected.select_columns(QUARANTINE_COLUMNS)), quarantine, QUARANTINE, count=False)
+        write_dataset(rejected.select_columns(QUARANTINE_COLUMNS), quarantine, QUARANTINE, count=False)
         captions = ""
         if caption is not None:
             captions = str(layout.captions)
             kept = read_dataset(decoded_dir, ["status", *CAPTIONS.names]).filter(expr="status == 'ok'")
-            write_dataset(ordered(kept.select_columns(CAPTIONS.names)), captions, CAPTIONS, count=False)
+            write_dataset(kept.select_columns(CAPTIONS.names), captions, CAPTIONS, count=False)
     finally:
         decoded_dir.remove()
 
