@@ -8,9 +8,12 @@ join below `spark.sql.autoBroadcastJoinThreshold`:
   - small (at most `ray.broadcast_join_rows` rows): Ray tasks read, join and group it whole, in the object store,
     and a stream that needs it (the videos' frames, a stream of answers) gets it by reference, each batch joined to
     it where the batch is processed. No shuffle, no Ray Data job for it, so a small run starts no aggregator actors
-    and pays no executor start-up; orders are kept (video by video, each video's rows in the table's order).
+    and pays no executor start-up; the order is the stored tables' (video by video, each video's rows in the
+    table's order).
   - large: Ray Data's hash join (`Dataset.join`) in partitions of about ROWS_PER_PARTITION rows, and its groupby,
-    so that no process holds the table whole. The order is lost: a caller that needs one sorts (`in_order`).
+    so that no process holds the table whole. The order is lost.
+A stored table's order is not the same from run to run either (Ray Data's reads, maps and writes reorder blocks at
+times, even with preserve_order): what needs one order sorts (the training rows, pipelines.stages.train).
 
 The driver holds only object references and counts either way.
 """
@@ -254,8 +257,3 @@ def copy_table(source: RunPath, target: RunPath, schema: pa.Schema) -> None:
 @ray.remote(num_cpus=0)
 def _copy(source: str, target: str, schema: pa.Schema) -> None:
     write_table(read_table(source, schema.names).cast(schema), target)
-
-
-def in_order(ds: ray.data.Dataset, keys: list[str], ordered_already: bool) -> ray.data.Dataset:
-    """`ds` sorted by `keys` unless it is `ordered_already` (all its tables small: a plan that keeps orders)."""
-    return ds if ordered_already else ds.sort(keys)

@@ -17,7 +17,7 @@ from rlaif.schemas import PAIRS
 
 from pipelines.stages.base import StageContext, stage
 from pipelines.stages.io import row_count, write_dataset, write_table
-from pipelines.stages.joins import Rows, in_order, joined, ordered, per_group, rows_with_frames, stored
+from pipelines.stages.joins import Rows, joined, per_group, rows_with_frames, stored
 
 log = logging.getLogger(__name__)
 REFERENCE_BATCH = 8  # pairs per Ray Data batch to a reference actor (which scores them batch_pairs at a time)
@@ -55,27 +55,27 @@ class ReferenceLogps:
         return pa.Table.from_pylist(out, schema=PAIRS)
 
 
-def selected_pairs(ctx: StageContext, judged_rows: int) -> tuple[Rows, bool]:
+def selected_pairs(ctx: StageContext, judged_rows: int) -> Rows:
     """select_pairs on each prompt's judged answers (pipelines.stages.joins.per_group), with the prompt's video and
-    question: the PAIRS columns but the round and the reference log-probs; and whether every table was small (the
-    joins then kept the order of the selection, prompt_id's)."""
+    question: the PAIRS columns but the round and the reference log-probs."""
     p = ctx.cfg.pairs
     judged = stored(ctx.out.judgments, ["prompt_id", "response", "score", "n_tokens", "finish_reason"], rows=judged_rows)
     selected = per_group(judged, "prompt_id", select_pairs, p.min_margin, p.max_length_ratio, p.truncated_chosen)
     prompts = stored(ctx.layout.prompts, ["prompt_id", "video_id", "question"])
-    return joined(selected, prompts, "prompt_id"), judged.small and prompts.small
+    return joined(selected, prompts, "prompt_id")
 
 
 @stage("pairs", "train.reference", "train.loss_type", "train.cpus_per_worker", "train.gpus_per_worker", "train.use_gpu")
 def pairs(ctx: StageContext) -> dict:
     """round_<r>/pairs.parquet: best vs worst answer per question (rlaif.pairs), with the reference policy's
     log-probs of both (ctx.reference), computed here once, so training holds no second model copy. The pairs are
-    written in the same order by every run (whatever the pool's size or the joins' plan)."""
+    in no particular order (the reference actors finish their batches in any order): training sorts its rows
+    (train.training_rows)."""
     cfg, out = ctx.cfg, ctx.out
     judged_rows = row_count(out.judgments)
     n_selected = 0
     if judged_rows:
-        selected, small = selected_pairs(ctx, judged_rows)
+        selected = selected_pairs(ctx, judged_rows)
         selected = selected.executed()  # selected once, then counted and read by the reference actors
         n_selected = selected.count()
     if n_selected == 0:
@@ -95,9 +95,7 @@ def pairs(ctx: StageContext) -> dict:
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=most, initial_size=most,
                                                max_tasks_in_flight_per_actor=1),
             num_cpus=pool.cpus, num_gpus=pool.gpus)
-        # Several actors finish batches in any order; training reads pairs.parquet in file order, so keep the frames
-        # join's order (video by video: a run is reproducible whatever the pool's size), or sort after a hash join.
-        write_dataset(in_order(ordered(ds), ["prompt_id"], small), out.pairs, PAIRS)
+        write_dataset(ds, out.pairs, PAIRS)
     n = row_count(out.pairs)
     # Every training question is answered and judged (the rollout answers each K times).
     prompts_judged = row_count(ctx.layout.prompts, pc.field("split") == "train") if judged_rows else 0

@@ -36,7 +36,7 @@ from rlaif.storage import RunPath, local_folder, local_staging, publish_folder
 
 from pipelines.stages.base import StageContext, stage
 from pipelines.stages.caption import reference_captions
-from pipelines.stages.joins import FRAME_COLUMNS, Rows, joined, rows_with_frames, stored, transformed
+from pipelines.stages.joins import FRAME_COLUMNS, Rows, joined, partitions, rows_with_frames, stored, transformed
 
 log = logging.getLogger(__name__)
 
@@ -325,19 +325,21 @@ def ordered_ingest():
 
 
 def training_order(objective: str) -> list[str]:
-    """The columns a shuffle plan's training rows are sorted by (a hash join loses the order): a pair is unique by
-    prompt_id within a round; SFT rows that tie on (video_id, prompt, target) are the same row."""
-    return ["prompt_id"] if objective == "dpo" else ["video_id", "prompt", "target"]
+    """The columns the training rows are sorted by: video by video (a micro-batch holds a few videos' rows, whose
+    frames are read once), then a key unique within the video: a pair's prompt_id (unique in a round); SFT rows that
+    tie on (video_id, prompt, target) are the same row."""
+    return ["video_id", "prompt_id"] if objective == "dpo" else ["video_id", "prompt", "target"]
 
 
 def training_rows(layout: RunLayout, data: Rows, objective: str, block_rows: int) -> ray.data.Dataset:
-    """`data` with its videos' frames, in an order every run repeats, so that Ray Train's ordered split
-    (ordered_ingest) gives every rank the same shard again after a restore: a small table's (video by video, each
-    video's rows in data's order), or a large one's training_order in blocks of `block_rows` (a sort's blocks depend
-    on its sampled boundaries, a fixed block size does not)."""
+    """`data` with its videos' frames, sorted by training_order in blocks of `block_rows` rows, so that Ray Train's
+    ordered split (ordered_ingest) gives every rank the same rows in the same order in every run of the same
+    inputs, and again after a restore. Sorted whatever the plan: a stored table's order is not (Ray Data's read,
+    map and write of it reorder its blocks at times, even with preserve_order), and neither is a hash join's; a
+    sort's blocks depend on its sampled boundaries, a fixed block size does not."""
     with_frames = rows_with_frames(layout.videos, data)
-    if data.small:
-        return with_frames
+    # The sort's partitions by the rows (Ray Data would take 200 for a stream of unknown length: ~10 s on 6 rows).
+    with_frames.context.default_hash_shuffle_parallelism = partitions(data.rows)
     return with_frames.sort(training_order(objective)).repartition(target_num_rows_per_block=block_rows)
 
 

@@ -1,6 +1,7 @@
 """The two plans of pipelines.stages.joins on real Ray: small tables (tasks, the object store, order kept) and large
 ones (Ray Data's hash join and groupby: ray.broadcast_join_rows 0) give the same rows, for the frames join alone and
-for a whole round of the real pipeline (its judge context, pair selection, pairs and training rows)."""
+for a whole round of the real pipeline (its judge context, pair selection, pairs and training rows), and the
+training rows in the same order."""
 import json
 import shutil
 
@@ -56,6 +57,33 @@ def test_frames_join_same_rows_and_broadcast_keeps_video_order(ray_local, tables
     # prompts in the prompts' order.
     assert [r["prompt_id"] for r in out["broadcast"]] == ["p3", "p6", "p0", "p2", "p5", "p1"]
     assert {r["prompt_id"]: r["frames"] for r in out["shuffle"]}["p5"] == bytes([2]) * 4
+
+
+def test_training_rows_come_in_one_order_whatever_the_stored_orders_and_plan(ray_local, tables, tmp_path):
+    """The training rows (a round's pairs with their frames) are sorted by video, then prompt, in blocks of a
+    micro-batch, whatever order videos.parquet holds (Ray Data's read, map and write of a table reorder its blocks
+    at times) and whichever plan: every run of the same inputs trains on the same batches."""
+    import ray
+
+    from pipelines.stages.joins import stored
+    from pipelines.stages.train import training_rows
+    from rlaif.layout import RunLayout
+
+    videos = pq.read_table(tables["videos"])
+    runs = []
+    for n, order in enumerate(([0, 1, 2, 3], [2, 0, 3, 1])):  # v3 v1 v2 v0, then v2 v3 v0 v1
+        layout = RunLayout(tmp_path / f"run{n}")
+        (tmp_path / f"run{n}" / "videos.parquet").mkdir(parents=True)
+        pq.write_table(videos.take(order), tmp_path / f"run{n}" / "videos.parquet" / "part-0.parquet", row_group_size=1)
+
+        def run():
+            pairs = stored(tables["prompts"], ["prompt_id", "video_id", "question"])
+            ds = training_rows(layout, pairs, "dpo", block_rows=2).materialize()
+            return [[r["prompt_id"] for r in block.to_pylist()] for block in ray.get(ds.to_arrow_refs())]
+
+        runs += _both_plans(run).values()
+    # p4's video v9 was never ingested; v0: p1, v1: p0 p2, v2: p5, v3: p3 p6.
+    assert runs == [[["p1", "p0"], ["p2", "p5"], ["p3", "p6"]]] * 4
 
 
 def test_a_round_with_hash_joins_writes_the_tiny_runs_tables(ray_local, tiny_run, tmp_path):
