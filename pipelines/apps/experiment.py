@@ -164,12 +164,20 @@ def warm_start(cfg: RunConfig, folder: RunPath, paths: dict[str, Path], resume: 
         # The warm-up folder is a run folder whose one "round" is the SFT: its policy/ is warmup/policy.
         info = run_train(cfg, warm, RoundLayout(warm.dir), pa.Table.from_pylist(rows), engines=[], lora_base=start,
                          reference=start, objective="sft", train=train)
-        history = info.pop("history", [])
-        return {**info, "first_loss": history[0]["loss"] if history else None,
-                "last_loss": history[-1]["loss"] if history else None}
+        return {**info, **epoch_losses(info.pop("history", []), train.epochs)}
 
     stages.run("warmup/sft", WARMUP_DEPENDS, sft)
     return str(RoundLayout(warm.dir).policy), stages
+
+
+def epoch_losses(history: list[dict], epochs: int) -> dict:
+    """The mean training loss of the first and of the last epoch: the same rows in the same order (training sorts
+    them), so a drop is learning, not a change of batch (a step's loss varies with its rows many times more)."""
+    steps = len(history) // epochs if epochs else 0
+    if not steps:
+        return {"first_epoch_loss": None, "last_epoch_loss": None}
+    losses = [h["loss"] for h in history]
+    return {"first_epoch_loss": sum(losses[:steps]) / steps, "last_epoch_loss": sum(losses[-steps:]) / steps}
 
 
 def arm_config(cfg: RunConfig, name: str, overrides: dict, policy: str, paths: dict[str, Path]) -> RunConfig:

