@@ -325,9 +325,9 @@ def ordered_ingest():
 
 
 def training_order(objective: str) -> list[str]:
-    """The columns the training rows are sorted by: video by video (a micro-batch holds a few videos' rows, whose
-    frames are read once), then a key unique within the video: a pair's prompt_id (unique in a round); SFT rows that
-    tie on (video_id, prompt, target) are the same row."""
+    """The columns the training rows are sorted by: video by video (a micro-batch holds a few videos' rows, as
+    the small plan's stored order did), then a key unique within the video: a pair's prompt_id (unique in a round);
+    SFT rows that tie on (video_id, prompt, target) are the same row."""
     return ["video_id", "prompt_id"] if objective == "dpo" else ["video_id", "prompt", "target"]
 
 
