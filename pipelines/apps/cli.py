@@ -142,7 +142,8 @@ def cmd_experiment(args) -> int:
     for check, value in results["bar"].items():
         print(f"{check}: {value}")
     layout = ExperimentLayout(folder)
-    print(f"\nexperiment finished in {time.time() - start:.1f} s; report: {layout.report}, plot: {layout.plot}")
+    plot = f", plot: {layout.plot}" if layout.plot.exists() else " (no arms: no plot)"
+    print(f"\nexperiment finished in {time.time() - start:.1f} s; report: {layout.report}{plot}")
     return 0
 
 
