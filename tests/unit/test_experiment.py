@@ -136,3 +136,25 @@ def test_the_warm_start_reports_its_first_and_last_epochs_mean_loss():
     assert epoch_losses(history, 2) == {"first_epoch_loss": 4.0, "last_epoch_loss": 3.0}
     assert epoch_losses(history, 1) == {"first_epoch_loss": 3.5, "last_epoch_loss": 3.5}
     assert epoch_losses([], 2) == {"first_epoch_loss": None, "last_epoch_loss": None}
+
+
+def test_a_run_without_arms_reports_its_warm_start_and_gate_and_draws_no_plot(tmp_path):
+    """experiment.arms={} (the warm start and the gate alone) gets its report, with no plot to draw."""
+    from pipelines.apps.experiment_report import write_report
+    from rlaif.layout import ExperimentLayout
+    from rlaif.storage import RunPath
+
+    cfg = seed_config(load_config(EXPERIMENT, {**SMALL, "experiment.arms": {}}), 1)
+    paths = make_inputs(cfg, tmp_path / "inputs")
+    colour = {"n": 4, "greedy": 0.25, "pass_at_k": 0.75, "other_clip_pass_at_k": 0.5, "grounded": 0.25,
+              "grounded_p": 0.5}
+    gate = {"k": 8, "temperature": 1.0, "dev_questions": 4, "by_kind": {"colour": colour}, "prior_only": {}}
+    warmup = {"first_epoch_loss": 2.0, "last_epoch_loss": 0.5, "seconds": 1.0}
+    results = write_report(cfg, RunPath.of(tmp_path), [{"seed": 1, "paths": paths, "gate": gate, "warmup": warmup,
+                                                         "arms": {}}], None)
+    layout = ExperimentLayout(RunPath.of(tmp_path))
+    report = layout.report.read_text()
+    assert results["bar"] == {} and "(no arms)" in report and "![per-round figures]" not in report
+    assert "mean loss 2.000 in the first epoch, 0.500 in the last" in report
+    assert "| 1 | colour | 4 | 0.25 | 0.75 | 0.50 |" in report
+    assert not layout.plot.exists()
