@@ -142,7 +142,7 @@ def cmd_experiment(args) -> int:
     for check, value in results["bar"].items():
         print(f"{check}: {value}")
     layout = ExperimentLayout(folder)
-    plot = f", plot: {layout.plot}" if layout.plot.exists() else " (no arms: no plot)"
+    plot = f", plot: {layout.plot}" if results["main_arm"] else " (no arms: no plot)"
     print(f"\nexperiment finished in {time.time() - start:.1f} s; report: {layout.report}{plot}")
     return 0
 

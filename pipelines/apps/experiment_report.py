@@ -230,8 +230,7 @@ def write_report(cfg: RunConfig, folder: RunPath, seed_runs: list[dict], audit: 
                "overrides": exp.arms, "written": time.time()}
     layout = ExperimentLayout(folder)
     layout.results.write_json(results)
-    has_arms = any(s["arms"] for s in seeds)  # none with experiment.arms={} (the warm start and the gate alone)
-    if has_arms:
+    if main_arm:  # none with experiment.arms={} (the warm start and the gate alone): no rounds to plot
         plot(seeds, layout.plot.local)
     warm = seeds[0]["warmup"] or {}
     lines = [f"# RLAIF experiment: {cfg.name}", "",
@@ -266,7 +265,8 @@ def write_report(cfg: RunConfig, folder: RunPath, seed_runs: list[dict], audit: 
               "pass@K with another clip's frames in view equal to pass@K means the right samples come from answer "
               "priors, not from the video; grounded = pass@K minus that, with McNemar's p.", "", gate_table(seeds), "",
               "## Held-out exact match per arm (background, colour, shape, motion)", "",
-              "![per-round figures](plot.png)" if has_arms else "", "", arm_table(seeds) if main_arm else "(no arms)", "", "## By question kind (start and last round)", "",
+              "![per-round figures](plot.png)" if main_arm else "", "", arm_table(seeds) if main_arm else "(no arms)",
+              "", "## By question kind (start and last round)", "",
               "prior-only: the warm-up's most common answer to the same question, blind. Count questions are asked "
               "on held-out clips only (no judge checks them): they show whether training did harm.", "",
               kind_table(seeds), ""]

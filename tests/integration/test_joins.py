@@ -73,8 +73,9 @@ def test_training_rows_come_in_one_order_whatever_the_stored_orders_and_plan(ray
     runs = []
     for n, order in enumerate(([0, 1, 2, 3], [2, 0, 3, 1])):  # v3 v1 v2 v0, then v2 v3 v0 v1
         layout = RunLayout(tmp_path / f"run{n}")
-        (tmp_path / f"run{n}" / "videos.parquet").mkdir(parents=True)
-        pq.write_table(videos.take(order), tmp_path / f"run{n}" / "videos.parquet" / "part-0.parquet", row_group_size=1)
+        stored_videos = tmp_path / f"run{n}" / "videos.parquet"
+        stored_videos.mkdir(parents=True)
+        pq.write_table(videos.take(order), stored_videos / "part-0.parquet", row_group_size=1)
 
         def run():
             pairs = stored(tables["prompts"], ["prompt_id", "video_id", "question"])
