@@ -16,7 +16,8 @@ settings below (SCALE; --set adds more), on inputs that rlaif.testkit makes:
 - The driver's peak memory is the `rlaif run` process's own RSS (Ray's raylet, GCS and workers are other
   processes), polled every 0.2 s with psutil: a peak shorter than that can be missed.
 - Stage seconds and rows come from the run's manifest.json; "outside stages" is the rest of the process's wall time
-  (Python and Ray start, engine pools start, shutdown). Bytes are the run folder's, per table (du of each entry).
+  (Python and Ray start, engine pools start, shutdown). Bytes are the run folder's, per table (du of each entry);
+  each Parquet table's files, row groups and rows, from its footers.
 - The fit is least squares of log y on log N, y ~ a N^b: b <= 1 is linear or better. Fixed costs (engine start,
   Ray Train start) make b < 1 at small N, so the marginal cost between the two largest sizes is printed too: that is
   the figure to extrapolate. One run per size: no spread is measured; the machine's load is printed before and after.
@@ -144,19 +145,38 @@ def run_watched(argv: list[str], log: Path, timeout_s: float) -> tuple[int, floa
         return rc, time.time() - t0, peak
 
 
+def run_entries(run_dir: Path) -> dict[str, Path]:
+    """The tables of a run folder by name: each top-level entry, and each entry of a round's folder (round_0/pairs)."""
+    out = {}
+    for entry in sorted(run_dir.iterdir()):
+        if entry.is_dir() and entry.name.startswith("round_"):
+            out.update({f"{entry.name}/{e.name}": e for e in sorted(entry.iterdir())})
+        else:
+            out[entry.name] = entry
+    return out
+
+
 def folder_bytes(run_dir: Path) -> dict[str, int]:
-    """Bytes per table: each top-level entry of the run folder, and each entry of a round's folder (round_0/pairs)."""
+    """Bytes per table (run_entries)."""
     def du(p: Path) -> int:
         if p.is_file():
             return p.stat().st_size
         return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
+    return {name: du(path) for name, path in run_entries(run_dir).items()}
+
+
+def parquet_layout(run_dir: Path) -> dict[str, list[int]]:
+    """Per Parquet table (the same names as folder_bytes): [files, row groups, rows], from the footers. A table of
+    many small files or row groups costs a footer (entry) and a batch each wherever it is read (issue 23)."""
+    import pyarrow.parquet as pq
+
     out = {}
-    for entry in sorted(run_dir.iterdir()):
-        if entry.is_dir() and entry.name.startswith("round_"):
-            out.update({f"{entry.name}/{e.name}": du(e) for e in sorted(entry.iterdir())})
-        else:
-            out[entry.name] = du(entry)
+    for name, path in run_entries(run_dir).items():
+        files = sorted(path.rglob("*.parquet")) if path.is_dir() and name.endswith(".parquet") else []
+        if files:
+            metas = [pq.ParquetFile(f).metadata for f in files]
+            out[name] = [len(files), sum(m.num_row_groups for m in metas), sum(m.num_rows for m in metas)]
     return out
 
 
@@ -198,6 +218,7 @@ def measure(n: int, args, inputs: tuple[Path, Path], work: Path) -> dict:
                                    "driver_peak_start_mb": s.get("driver_peak_rss_mb_at_start")}
                             for name, s in stages.items() if isinstance(s, dict) and "seconds" in s}
         result["bytes"] = folder_bytes(run_dir)
+        result["layout"] = parquet_layout(run_dir)
     if not args.keep:
         shutil.rmtree(run_dir, ignore_errors=True)
     return result
@@ -302,6 +323,12 @@ def render(results: list[dict], command: str) -> str:
               "", "Run folder bytes per table, MB:", "",
               section("table", tables, lambda r, t: (r["bytes"].get(t) or 0) / 1e6 or None, "MB",
                       lambda v: round(v, 3)),
+              *(["", "Parquet files / row groups / rows per table (from the footers; each file is a footer to read and "
+                 "each row group a footer entry and at least one batch, wherever the table is read):", "",
+                 table([{"table": t, **{size: "{} / {} / {}".format(*r["layout"][t]) if t in r.get("layout", {})
+                                         else None for size, r in zip(sizes, ok)}}
+                        for t in sorted({t for r in ok for t in r.get("layout", {})})], ["table", *sizes])]
+                if any(r.get("layout") for r in ok) else []),
               "", goals]
     return "\n".join(lines)
 

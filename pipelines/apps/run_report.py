@@ -29,6 +29,7 @@ from rlaif.schemas import frames_of
 from rlaif.storage import RunPath
 
 from pipelines.apps.report import eval_table, run_warnings, stage_times, stages_run
+from pipelines.stages.io import read_matching
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,9 @@ def gallery_section(run: RunLayout, folders: list[tuple[str, RoundLayout]], imag
     shown = gallery.pick([p for p in held if p["prompt_id"] in answers[first]],
                          {k: r["response"] for k, r in answers[first].items()},
                          {k: r["response"] for k, r in answers[last].items()}, GALLERY)
-    videos = {v["video_id"]: v for v in read_rows(run.videos, ["video_id", "frames", "frames_shape"],
-                                                  sorted({q["video_id"] for q in shown}))}
+    # Frames are the run's largest rows: read a row group at a time, only the groups of the videos shown.
+    videos = {v["video_id"]: v for v in read_matching(run.videos, "video_id", sorted({q["video_id"] for q in shown}),
+                                                      ["video_id", "frames", "frames_shape"]).to_pylist()}
     order = (f", those whose answer changed from {first} to {last} first" if last != first else
              ": the starting policy's answers (after the first round, its answers next to the latest round's)")
     lines = [f"{len(shown)} of the {n_held} held-out questions{order}. The judge's score is 1-5; exact match "

@@ -50,6 +50,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DECODED_FILE_BYTES = 128 * 2**20  # decoded rows (in memory) a file of the decoded stream's hidden folder holds
+# Decoded frames (raw) in a Parquet row group of the tables that hold them. A block of decoded rows is a chunk per
+# decode batch of a few videos, and Parquet wrote each chunk as a row group (videos.parquet had 1,000 of 4 rows at
+# 4,000 videos; each is a footer entry and a batch to read). Ray Data packs row groups into read tasks of up to
+# 128 MiB, so a group stays well under that and a large table still reads in parallel; and the driver reads the
+# run report's few videos a group at a time (io.read_matching), holding about a group for each (32 MiB groups
+# held +144-242 MiB there at 16k prompts, 8 MiB +50-79).
+FRAME_GROUP_BYTES = 8 * 2**20
 
 
 @dataclass
@@ -70,6 +77,11 @@ def decode_spec(cfg: IngestConfig) -> DecodeSpec:
     return DecodeSpec(num_frames=cfg.num_frames, sampling=cfg.sampling, sample_fps=cfg.sample_fps,
                       height=cfg.frame_height, width=cfg.frame_width, max_file_bytes=cfg.max_file_bytes,
                       max_source_frames=cfg.max_source_frames, reject_blank=True)
+
+
+def frame_group_rows(cfg: IngestConfig) -> int:
+    """Videos per row group of the tables with frames: FRAME_GROUP_BYTES of raw frames (JPEG frames are smaller)."""
+    return max(1, FRAME_GROUP_BYTES // (cfg.num_frames * cfg.frame_height * cfg.frame_width * 3))
 
 
 def store_frames(batch: pa.Table, encoding: str, jpeg_quality: int) -> pa.Table:
@@ -113,15 +125,16 @@ def _input_rows(inputs: ray.ObjectRef, start: int, rows: int) -> list[pa.Table]:
     return [ray.get(inputs).take(pa.array(range(start, start + rows), pa.int64()))]
 
 
-def write_decoded(decoded: ray.data.Dataset, folder: RunPath, captioned: bool, writers: int) -> None:
+def write_decoded(decoded: ray.data.Dataset, folder: RunPath, captioned: bool, writers: int, group_rows: int) -> None:
     """The decoded stream (DECODED rows, with the captions' columns when `captioned`) as Parquet in `folder`, by at
-    most `writers` tasks at a time; an empty typed table when there was nothing to decode."""
+    most `writers` tasks at a time, in row groups of `group_rows`; an empty typed table when there was nothing to
+    decode."""
     # A write is I/O: no CPU asked (the decoders and engines hold them), and a cap, or Ray Data would start a worker
     # process for each of many such small tasks at once. A decode task's block is small (a few to a few hundred
     # videos): they are combined into files of DECODED_FILE_BYTES, so that the reads back are a few tasks, not one
-    # per decode task.
+    # per decode task, and into row groups of group_rows rather than one per decode batch.
     decoded.write_parquet(str(folder), ray_remote_args={"num_cpus": 0}, concurrency=writers,
-                          min_bytes_per_file=DECODED_FILE_BYTES)
+                          min_bytes_per_file=DECODED_FILE_BYTES, row_group_size=group_rows)
     if not folder.glob("*.parquet"):
         schema = pa.schema(list(DECODED) + [f for f in CAPTIONS if f.name not in DECODED.names]) if captioned else DECODED
         folder.mkdir()
@@ -186,22 +199,27 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     # every decoded frame in the object store (spilled to disk past its size) and a reference to each block in the
     # driver until the end; now only the blocks in flight are held.
     decoded_dir = staging_path(layout.dir / "decoded.parquet")
-    write_decoded(counted(decoded, num_cpus=0), decoded_dir, caption is not None, writers=decoders.max_size)
+    group_rows = frame_group_rows(cfg)
+    write_decoded(counted(decoded, num_cpus=0), decoded_dir, caption is not None, decoders.max_size, group_rows)
     try:
         ok = read_dataset(decoded_dir, VIDEOS.names).filter(expr="status == 'ok'")
         # Encoded after captioning (the captioner saw the decoded frames), in Ray Data tasks: the decoders are done.
         stored = ok.map_batches(
             store_frames, fn_kwargs={"encoding": cfg.frame_storage, "jpeg_quality": cfg.jpeg_quality},
             batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=1 if cfg.frame_storage != RAW else 0.1)
-        write_dataset(stored, videos, VIDEOS, count=False)  # counted as they decoded
+        # Counted as they decoded. Row groups of group_rows (store_frames returns a chunk a batch), and files of at
+        # least DECODED_FILE_BYTES where there are more.
+        write_dataset(stored, videos, VIDEOS, count=False, group_rows=group_rows, file_bytes=DECODED_FILE_BYTES)
         # The quarantine and the captions hold no frames: their columns alone are read back.
         rejected = read_dataset(decoded_dir, ["status", *QUARANTINE_COLUMNS]).filter(expr="status != 'ok'")
-        write_dataset(rejected.select_columns(QUARANTINE_COLUMNS), quarantine, QUARANTINE, count=False)
+        write_dataset(rejected.select_columns(QUARANTINE_COLUMNS), quarantine, QUARANTINE, count=False,
+                      file_bytes=DECODED_FILE_BYTES)
         captions = ""
         if caption is not None:
             captions = str(layout.captions)
             kept = read_dataset(decoded_dir, ["status", *CAPTIONS.names]).filter(expr="status == 'ok'")
-            write_dataset(kept.select_columns(CAPTIONS.names), captions, CAPTIONS, count=False)
+            write_dataset(kept.select_columns(CAPTIONS.names), captions, CAPTIONS, count=False,
+                          file_bytes=DECODED_FILE_BYTES)
     finally:
         decoded_dir.remove()
 

@@ -14,14 +14,26 @@ from actors.progress import counted
 from rlaif.storage import RunPath, publish, staging_path
 
 
+# Rows in a row group of the tables without frames (text and numbers: at most a few KB a row). The frames' tables
+# set their own (pipelines.stages.ingest.frame_group_rows).
+GROUP_ROWS = 8192
+
+
 def write_dataset(ds: ray.data.Dataset, final: RunPath | str, schema: pa.Schema | None = None,
-                  count: bool = True) -> None:
+                  count: bool = True, group_rows: int = GROUP_ROWS, file_bytes: int | None = None) -> None:
     """Ray Data writes the shards; an empty result still leaves a readable table (typed when `schema` is given).
     The rows are counted as they are written, for the console's progress line (`count`: False when the stage counted
-    them upstream already)."""
+    them upstream already).
+
+    A write task writes a file of the blocks it gets, in row groups of `group_rows` rows: Parquet would otherwise
+    write each chunk of a block as a row group, and a block from a map stage is a chunk per batch (an engine's or a
+    decoder's, a few rows), each a footer entry and a batch to read. `file_bytes`: blocks are collected until a
+    write task has this many bytes (in memory), so that a stream of many blocks is a few files; it delays the write,
+    and a count made with it, so use it where the rows were counted upstream."""
     final = RunPath.of(final)
     staged = staging_path(final)
-    (counted(ds) if count else ds).write_parquet(str(staged))
+    options = {"row_group_size": group_rows, **({"min_bytes_per_file": file_bytes} if file_bytes else {})}
+    (counted(ds) if count else ds).write_parquet(str(staged), **options)
     if not staged.glob("*.parquet"):
         staged.mkdir()
         pq.write_table((schema or pa.schema([])).empty_table(), str(staged / "empty.parquet"), filesystem=staged.fs)
@@ -44,6 +56,21 @@ def read_table(path: RunPath | str, columns: list[str] | None = None, filters: l
     if not files:
         return pa.table({})
     return pq.ParquetDataset(path.path, filesystem=path.fs, filters=filters).read(columns=columns)
+
+
+def read_matching(path: RunPath | str, key: str, values: list, columns: list[str]) -> pa.Table:
+    """The rows of a stored table whose `key` is in `values` (a few), in this process, read a row group at a time:
+    `key` alone first, then `columns` of only the groups that hold a match, so that the memory is about a group
+    per match, not the table's: 6 videos of a 16k-prompt run's frames (row groups of 32 MiB) held +144-242 MiB,
+    where pyarrow's filtered dataset read (read-ahead over every group) held +559-651 MiB."""
+    path, wanted, parts = RunPath.of(path), pa.array(values), []
+    for file in sorted(path.glob("*.parquet"), key=str) if path.is_dir() else []:
+        parquet = pq.ParquetFile(file.path, filesystem=file.fs)
+        for group in range(parquet.metadata.num_row_groups):
+            hits = pc.is_in(parquet.read_row_group(group, columns=[key]).column(0), value_set=wanted)
+            if pc.any(hits).as_py():
+                parts.append(parquet.read_row_group(group, columns=columns).filter(hits))
+    return pa.concat_tables(parts) if parts else pa.table({})
 
 
 def parquet_files(path: RunPath | str) -> list[RunPath]:

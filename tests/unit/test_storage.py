@@ -106,3 +106,21 @@ def test_scan_reads_every_files_rows_and_skips_an_empty_file_without_columns(run
     batches = list(scan(folder, ["k"]))
     assert [b.schema.names for b in batches] == [["k"]] * len(batches)
     assert [v for b in batches for v in b.column(0).to_pylist()] == ["a", "b", "c"]
+
+
+def test_read_matching_returns_the_rows_of_the_keys_asked_from_the_groups_that_hold_them(tmp_path):
+    """The report's frames: a few rows by key from a table of many row groups, a group at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.stages.io import read_matching
+
+    table = pa.table({"video_id": [f"v{i:03d}" for i in range(100)], "frames": [bytes([i]) * 10 for i in range(100)]})
+    (tmp_path / "t").mkdir()
+    pq.write_table(table.slice(0, 60), tmp_path / "t" / "a.parquet", row_group_size=7)
+    pq.write_table(table.slice(60), tmp_path / "t" / "b.parquet", row_group_size=7)
+    got = read_matching(str(tmp_path / "t"), "video_id", ["v059", "v003", "v061", "nope"], ["video_id", "frames"])
+    assert sorted(got.to_pylist(), key=lambda r: r["video_id"]) == [
+        {"video_id": v, "frames": bytes([int(v[1:])]) * 10} for v in ["v003", "v059", "v061"]]
+    assert read_matching(str(tmp_path / "t"), "video_id", ["nope"], ["frames"]).num_rows == 0
+    assert read_matching(str(tmp_path / "missing"), "video_id", ["v001"], ["frames"]).num_rows == 0
