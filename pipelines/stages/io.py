@@ -64,7 +64,7 @@ def read_matching(path: RunPath | str, key: str, values: list, columns: list[str
     per match, not the table's: 6 videos of a 16k-prompt run's frames (row groups of 32 MiB) held +144-242 MiB,
     where pyarrow's filtered dataset read (read-ahead over every group) held +559-651 MiB."""
     path, wanted, parts = RunPath.of(path), pa.array(values), []
-    for file in sorted(path.glob("*.parquet"), key=str) if path.is_dir() else []:
+    for file in sorted(path.glob("*.parquet"), key=str) if path.is_dir() and values else []:
         parquet = pq.ParquetFile(file.path, filesystem=file.fs)
         for group in range(parquet.metadata.num_row_groups):
             hits = pc.is_in(parquet.read_row_group(group, columns=[key]).column(0), value_set=wanted)

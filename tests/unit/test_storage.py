@@ -124,3 +124,4 @@ def test_read_matching_returns_the_rows_of_the_keys_asked_from_the_groups_that_h
         {"video_id": v, "frames": bytes([int(v[1:])]) * 10} for v in ["v003", "v059", "v061"]]
     assert read_matching(str(tmp_path / "t"), "video_id", ["nope"], ["frames"]).num_rows == 0
     assert read_matching(str(tmp_path / "missing"), "video_id", ["v001"], ["frames"]).num_rows == 0
+    assert read_matching(str(tmp_path / "t"), "video_id", [], ["frames"]).num_rows == 0  # a report with no gallery
