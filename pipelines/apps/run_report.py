@@ -37,13 +37,12 @@ GALLERY = 6  # held-out questions shown
 GALLERY_POOL = 1000  # chosen among the held-out questions with the lowest prompt_ids (all of them in a small run)
 
 
-def read_rows(path: RunPath, columns: list[str] | None = None, video_ids: list[str] | None = None,
-              prompt_ids: list[str] | None = None) -> list[dict]:
-    """A run-folder table's rows ([] when it is not written yet); `video_ids` or `prompt_ids` reads only theirs."""
+def read_rows(path: RunPath, columns: list[str] | None = None, prompt_ids: list[str] | None = None) -> list[dict]:
+    """A run-folder table's rows ([] when it is not written yet); `prompt_ids` reads only theirs. (A few videos'
+    frames: io.read_matching, a row group at a time.)"""
     if not path.is_dir():
         return []
-    where = (pads.field("video_id").isin(video_ids) if video_ids is not None
-             else pads.field("prompt_id").isin(prompt_ids) if prompt_ids is not None else None)
+    where = pads.field("prompt_id").isin(prompt_ids) if prompt_ids is not None else None
     return pads.dataset(path.path, filesystem=path.fs, format="parquet").to_table(columns, filter=where).to_pylist()
 
 
