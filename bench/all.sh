@@ -49,6 +49,8 @@ fi
 if [ -f bench/frames_storage.py ]; then
   BENCHES+=("frames_storage|bench/frames_storage.py")
 fi
+# Ray Data's Parquet readers (why ray_env chooses V1), ~1 minute.
+BENCHES+=("ray_data_read|bench/ray_data_read.py --repeat $REPEAT")
 # Opt-in (~20 minutes on a 2-core CPU at the default sizes): the whole pipeline at several sizes, only when ONLY names it
 # (ONLY=scale); it also writes bench/scale_results.md itself. SCALE_PROMPTS sets the sizes.
 if [[ " $ONLY " == *" scale "* ]]; then

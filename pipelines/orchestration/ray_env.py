@@ -11,6 +11,12 @@ from rlaif.config import RayConfig
 
 log = logging.getLogger(__name__)
 
+# Ray 2.60's default Parquet reader (datasource V2) starts a pool of FooterReader actors (32) for every read, to list
+# the files and read their footers: ~5 s a read on 2 cores however small the table, where the V1 reader lists in the
+# driver (bench/ray_data_read.py). A round reads its tables many times, so the V1 reader it is, in the driver and
+# every worker; a user's RAY_DATA_USE_DATASOURCE_V2=1 still chooses V2.
+PARQUET_READER_V2 = os.environ.get("RAY_DATA_USE_DATASOURCE_V2", "0").lower() in ("1", "true")
+
 # In-process vLLM engines (no EngineCore/worker child processes) start fastest and use least memory on CPU; a
 # 1 GiB KV cache is plenty for the small models a CPU runs; "nobind" lets two engines share the cores. Ray Train's
 # controller polls its workers every 2 s by default, and each state change of a fit waits for a poll: at 0.5 s an
@@ -23,6 +29,7 @@ WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
     "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
+    "RAY_DATA_USE_DATASOURCE_V2": "1" if PARQUET_READER_V2 else "0",
 }
 
 
@@ -57,4 +64,7 @@ def init_ray(cfg: RayConfig) -> None:
             log.warning("local Ray did not start in time (%s); retrying once", err)
             ray.shutdown()
             time.sleep(10)
+    from ray.data import DataContext
+
+    DataContext.get_current().use_datasource_v2 = PARQUET_READER_V2  # this driver's reads (WORKER_ENV: the workers')
     log.info("ray: %s", ray.cluster_resources())
