@@ -177,3 +177,14 @@ def test_a_captions_file_is_matched_by_its_better_key_one_caption_a_video_in_bot
     assert {r["video_id"]: r["caption"] for r in out["shuffle"]} == {"v4-x": "c0", "v0-x": "c4", "v2-x": "c2",
                                                                       "v5-x": "c5"}
     assert {(r["model"], r["prompt_version"]) for r in out["shuffle"]} == {("file", "file")}
+
+
+def test_stored_tables_are_read_without_a_pool_of_footer_readers(ray_local, tables):
+    """Stages read their tables with Ray Data's V1 Parquet reader (pipelines.orchestration.ray_env): Ray 2.60's
+    default V2 reader starts 32 FooterReader actors for every read, ~5 s a read on 2 cores (bench/ray_data_read.py)."""
+    from pipelines.stages.io import read_dataset
+
+    ds = read_dataset(tables["prompts"], ["prompt_id"]).materialize()
+    assert sorted(ds.to_pandas()["prompt_id"]) == [f"p{i}" for i in range(7)]
+    stats = ds.stats()
+    assert "ReadParquet" in stats and "ReadFilesParquetV2" not in stats and "ListFiles" not in stats, stats
