@@ -42,6 +42,10 @@ MIN_LOCAL_CPUS = 4
 
 def init_ray(cfg: RayConfig) -> None:
     """Join the cluster in `cfg.address` (or the one `ray job submit` runs us in), else start a local one."""
+    from ray.data import DataContext
+
+    # This driver's reads (WORKER_ENV: the workers'), also where Ray was started before us.
+    DataContext.get_current().use_datasource_v2 = PARQUET_READER_V2
     if ray.is_initialized():
         return
     env = {k: v for k, v in WORKER_ENV.items()}
@@ -64,7 +68,4 @@ def init_ray(cfg: RayConfig) -> None:
             log.warning("local Ray did not start in time (%s); retrying once", err)
             ray.shutdown()
             time.sleep(10)
-    from ray.data import DataContext
-
-    DataContext.get_current().use_datasource_v2 = PARQUET_READER_V2  # this driver's reads (WORKER_ENV: the workers')
     log.info("ray: %s", ray.cluster_resources())
