@@ -125,7 +125,10 @@ def make_scene(
     travel = max(4, int(round(side * 0.35)))       # how far a moving object's centre goes over the clip
     margin = max(2, r // 3)                        # gap between swept boxes, so blurred edges never touch
 
-    background = str(rng.choice(BACKGROUND_COLOURS))
+    def pick(options):  # rng.choice(options), drawing the same number from the stream at a tenth of its cost
+        return options[int(rng.integers(len(options)))]
+
+    background = pick(BACKGROUND_COLOURS)
     palette = [c for c in OBJECT_COLOURS if c != background]
     n_objects = int(rng.integers(min_objects, max_objects + 1))
     objects: list[dict[str, Any]] = []
@@ -139,8 +142,8 @@ def make_scene(
             src = objects[int(rng.integers(len(objects)))]
             shape, colour = src["shape"], src["colour"]
         else:
-            shape, colour = str(rng.choice(SHAPES)), str(rng.choice(palette))
-        motion = str(rng.choice(MOTIONS))
+            shape, colour = pick(SHAPES), pick(palette)
+        motion = pick(MOTIONS)
         dx, dy = _DIRECTION[motion]
         lo_x, hi_x = r + 1, width - r - 2
         lo_y, hi_y = r + 1, height - r - 2
@@ -192,16 +195,24 @@ def _shape_mask(shape: str, cx: float, cy: float, r: int, xs: np.ndarray, ys: np
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render_frames(truth: dict[str, Any]) -> np.ndarray:
-    """Frames (T, H, W, 3) uint8 RGB for a scene from `make_scene`."""
+def render_frames(truth: dict[str, Any], indices: list[int] | None = None) -> np.ndarray:
+    """Frames (T, H, W, 3) uint8 RGB for a scene from `make_scene`; with `indices`, only those frames of the clip, in
+    that order (the same pixels as rendering all T and indexing them: a model build samples 8 of 16)."""
     w, h, T = truth["size"]["width"], truth["size"]["height"], truth["n_frames"]
+    indices = list(range(T)) if indices is None else list(indices)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    frames = np.empty((T, h, w, 3), dtype=np.uint8)
+    frames = np.empty((len(indices), h, w, 3), dtype=np.uint8)
     frames[:] = np.asarray(COLOURS[truth["background"]], dtype=np.uint8)
-    for t in range(T):
+    for i, t in enumerate(indices):
         for obj in truth["objects"]:
             cx, cy = object_center(obj, t, T)
-            frames[t][_shape_mask(obj["shape"], cx, cy, obj["radius"], xs, ys)] = np.asarray(obj["rgb"], np.uint8)
+            # Only the shape's box (plus a pixel of slack) can be inside it: the mask is computed there alone, on the
+            # same coordinates, so the pixels are those of a mask over the whole frame at a fraction of its cost.
+            r = obj["radius"]
+            y0, y1 = max(0, int(cy - r) - 2), min(h, int(cy + r) + 3)
+            x0, x1 = max(0, int(cx - r) - 2), min(w, int(cx + r) + 3)
+            box = (slice(y0, y1), slice(x0, x1))
+            frames[i][box][_shape_mask(obj["shape"], cx, cy, r, xs[box], ys[box])] = np.asarray(obj["rgb"], np.uint8)
     return frames
 
 

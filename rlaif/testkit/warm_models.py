@@ -14,7 +14,8 @@ with another clip for colour, shape and motion). LLaVA's recipe fixes perception
 Both train on frames rendered straight from the scene (no H.264 round trip: the codec's chroma blur barely moves a
 flat colour) at the ingest's geometry: 8 of 16 frames sampled uniformly, 112 x 112. Their scenes are drawn from
 seeds no experiment or demo uses. Plain torch in one process: a model build, not a run (the runs train with Ray
-Train and DeepSpeed); about 3 minutes on 2 CPU cores, once, then cached (rlaif.testkit.tiny_models.ensure_model).
+Train and DeepSpeed); the captioner takes 4-7 minutes on 2 CPU cores and the warm model 1-2 more, once, then cached
+(rlaif.testkit.tiny_models.ensure_model).
 """
 from __future__ import annotations
 
@@ -49,8 +50,7 @@ def render_clip(stream: int, i: int, scene: dict | None = None) -> tuple[dict, n
     from rlaif.testkit.synthetic_videos import make_scene, render_frames
 
     truth = make_scene(np.random.default_rng([stream, i]), **(scene or PERCEPTION_SCENE))
-    frames = render_frames(truth)
-    return truth, frames[uniform_indices(len(frames), NUM_FRAMES)]
+    return truth, render_frames(truth, uniform_indices(truth["n_frames"], NUM_FRAMES))
 
 
 def one_per_kind(qa: list[dict], rng: random.Random) -> list[dict]:
