@@ -3,8 +3,8 @@
 
     begin("round_0/rollout_judge")       # the stage runner (pipelines.orchestration.resume.Stages)
     expect(480, "answers")               # the stage: the rows it will write
-    write_parquet(counted(ds))           # the stage's datasets count their rows as they are written (a map fused
-                                         #   into Ray Data's write tasks, no extra operator)
+    write_parquet(counted(ds, num_cpus=0))  # the stage's datasets count their rows as they are written (a
+                                         #   zero-CPU map before Ray Data's write, which gathers blocks into files)
     job.progress = counter(); ...        # or a worker counts what it does (Ray Train's rank 0: steps)
     done_rows()                          # the console, polling
 
@@ -129,8 +129,9 @@ def counter() -> RowCounter | None:
 
 def counted(ds: "ray.data.Dataset", **map_options) -> "ray.data.Dataset":
     """`ds` with its rows counted for the running stage as they pass (unchanged when nothing is shown). With the
-    default resources the count fuses into the next task-based operator (Ray Data's write), so it adds no operator;
-    `map_options` (e.g. num_cpus=0) for a count with no write after it."""
+    default resources the count fuses into the next task-based operator, so it adds no operator but counts when that
+    operator runs; `map_options` (e.g. num_cpus=0: an operator of its own) where that operator waits for many blocks
+    (a write that gathers blocks into files) or there is none."""
     count = PROGRESS.counter()
     if count is None:
         return ds

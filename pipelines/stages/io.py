@@ -27,13 +27,15 @@ def write_dataset(ds: ray.data.Dataset, final: RunPath | str, schema: pa.Schema 
 
     A write task writes a file of the blocks it gets, in row groups of `group_rows` rows: Parquet would otherwise
     write each chunk of a block as a row group, and a block from a map stage is a chunk per batch (an engine's or a
-    decoder's, a few rows), each a footer entry and a batch to read. `file_bytes`: blocks are collected until a
-    write task has this many bytes (in memory), so that a stream of many blocks is a few files; it delays the write,
-    and a count made with it, so use it where the rows were counted upstream."""
+    decoder's, a few rows), each a footer entry and a batch to read. Blocks are collected until a write task has
+    `group_rows` rows, or `file_bytes` bytes (in memory) where given, so that a stream of many small blocks is a few
+    files: a round's blocks are small on purpose (a few engine batches, so that answers stream on to the judge), and
+    a file a block made judgments of 28,800 rows 198 files. The count is a separate zero-CPU map, so that it counts
+    each block as it comes, not when a write task has gathered a file's rows."""
     final = RunPath.of(final)
     staged = staging_path(final)
-    options = {"row_group_size": group_rows, **({"min_bytes_per_file": file_bytes} if file_bytes else {})}
-    (counted(ds) if count else ds).write_parquet(str(staged), **options)
+    per_file = {"min_bytes_per_file": file_bytes} if file_bytes else {"min_rows_per_file": group_rows}
+    (counted(ds, num_cpus=0) if count else ds).write_parquet(str(staged), row_group_size=group_rows, **per_file)
     if not staged.glob("*.parquet"):
         staged.mkdir()
         pq.write_table((schema or pa.schema([])).empty_table(), str(staged / "empty.parquet"), filesystem=staged.fs)

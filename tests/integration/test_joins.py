@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -188,3 +189,45 @@ def test_stored_tables_are_read_without_a_pool_of_footer_readers(ray_local, tabl
     assert sorted(ds.to_pandas()["prompt_id"]) == [f"p{i}" for i in range(7)]
     stats = ds.stats()
     assert "ReadParquet" in stats and "ReadFilesParquetV2" not in stats and "ListFiles" not in stats, stats
+
+
+def test_many_small_blocks_are_written_as_one_file_and_counted_as_they_pass(ray_local, tmp_path):
+    """A round's blocks are small on purpose (a few engine batches each, to stream on to the judge): write_dataset
+    gathers them into files of group_rows rows (judgments of 28,800 rows were 198 files), and the progress count is
+    an operator of its own, so the console sees rows as they pass, not when a write task has a file's rows. The last
+    block waits until the board has counted every other block: with the count fused into the gathering write it
+    would wait for ever (here: its 60 s), as the write holds every block until the stream ends."""
+    import time
+
+    import ray
+
+    from actors.progress import PROGRESS
+    from pipelines.stages.io import write_dataset
+
+    rows, blocks = 2000, 40
+    PROGRESS.enabled = True
+    PROGRESS.begin("write")
+    try:
+        board = PROGRESS.counter().board
+
+        def last_block_waits_for_the_count(batch):
+            seen = ray.get(board.done.remote("write"))
+            if rows - 1 in batch["id"]:
+                deadline = time.time() + 60
+                while seen < rows - len(batch["id"]) and time.time() < deadline:
+                    time.sleep(0.2)
+                    seen = ray.get(board.done.remote("write"))
+            return {"id": batch["id"], "counted_before": [seen] * len(batch["id"])}
+
+        ds = ray.data.range(rows, override_num_blocks=blocks).map_batches(last_block_waits_for_the_count,
+                                                                           batch_size=None)
+        write_dataset(ds, tmp_path / "out.parquet")
+        counted = PROGRESS.done_rows("write")
+    finally:
+        PROGRESS.end()
+        PROGRESS.enabled = False
+    files = list((tmp_path / "out.parquet").glob("*.parquet"))
+    written = pq.ParquetDataset(tmp_path / "out.parquet").read()
+    assert len(files) == 1 and sorted(written.column("id").to_pylist()) == list(range(rows))
+    last = written.filter(pc.equal(written.column("id"), rows - 1)).column("counted_before")[0].as_py()
+    assert last == rows - rows // blocks and counted == rows
