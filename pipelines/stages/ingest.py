@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 from ray.data.block import BlockMetadata
+from ray.data.expressions import col
 
 from actors.progress import counted, expect
 from rlaif.config import IngestConfig
@@ -187,7 +188,8 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
             compute=ray.data.ActorPoolStrategy(min_size=decoders.min_size, max_size=decoders.max_size),
             num_cpus=decoders.cpus,
             udf_modifying_row_count=False,
-            max_restarts=-1,  # an actor lost to a node failure is replaced; its batch is retried
+            # An actor lost to a node failure is replaced and its batch retried: Ray Data's default for an actor
+            # pool (max_restarts and max_task_retries -1); passing it again is a deprecated ray_remote_args.
         )
     )
     if caption is not None:
@@ -202,7 +204,7 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     group_rows = frame_group_rows(cfg)
     write_decoded(counted(decoded, num_cpus=0), decoded_dir, caption is not None, decoders.max_size, group_rows)
     try:
-        ok = read_dataset(decoded_dir, VIDEOS.names).filter(expr="status == 'ok'")
+        ok = read_dataset(decoded_dir, VIDEOS.names).filter(expr=col("status") == "ok")
         # Encoded after captioning (the captioner saw the decoded frames), in Ray Data tasks: the decoders are done.
         stored = ok.map_batches(
             store_frames, fn_kwargs={"encoding": cfg.frame_storage, "jpeg_quality": cfg.jpeg_quality},
@@ -211,13 +213,13 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
         # least DECODED_FILE_BYTES where there are more.
         write_dataset(stored, videos, VIDEOS, count=False, group_rows=group_rows, file_bytes=DECODED_FILE_BYTES)
         # The quarantine and the captions hold no frames: their columns alone are read back.
-        rejected = read_dataset(decoded_dir, ["status", *QUARANTINE_COLUMNS]).filter(expr="status != 'ok'")
+        rejected = read_dataset(decoded_dir, ["status", *QUARANTINE_COLUMNS]).filter(expr=col("status") != "ok")
         write_dataset(rejected.select_columns(QUARANTINE_COLUMNS), quarantine, QUARANTINE, count=False,
                       file_bytes=DECODED_FILE_BYTES)
         captions = ""
         if caption is not None:
             captions = str(layout.captions)
-            kept = read_dataset(decoded_dir, ["status", *CAPTIONS.names]).filter(expr="status == 'ok'")
+            kept = read_dataset(decoded_dir, ["status", *CAPTIONS.names]).filter(expr=col("status") == "ok")
             write_dataset(kept.select_columns(CAPTIONS.names), captions, CAPTIONS, count=False,
                           file_bytes=DECODED_FILE_BYTES)
     finally:

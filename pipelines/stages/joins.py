@@ -19,6 +19,7 @@ The driver holds only object references and counts either way.
 """
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 from ray.data import DataContext
+from ray.data.expressions import col
 
 from pipelines.stages.io import parquet_files, read_dataset, read_table, row_count, write_dataset, write_table
 from rlaif.storage import RunPath
@@ -97,6 +99,10 @@ def apply(fn: Callable[..., Any], table: pa.Table, *args) -> Any:
     return fn(table, *args)
 
 
+COMPARISONS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+               ">=": operator.ge}
+
+
 def stored(path: RunPath | str, columns: list[str] | None = None, filters: list | None = None,
            rows: int | None = None) -> Rows:
     """A stored table (its `columns`, the rows passing pyarrow's `filters`, e.g. [("split", "==", "eval")]). Its
@@ -106,8 +112,8 @@ def stored(path: RunPath | str, columns: list[str] | None = None, filters: list 
         return Rows(rows, table=_read.remote(str(RunPath.of(path)), columns, filters))
     filters = filters or []
     ds = read_dataset(path, None if columns is None else [*columns, *(c for c, _, _ in filters if c not in columns)])
-    for column, op, value in filters:
-        ds = ds.filter(expr=f"{column} {op} {value!r}")
+    for column, op, value in filters:  # pyarrow's filter triples as Ray Data expressions (its strings are deprecated)
+        ds = ds.filter(expr=COMPARISONS[op](col(column), value))
     return Rows(rows, dataset=ds if columns is None else ds.select_columns(columns))
 
 
