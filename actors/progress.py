@@ -3,8 +3,8 @@
 
     begin("round_0/rollout_judge")       # the stage runner (pipelines.orchestration.resume.Stages)
     expect(480, "answers")               # the stage: the rows it will write
-    write_parquet(counted(ds, num_cpus=0))  # the stage's datasets count their rows as they are written (a
-                                         #   zero-CPU map before Ray Data's write, which gathers blocks into files)
+    write_parquet(counted(ds))           # the stage's datasets count their rows as they are written (a zero-CPU
+                                         #   map before Ray Data's write, which gathers blocks into files)
     job.progress = counter(); ...        # or a worker counts what it does (Ray Train's rank 0: steps)
     done_rows()                          # the console, polling
 
@@ -127,12 +127,11 @@ def counter() -> RowCounter | None:
     return PROGRESS.counter()
 
 
-def counted(ds: "ray.data.Dataset", **map_options) -> "ray.data.Dataset":
-    """`ds` with its rows counted for the running stage as they pass (unchanged when nothing is shown). With the
-    default resources the count fuses into the next task-based operator, so it adds no operator but counts when that
-    operator runs; `map_options` (e.g. num_cpus=0: an operator of its own) where that operator waits for many blocks
-    (a write that gathers blocks into files) or there is none."""
+def counted(ds: "ray.data.Dataset") -> "ray.data.Dataset":
+    """`ds` with its rows counted for the running stage as they pass (unchanged when nothing is shown). The count is
+    a zero-CPU operator of its own: fused into the next task-based operator it would count only when that operator
+    runs, and a write that gathers blocks into files runs once it has a file's rows."""
     count = PROGRESS.counter()
     if count is None:
         return ds
-    return ds.map_batches(count, batch_size=None, batch_format="pyarrow", zero_copy_batch=True, **map_options)
+    return ds.map_batches(count, batch_size=None, batch_format="pyarrow", zero_copy_batch=True, num_cpus=0)

@@ -202,7 +202,7 @@ def run_ingest(cfg: IngestConfig, run_dir: RunPath | str, source: str | list[str
     # driver until the end; now only the blocks in flight are held.
     decoded_dir = staging_path(layout.dir / "decoded.parquet")
     group_rows = frame_group_rows(cfg)
-    write_decoded(counted(decoded, num_cpus=0), decoded_dir, caption is not None, decoders.max_size, group_rows)
+    write_decoded(counted(decoded), decoded_dir, caption is not None, decoders.max_size, group_rows)
     try:
         ok = read_dataset(decoded_dir, VIDEOS.names).filter(expr=col("status") == "ok")
         # Encoded after captioning (the captioner saw the decoded frames), in Ray Data tasks: the decoders are done.

@@ -35,7 +35,7 @@ def write_dataset(ds: ray.data.Dataset, final: RunPath | str, schema: pa.Schema 
     final = RunPath.of(final)
     staged = staging_path(final)
     per_file = {"min_bytes_per_file": file_bytes} if file_bytes else {"min_rows_per_file": group_rows}
-    (counted(ds, num_cpus=0) if count else ds).write_parquet(str(staged), row_group_size=group_rows, **per_file)
+    (counted(ds) if count else ds).write_parquet(str(staged), row_group_size=group_rows, **per_file)
     if not staged.glob("*.parquet"):
         staged.mkdir()
         pq.write_table((schema or pa.schema([])).empty_table(), str(staged / "empty.parquet"), filesystem=staged.fs)
