@@ -6,19 +6,30 @@ A DPO step on one trainer worker (N workers, DeepSpeed ZeRO stage z, mixed preci
     weights      P·b                 (ZeRO-3 shards them: P·b / N)
     gradients    T·b / N             (ZeRO-2 and 3 shard gradients)
     optimizer    T·(4 + 4 + 4) / N   (fp32 master, Adam m and v; in fp32 training the weights are the master: T·8 / N)
-    activations  with gradient checkpointing, each layer's input is kept, L·s·h·b, plus one layer recomputed at a
-                 time, s·h·34·b/2 (Korthikanti et al. 2022, §4.1, without the a·s² attention-score term: PyTorch's
-                 SDPA and flash attention never materialise it); without checkpointing every layer's, L·s·h·34·b/2
-    logits       s·V·4 for the log-softmax in fp32 (the largest single tensor at a 152k vocabulary)
+    activations  what a language-model layer keeps for its backward pass, per token (at b = 2; twice that at 4):
+                     20·h + 4·kv + 8·f            (norms and their fp32 copies, q, k, v, attention out; the gated
+                                                   MLP's gate, up, activation and product, f wide)
+                   + 16·h + 2·f + 28·r            under LoRA (peft's fp32 copies of the adapters' inputs, their
+                                                   rank-r outputs)
+                 measured with saved-tensor hooks on transformers' Qwen2 layer (tests/unit/test_gpu_memory.py checks
+                 it), where GPT-style layers keep 34·h (Korthikanti et al. 2022, without the attention-score term:
+                 SDPA and flash attention never materialise it). With gradient checkpointing each layer keeps only its
+                 input, L·s·h·b, plus one layer recomputed at a time; without, every layer's, L·s·(per token)
+    vision       only when the tower trains (full fine-tuning), per patch (4 patches merge into a video token): each of
+                 its D blocks keeps 34·d·b/2 (Korthikanti's ViT layer, not measured for this tower), or under
+                 checkpointing its input, d·b, plus one block recomputed
+    logits       the answer positions' only (the trainer's logits_to_keep), a per sequence: 2·m·a·V·(b + 8) for the
+                 logits, their fp32 copy and the fp32 log-softmax kept for backward (its gradient reuses what is freed)
     overhead     CUDA context, allocator fragmentation, communication buffers: 10% of the above + 2 GB
 
 where P is every parameter, T the trainable ones (all for full fine-tuning; LoRA's r·(in + out) per adapted linear
-layer otherwise), L the language model's layers, h its width, V its vocabulary, and s the tokens of one micro-batch:
-2 × micro_batch_size sequences (chosen and rejected) × (video tokens + question + answer). The vision tower's
-activations are not counted: under LoRA it is frozen and keeps none for the backward pass (full fine-tuning of a
-large tower needs more than this says). These are estimates to
-catch a plan that cannot fit (a 7B policy without ZeRO-3 on 24 GB cards, a trainer without checkpointing at 16
-frames), not a promise that one fits: `bench/gpu_dpo.py` measures a real step.
+layer otherwise), L the language model's layers, h its width, kv its key/value width, f its MLP width, V its
+vocabulary, m the micro-batch (pairs), s the tokens of one micro-batch: 2·m sequences (chosen and rejected) ×
+(video tokens + question + answer), and d the vision tower's width. Under LoRA the tower is frozen and keeps nothing
+for the backward pass. These are estimates to catch a plan that cannot fit (a 7B policy without ZeRO-3 on 24 GB
+cards, a trainer without checkpointing at 16 frames), not a promise that one fits: `bench/gpu_dpo.py` measures a real
+step and prints this estimate beside it (docs/performance.md has the H200 figures: before the overhead, within 8%
+of the measured peak in five configurations of LoRA and full fine-tuning, with and without checkpointing).
 """
 from __future__ import annotations
 
@@ -41,6 +52,8 @@ class ModelShape:
     vocab: int
     tied_embeddings: bool = False
     vision_params: float = 0.0
+    vision_width: int = 1280  # the tower's d and depth (every Qwen2-VL and Qwen2.5-VL tower has 32 blocks of 1280)
+    vision_layers: int = 32
     patch: int = 14          # vision patch size: video tokens per frame = (H/patch)·(W/patch) / merge
     merge: int = 4           # Qwen2-VL merges 2x2 patches into one token
     temporal_patch: int = 2  # ... and two frames into one
@@ -58,6 +71,13 @@ class ModelShape:
     def params(self) -> float:
         embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
         return embeddings + self.layers * self.layer_params + self.hidden + self.vision_params
+
+    def layer_activation_bytes(self, lora_r: int | None, bytes_per_value: int) -> float:
+        """Bytes one language-model layer keeps for its backward pass, per token (module docstring)."""
+        kept = 20 * self.hidden + 4 * self.kv_dim + 8 * self.ffn
+        if lora_r is not None:
+            kept += 16 * self.hidden + 2 * self.ffn + 28 * lora_r
+        return kept * bytes_per_value / 2
 
     def lora_params(self, r: int) -> float:
         """A LoRA of rank r on every linear layer of the language model (q, k, v, o, gate, up, down)."""
@@ -106,7 +126,9 @@ def shape_from_config(config: dict) -> ModelShape:
                       kv_heads=text.get("num_key_value_heads", text["num_attention_heads"]),
                       ffn=text["intermediate_size"], vocab=text["vocab_size"],
                       tied_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
-                      vision_params=vision_params(vision, text["hidden_size"]), patch=vision.get("patch_size", 14))
+                      vision_params=vision_params(vision, text["hidden_size"]), patch=vision.get("patch_size", 14),
+                      vision_width=vision.get("embed_dim", vision.get("hidden_size", 0)),
+                      vision_layers=vision.get("depth", 0))
 
 
 def model_shape(name: str, folder: str | None = None) -> ModelShape | None:
@@ -138,14 +160,15 @@ class TrainerMemory:
 
     def rows(self) -> list[tuple[str, float]]:
         return [("weights", self.weights), ("gradients", self.gradients), ("optimizer state", self.optimizer),
-                ("activations", self.activations), ("logits (fp32)", self.logits), ("overhead", self.overhead),
+                ("activations", self.activations), ("answer logits", self.logits), ("overhead", self.overhead),
                 ("total", self.total)]
 
 
 def trainer_memory(shape: ModelShape, *, workers: int, zero_stage: int, bf16: bool, finetune: str, lora_r: int,
                    micro_batch_size: int, gradient_checkpointing: bool, frames: int, height: int, width: int,
-                   text_tokens: int) -> TrainerMemory:
-    """Bytes per trainer worker for one DPO step (module docstring)."""
+                   text_tokens: int, answer_tokens: int) -> TrainerMemory:
+    """Bytes per trainer worker for one DPO step (module docstring). `text_tokens` counts a sequence's tokens besides
+    the video's, `answer_tokens` those of its answer among them."""
     b = 2 if bf16 else 4
     trainable = shape.params if finetune == "full" else shape.lora_params(lora_r)
     weights = shape.params * b / (workers if zero_stage == 3 else 1)
@@ -153,11 +176,17 @@ def trainer_memory(shape: ModelShape, *, workers: int, zero_stage: int, bf16: bo
         weights += trainable * b
     gradients = trainable * b / workers
     optimizer = trainable * (12 if bf16 else 8) / workers
-    tokens = 2 * micro_batch_size * (shape.video_tokens(frames, height, width) + text_tokens)
+    sequences = 2 * micro_batch_size
+    tokens = sequences * (shape.video_tokens(frames, height, width) + text_tokens)
     per_layer_kept = tokens * shape.hidden * b
-    one_layer = tokens * shape.hidden * 34 * b / 2
+    one_layer = tokens * shape.layer_activation_bytes(lora_r if finetune == "lora" else None, b)
     activations = (shape.layers * per_layer_kept + one_layer) if gradient_checkpointing else shape.layers * one_layer
-    logits = tokens * shape.vocab * 4
+    if finetune == "full" and shape.vision_params:  # a trained tower keeps its blocks' activations too
+        patches = sequences * shape.video_tokens(frames, height, width) * shape.merge
+        block = patches * shape.vision_width * 34 * b / 2
+        activations += (shape.vision_layers * patches * shape.vision_width * b + block) if gradient_checkpointing \
+            else shape.vision_layers * block
+    logits = sequences * (answer_tokens + 1) * shape.vocab * (b + 8)
     return TrainerMemory(weights, gradients, optimizer, activations, logits, tokens)
 
 
@@ -204,7 +233,8 @@ def plan_memory(cfg, gpu_memory_gb: float) -> tuple[str, bool]:
                                lora_r=t.lora_r, micro_batch_size=t.micro_batch_size,
                                gradient_checkpointing=t.gradient_checkpointing, frames=cfg.ingest.num_frames,
                                height=cfg.ingest.frame_height, width=cfg.ingest.frame_width,
-                               text_tokens=cfg.rollout.max_tokens + PROMPT_TEXT_TOKENS)
+                               text_tokens=cfg.rollout.max_tokens + PROMPT_TEXT_TOKENS,
+                               answer_tokens=cfg.rollout.max_tokens)
             room = gpu * min(1.0, t.gpus_per_worker)
             ok = m.total < room
             fits &= ok

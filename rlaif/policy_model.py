@@ -27,6 +27,21 @@ def load_policy(path: str, dtype: torch.dtype = torch.float32):
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """train.gradient_checkpointing: each layer's activations are recomputed in the backward pass. Non-reentrant:
+    the reentrant form gives a LoRA no gradients when the layer's inputs do not require grad (frozen embeddings).
+
+    transformers' gradient_checkpointing_enable also hooks every input embedding, the vision tower's patch embedding
+    included, so that its output requires grad: what the reentrant form needs, and the non-reentrant one does not.
+    Behind a frozen tower (a LoRA on the language model) the hook makes the backward pass run through the whole tower,
+    recomputing it first: 1.6x the time of a LoRA step of a 2B Qwen2-VL at 16 frames on an H200 at 2 pairs a
+    micro-batch, 2x at 4 (bench/gpu_dpo.py, docs/performance.md).
+    So the hooks go; gradients are the same without them (tests/unit/test_gpu_memory.py)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.disable_input_require_grads()
+    model.config.use_cache = False
+
+
 def pad_id(processor) -> int:
     tok = getattr(processor, "tokenizer", processor)
     return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)

@@ -84,13 +84,6 @@ def deepspeed_config(t: TrainConfig) -> dict:
     }
 
 
-def enable_gradient_checkpointing(model) -> None:
-    """train.gradient_checkpointing: each layer's activations are recomputed in the backward pass. Non-reentrant:
-    the reentrant form gives a LoRA no gradients when the layer's inputs do not require grad (frozen embeddings)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-
-
 def lora_config(t: TrainConfig):
     from peft import LoraConfig
 
@@ -217,7 +210,7 @@ def train_worker(config: dict) -> None:
     from ray.train import Checkpoint
 
     from rlaif.objectives import preference_loss, sft_loss
-    from rlaif.policy_model import is_video_model, load_policy
+    from rlaif.policy_model import enable_gradient_checkpointing, is_video_model, load_policy
 
     job: TrainJob = config["job"]
     t = job.train

@@ -5,7 +5,7 @@ import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
 from pipelines.apps.cli import main
-from rlaif.config import load_config
+from rlaif.config import TrainConfig, load_config
 from rlaif.gpu_memory import GB, KNOWN_SHAPES, plan_memory, shape_from_config, trainer_memory
 
 TEXT = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -34,9 +34,47 @@ def test_known_shapes_match_published_sizes():
         assert KNOWN_SHAPES[name].params / 1e9 == pytest.approx(billions, rel=0.01), name
 
 
+@pytest.mark.parametrize("lora_r", [None, 8])
+@pytest.mark.parametrize("hidden, ffn, heads, kv_heads", [(128, 256, 4, 2), (192, 1100, 6, 6)])
+def test_layer_activations_are_what_a_layer_keeps_for_backward(hidden, ffn, heads, kv_heads, lora_r):
+    """The estimate's bytes per token a language-model layer keeps is what transformers' Qwen2 layer saves for its
+    backward pass in bf16 (every tensor autograd saves that is not a weight, counted once per storage), to 2%."""
+    from peft import LoraConfig, get_peft_model
+
+    def saved_bytes(layers: int, tokens: int) -> int:
+        text = {**TEXT, "hidden_size": hidden, "intermediate_size": ffn, "num_attention_heads": heads,
+                "num_key_value_heads": kv_heads, "num_hidden_layers": layers,
+                "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]}}  # head_dim 32
+        config = Qwen2VLConfig(**text, text_config=text, vision_config={"depth": 1, "embed_dim": 32, "hidden_size": hidden,
+                                                                         "num_heads": 2})
+        torch.manual_seed(0)
+        model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16)
+        if lora_r:
+            model = get_peft_model(model, LoraConfig(r=lora_r, target_modules=TrainConfig().lora_target))
+        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        saved = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in weights:
+                saved[storage.data_ptr()] = max(saved.get(storage.data_ptr(), 0), storage.nbytes())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=torch.randint(0, 900, (1, tokens)), logits_to_keep=1)
+        return sum(saved.values())
+
+    tokens = 96
+    per_layer = (saved_bytes(3, tokens) - saved_bytes(1, tokens)) / 2 / tokens
+    shape = shape_from_config(Qwen2VLConfig(**{**TEXT, "hidden_size": hidden, "intermediate_size": ffn,
+                                               "num_attention_heads": heads, "num_key_value_heads": kv_heads}).to_dict())
+    assert shape.layer_activation_bytes(lora_r, 2) == pytest.approx(per_layer, rel=0.02)
+
+
 def test_zero3_checkpointing_and_lora_each_cut_their_term():
     shape = KNOWN_SHAPES["Qwen/Qwen2.5-VL-7B-Instruct"]
-    kw = dict(workers=4, bf16=True, lora_r=64, micro_batch_size=2, frames=16, height=336, width=336, text_tokens=320)
+    kw = dict(workers=4, bf16=True, lora_r=64, micro_batch_size=2, frames=16, height=336, width=336, text_tokens=320,
+              answer_tokens=256)
     full2 = trainer_memory(shape, zero_stage=2, finetune="full", gradient_checkpointing=False, **kw)
     full3 = trainer_memory(shape, zero_stage=3, finetune="full", gradient_checkpointing=False, **kw)
     lora3 = trainer_memory(shape, zero_stage=3, finetune="lora", gradient_checkpointing=False, **kw)
@@ -45,6 +83,11 @@ def test_zero3_checkpointing_and_lora_each_cut_their_term():
     assert full2.optimizer == pytest.approx(shape.params * 12 / 4)  # fp32 master + Adam m, v, sharded over 4
     assert lora3.optimizer < full3.optimizer / 40  # a rank-64 LoRA is ~2% of the 8.3 B weights
     assert ckpt.activations < lora3.activations / 10
+    # a trained tower (full fine-tuning) keeps its blocks' activations: 4 patches a video token, 32 blocks of 1280
+    patches = 2 * 2 * shape.video_tokens(16, 336, 336) * 4
+    language_only = full3.activations - 32 * patches * 1280 * 34
+    assert language_only == pytest.approx(shape.layers * 2 * 2 * (shape.video_tokens(16, 336, 336) + 320)
+                                          * shape.layer_activation_bytes(None, 2))
     one_worker = trainer_memory(shape, zero_stage=2, finetune="full", gradient_checkpointing=True, **{**kw, "workers": 1})
     assert one_worker.total > 80 * GB > ckpt.total
 
@@ -67,15 +110,19 @@ def test_plan_refuses_what_does_not_fit(capsys):
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_gradient_checkpointing_gives_the_same_gradients(finetune):
     """train.gradient_checkpointing (what the memory estimate assumes) recomputes activations without changing the
-    gradients, a LoRA's included (the reentrant form would give it none behind frozen embeddings)."""
+    gradients, a LoRA's included (the reentrant form would give it none behind frozen embeddings); and behind a
+    frozen vision tower (LoRA) the backward pass does not run through the tower, as it did while transformers'
+    input-embedding hooks made the tower's output require grad."""
     from peft import get_peft_model
 
-    from pipelines.stages.train import enable_gradient_checkpointing, lora_config
+    from pipelines.stages.train import lora_config
     from rlaif.config import TrainConfig
+    from rlaif.policy_model import enable_gradient_checkpointing
 
-    def grads(checkpointing: bool) -> dict:
+    def grads(checkpointing: bool) -> tuple[dict, bool]:
         config = Qwen2VLConfig(**TEXT, text_config=TEXT, vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64,
-                                                                         "num_heads": 2})
+                                                                         "num_heads": 2},
+                               image_token_id=998, video_token_id=997, vision_start_token_id=996, vision_end_token_id=995)
         torch.manual_seed(0)
         model = Qwen2VLForConditionalGeneration(config)
         if finetune == "lora":
@@ -86,15 +133,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(finetune):
         if checkpointing:
             enable_gradient_checkpointing(model)
         model.train()
-        ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1))
-        model(input_ids=ids, labels=ids).loss.backward()
-        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        tower = []
+        visual = next(m for n, m in model.named_modules() if n.endswith("visual"))
+        visual.register_forward_hook(lambda module, args, out: tower.append(out.pooler_output.requires_grad))
+        # one video of 2 frames of 28x28: a 1 x 2 x 2 grid of patches, merged 2 x 2 into one video token
+        text = torch.randint(0, 990, (2, 12), generator=torch.Generator().manual_seed(1))
+        ids = torch.cat([torch.tensor([[996, 997, 995]] * 2), text], dim=1)
+        pixels = torch.randn(2 * 4, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(2))
+        model(input_ids=ids, labels=ids, mm_token_type_ids=(ids == 997).long() * 2, pixel_values_videos=pixels,
+              video_grid_thw=torch.tensor([[1, 2, 2]] * 2)).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, tower[0]
 
-    plain, recomputed = grads(False), grads(True)
+    (plain, plain_tower), (recomputed, recomputed_tower) = grads(False), grads(True)
     assert plain.keys() == recomputed.keys() and plain
-    # (text-only inputs: the vision tower gets no gradient either way)
-    assert all(g is not None for n, g in recomputed.items() if "visual" not in n)
+    assert all(g is not None for g in recomputed.values())  # the video reaches every trainable weight, the tower's too
     for name, g in plain.items():
-        assert (recomputed[name] is None) == (g is None), name
-        if g is not None:
-            torch.testing.assert_close(recomputed[name], g, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(recomputed[name], g, rtol=1e-4, atol=1e-6)
+    # the tower's output needs a gradient only when the tower trains
+    assert plain_tower == recomputed_tower == (finetune == "full")
