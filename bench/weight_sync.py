@@ -35,6 +35,7 @@ import argparse
 from common import copy_bandwidth_gbs, interleaved, load_average, machine, ratio, spread, table
 
 import ray  # noqa: E402
+import torch  # noqa: E402
 
 from actors.vllm_engine import VLLMEngine  # noqa: E402
 from actors.weight_sync import broadcast_weights, pack_buckets, saved_weights, tensor_buckets  # noqa: E402
@@ -187,6 +188,8 @@ def main() -> None:
     info = broadcast_weights(engines, state.items(), args.bucket_mb)
     broadcast_weights(plain, state.items(), args.bucket_mb)
     unpacked = tensor_buckets(state.items(), bucket_bytes=args.bucket_mb << 20)  # what the "put" row puts
+    flat = [torch.cat([t.reshape(-1).view(torch.uint8) for t in group]).numpy()  # the same bytes, a buffer a bucket
+            for group in [[state[s.name] for s in b.slots] for b in unpacked]]
     sender = WeightSender.remote(folder)
     lora_engine, adapter, adapter_bytes = adapter_engine(folder, video, args.lora_rank)
     names = {"bucketed": "bucketed broadcast",
@@ -197,6 +200,8 @@ def main() -> None:
              "load_plain": "engine load alone, plain CPU kernel (in-place copy)",
              "pack": "of a collective sync: packing the buckets (its sender's copy; the object store's path skips it)",
              "put": "of a bucketed sync: ray.put of the tensors (the object store's copy, the only one)",
+             "put_flat": "ray.put of the same bytes as one contiguous buffer a bucket (what a flat layout would put)",
+             "pack_torch": "packing the buckets into torch-allocated buffers (what a flat layout would cost here)",
              "gen": f"generate {args.gen_prompts} x {args.gen_tokens} tokens, oneDNN kernel (default)",
              "gen_plain": f"generate {args.gen_prompts} x {args.gen_tokens} tokens, plain CPU kernel"}
     load_before = load_average()
@@ -210,6 +215,9 @@ def main() -> None:
         "load_plain": lambda: engine_load(plain),
         "pack": lambda: pack_buckets(state.items(), bucket_bytes=args.bucket_mb << 20) and None,
         "put": lambda: [ray.put(b) for b in unpacked] and None,  # the refs die at once: each put is freed again
+        "put_flat": lambda: [ray.put(b) for b in flat] and None,
+        "pack_torch": lambda: [torch.cat([t.reshape(-1).view(torch.uint8) for t in group])
+                               for group in [[state[s.name] for s in b.slots] for b in unpacked]] and None,
         "gen": generate("gen", engines[0]),
         "gen_plain": generate("gen_plain", plain[0]),
     }, args.repeat, args.warmup)
@@ -220,7 +228,7 @@ def main() -> None:
     print(f"\n{machine()}; {args.model}: {len(state)} tensors, {nbytes / 1e6:.1f} MB fp32, "
           f"{info['sync_buckets']} bucket(s) of <= {args.bucket_mb} MB, {args.engines} engine(s)")
     calls = {"bucketed": 1, "collective": 1, "rpc": len(state) + 1, "load": 1, "lora": 1, "bucketed_plain": 1,
-             "load_plain": 1, "pack": "-", "put": "-", "gen": 1, "gen_plain": 1}
+             "load_plain": 1, "pack": "-", "put": "-", "put_flat": "-", "pack_torch": "-", "gen": 1, "gen_plain": 1}
     rows, speed = [], {}
     for key, values in times.items():
         sp = spread(values)
@@ -234,7 +242,7 @@ def main() -> None:
         rows.append({"method": names[key] + (f" ({adapter_bytes / 1e6:.1f} MB)" if key == "lora" else ""),
                      "calls per engine": calls[key], "runs": sp["n"], "s min": sp["min"], "median": sp["median"],
                      "max": sp["max"],
-                     "median vs per-parameter RPC": "-" if key in ("load", "pack", "put") else ratio(med["rpc"], sp["median"]),
+                     "median vs per-parameter RPC": "-" if key in ("load", "pack", "put", "put_flat", "pack_torch") else ratio(med["rpc"], sp["median"]),
                      "median vs copy bound": ratio(sp["median"], bound)})
     rows.append({"method": "copy bound (bytes / memcpy bandwidth)", "median": bound})
     print(f"{args.warmup} untimed + {args.repeat} timed calls per method, interleaved; {load_before} before, "
@@ -254,6 +262,9 @@ def main() -> None:
           f"{ratio(med['put'], bound)} the copy bound, the engine's copy {ratio(med['load_plain'], bound)}, the rest "
           f"(calls, the engine's cache resets) {ratio(med['bucketed_plain'] - med['put'] - med['load_plain'], bound)};"
           f" packing, which the collective transport adds, {ratio(med['pack'], bound)} (medians)")
+    print(f"the put of {len(state)} tensors in {len(unpacked)} buckets takes {ratio(med['put'], bound)} the copy bound, "
+          f"the same bytes as {len(flat)} contiguous buffers {ratio(med['put_flat'], bound)}; packing them into "
+          f"torch-allocated buffers first costs {ratio(med['pack_torch'], bound)} (medians)")
 
 
 if __name__ == "__main__":
