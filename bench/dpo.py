@@ -4,6 +4,7 @@ interleaved.
 
     python bench/dpo.py [--model smollm2-135m-instruct] [--pairs 64] [--steps 8] [--batch 4] [--workers 1 2]
                         [--threads N] [--finetune full|lora] [--repeat 3] [--trl-ref-in-step] [--shared-prefix on off]
+                        [--alone]
 
 Same on every side: sigmoid DPO with rlaif's TrainConfig defaults (beta, lr), constant lr, torch's AdamW *fused*
 (weight decay 0; rlaif's DeepSpeed config asks for it, TRL gets optim="adamw_torch_fused"), gradient clipping 1.0,
@@ -25,7 +26,12 @@ Sides:
   forward + backward. Ray sets a worker's OMP threads to its CPUs (--threads).
 - TRL, precomputed ref: precompute_ref_log_probs=True, the same split of work as rlaif (the baseline).
 - TRL, ref in step (--trl-ref-in-step): a reference model scores every batch inside the step.
-TRL runs in this process with --threads torch threads, beside the same live local Ray the rlaif side uses.
+- rlaif's step alone (--alone): the train worker's step (preference_loss, DeepSpeed's backward and step, the same
+  DeepSpeed config, one rank of gloo) in a fresh Python process of its own, without Ray Train, Ray Data or a Ray
+  worker around it: beside the rlaif row, what the worker's surroundings cost. Its wall s counts the process start.
+TRL runs in a fresh Python process of its own for every run (in_subprocess) with --threads torch threads, beside
+the same live local Ray the rlaif side uses: a TRL run in the bench's own process kept ~3.7 GB after it, and the
+rlaif run that followed was slower.
 
 Fairness: every side runs --repeat times, interleaved (TRL, rlaif, TRL, rlaif, ...), so load that drifts during the
 run falls on both; each run is a fresh start (model load, trainer set-up) and its step 1 is the warm-up on every side,
@@ -104,6 +110,89 @@ def run_rlaif(path: str, pairs, a, workers: int, shared_prefix: bool) -> dict:
             "wall s": wall, "ref_in_step": False}
 
 
+def step_alone(path: str, rows: list[dict], a) -> dict:
+    """rlaif's DeepSpeed step (the train worker's: preference_loss, engine.backward, engine.step on the same config)
+    in a plain process of its own, without Ray Train, Ray Data or a Ray worker (run by in_subprocess). What separates
+    the step's own cost from the Ray Train worker's surroundings."""
+    import deepspeed
+    import torch
+
+    from pipelines.stages.train import _skip_deepspeed_shm_build, deepspeed_config, lora_config
+    from rlaif.config import TrainConfig
+    from rlaif.objectives import preference_loss
+    from rlaif.policy_model import load_policy
+    from rlaif.seeding import request_seed
+
+    torch.set_num_threads(a.threads)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("BENCH_PORT", "29533"), RANK="0",
+                      WORLD_SIZE="1", LOCAL_RANK="0")
+    _skip_deepspeed_shm_build()
+    t = TrainConfig(workers=1, cpus_per_worker=a.threads, micro_batch_size=a.batch, finetune=a.finetune)
+    torch.manual_seed(a.seed)
+    model, processor = load_policy(path)
+    if a.finetune == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(t))
+    deepspeed.init_distributed(dist_backend="gloo")
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+                                      config=deepspeed_config(t))
+    step_s, losses = [], []
+    for step in range(a.steps):
+        started = time.perf_counter()
+        torch.manual_seed(request_seed(a.seed, "train", 0, step))
+        loss, _ = preference_loss(engine, processor, rows[step * a.batch:(step + 1) * a.batch], t, False)
+        engine.backward(loss)
+        engine.step()
+        step_s.append(time.perf_counter() - started)
+        losses.append(float(loss))
+    return {"trainer": "rlaif's step alone (DeepSpeed, no Ray Train), shared-prefix packed", "workers": 1,
+            "threads": torch.get_num_threads(), "step_s": step_s, "losses": losses, "ref_in_step": False}
+
+
+def in_subprocess(side: str, table, a) -> dict:
+    """One run of a side (`trl`, `trl_ref`: run_trl; `alone`: step_alone) in a fresh Python process, its result read
+    back: every run starts from a clean process, as each rlaif run's Ray Train worker does, and leaves nothing behind
+    (a TRL run in the bench's own process kept ~3.7 GB after it, and the rlaif run that followed was slower). Its
+    wall s counts the process start."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="bench-dpo-side-") as tmp:
+        rows_file, out_file = os.path.join(tmp, "rows.parquet"), os.path.join(tmp, "out.json")
+        pq.write_table(table, rows_file)
+        with socket.socket() as sock:  # a free port for step_alone's one-rank gloo group
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        start = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--model", a.model, "--steps", str(a.steps), "--batch", str(a.batch),
+                        "--threads", str(a.threads), "--finetune", a.finetune, "--seed", str(a.seed),
+                        "--child", side, rows_file, out_file], check=True, env={**os.environ, "BENCH_PORT": str(port)})
+        wall = time.perf_counter() - start
+        with open(out_file) as f:
+            return {**json.load(f), "wall s": wall}
+
+
+def child(side: str, rows_file: str, out_file: str, a) -> None:
+    """in_subprocess's other end."""
+    import json
+
+    import pyarrow.parquet as pq
+    import torch
+
+    from rlaif.testkit.tiny_models import ensure_model
+
+    torch.set_num_threads(a.threads)
+    path, rows = ensure_model(a.model), pq.read_table(rows_file).to_pylist()
+    r = step_alone(path, rows, a) if side == "alone" else run_trl(path, rows, a, ref_in_step=side == "trl_ref")
+    with open(out_file, "w") as f:
+        json.dump(r, f)
+
+
 def run_trl(path: str, rows: list[dict], a, ref_in_step: bool) -> dict:
     import datasets
     import torch
@@ -173,7 +262,12 @@ def main() -> None:
                    help="rlaif's train.shared_prefix: on (each prompt computed once for both answers), off (chosen "
                         "and rejected as separate padded sequences), or both as separate sides")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alone", action="store_true",
+                   help="also run rlaif's step in a plain process without Ray Train (what the worker's surroundings cost)")
+    p.add_argument("--child", nargs=3, metavar=("SIDE", "ROWS", "OUT"), help=argparse.SUPPRESS)  # in_subprocess's
     a = p.parse_args()
+    if a.child:
+        return child(*a.child, a)
     if any(a.batch % w for w in a.workers):
         p.error("--batch must be a multiple of every --workers value")
     if a.steps < 2:
@@ -220,9 +314,12 @@ def main() -> None:
             return r["runs"][-1]
         return measured
 
-    sides = {"TRL precomputed": side("TRL precomputed", lambda: run_trl(path, rows, a, ref_in_step=False))}
+    sides = {"TRL precomputed": side("TRL precomputed", lambda: in_subprocess("trl", pa.Table.from_pylist(rows), a))}
     if a.trl_ref_in_step:
-        sides["TRL ref in step"] = side("TRL ref in step", lambda: run_trl(path, rows, a, ref_in_step=True))
+        sides["TRL ref in step"] = side("TRL ref in step",
+                                        lambda: in_subprocess("trl_ref", pa.Table.from_pylist(rows), a))
+    if a.alone:
+        sides["rlaif alone"] = side("rlaif alone", lambda: in_subprocess("alone", pairs, a))
     for w in a.workers:
         for sp in a.shared_prefix:
             name = f"rlaif w{w}" + ("" if len(a.shared_prefix) == 1 else f" shared prefix {sp}")
