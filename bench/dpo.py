@@ -111,15 +111,14 @@ def run_rlaif(path: str, pairs, a, workers: int, shared_prefix: bool) -> dict:
 
 
 def step_alone(path: str, rows: list[dict], a) -> dict:
-    """rlaif's DeepSpeed step (the train worker's: preference_loss, engine.backward, engine.step on the same config)
-    in a plain process of its own, without Ray Train, Ray Data or a Ray worker (run by in_subprocess). What separates
-    the step's own cost from the Ray Train worker's surroundings."""
+    """rlaif's DeepSpeed step (the train worker's train_step, on the same config) in a plain process of its own,
+    without Ray Train, Ray Data or a Ray worker (run by in_subprocess). What separates the step's own cost from the
+    Ray Train worker's surroundings."""
     import deepspeed
     import torch
 
-    from pipelines.stages.train import _skip_deepspeed_shm_build, deepspeed_config, lora_config
+    from pipelines.stages.train import _skip_deepspeed_shm_build, deepspeed_config, lora_config, train_step
     from rlaif.config import TrainConfig
-    from rlaif.objectives import preference_loss
     from rlaif.policy_model import load_policy
     from rlaif.seeding import request_seed
 
@@ -140,12 +139,10 @@ def step_alone(path: str, rows: list[dict], a) -> dict:
     step_s, losses = [], []
     for step in range(a.steps):
         started = time.perf_counter()
-        torch.manual_seed(request_seed(a.seed, "train", 0, step))
-        loss, _ = preference_loss(engine, processor, rows[step * a.batch:(step + 1) * a.batch], t, False)
-        engine.backward(loss)
-        engine.step()
+        metrics = train_step(engine, processor, rows[step * a.batch:(step + 1) * a.batch], t, "dpo", False,
+                             request_seed(a.seed, "train", 0, step))
         step_s.append(time.perf_counter() - started)
-        losses.append(float(loss))
+        losses.append(metrics["loss"])
     return {"trainer": "rlaif's step alone (DeepSpeed, no Ray Train), shared-prefix packed", "workers": 1,
             "threads": torch.get_num_threads(), "step_s": step_s, "losses": losses, "ref_in_step": False}
 

@@ -188,8 +188,12 @@ def main() -> None:
     info = broadcast_weights(engines, state.items(), args.bucket_mb)
     broadcast_weights(plain, state.items(), args.bucket_mb)
     unpacked = tensor_buckets(state.items(), bucket_bytes=args.bucket_mb << 20)  # what the "put" row puts
-    flat = [torch.cat([t.reshape(-1).view(torch.uint8) for t in group]).numpy()  # the same bytes, a buffer a bucket
-            for group in [[state[s.name] for s in b.slots] for b in unpacked]]
+    groups = [[state[s.name] for s in b.slots] for b in unpacked]
+
+    def packed_torch():  # the same bytes, one torch-allocated buffer a bucket
+        return [torch.cat([t.reshape(-1).view(torch.uint8) for t in group]) for group in groups]
+
+    flat = [b.numpy() for b in packed_torch()]
     sender = WeightSender.remote(folder)
     lora_engine, adapter, adapter_bytes = adapter_engine(folder, video, args.lora_rank)
     names = {"bucketed": "bucketed broadcast",
@@ -216,8 +220,7 @@ def main() -> None:
         "pack": lambda: pack_buckets(state.items(), bucket_bytes=args.bucket_mb << 20) and None,
         "put": lambda: [ray.put(b) for b in unpacked] and None,  # the refs die at once: each put is freed again
         "put_flat": lambda: [ray.put(b) for b in flat] and None,
-        "pack_torch": lambda: [torch.cat([t.reshape(-1).view(torch.uint8) for t in group])
-                               for group in [[state[s.name] for s in b.slots] for b in unpacked]] and None,
+        "pack_torch": lambda: packed_torch() and None,
         "gen": generate("gen", engines[0]),
         "gen_plain": generate("gen_plain", plain[0]),
     }, args.repeat, args.warmup)

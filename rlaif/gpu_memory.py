@@ -176,13 +176,13 @@ def trainer_memory(shape: ModelShape, *, workers: int, zero_stage: int, bf16: bo
         weights += trainable * b
     gradients = trainable * b / workers
     optimizer = trainable * (12 if bf16 else 8) / workers
-    sequences = 2 * micro_batch_size
-    tokens = sequences * (shape.video_tokens(frames, height, width) + text_tokens)
+    sequences, video_tokens = 2 * micro_batch_size, shape.video_tokens(frames, height, width)
+    tokens = sequences * (video_tokens + text_tokens)
     per_layer_kept = tokens * shape.hidden * b
     one_layer = tokens * shape.layer_activation_bytes(lora_r if finetune == "lora" else None, b)
     activations = (shape.layers * per_layer_kept + one_layer) if gradient_checkpointing else shape.layers * one_layer
     if finetune == "full" and shape.vision_params:  # a trained tower keeps its blocks' activations too
-        patches = sequences * shape.video_tokens(frames, height, width) * shape.merge
+        patches = sequences * video_tokens * shape.merge
         block = patches * shape.vision_width * 34 * b / 2
         activations += (shape.vision_layers * patches * shape.vision_width * b + block) if gradient_checkpointing \
             else shape.vision_layers * block

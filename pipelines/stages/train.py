@@ -84,6 +84,23 @@ def deepspeed_config(t: TrainConfig) -> dict:
     }
 
 
+def train_step(engine, processor, rows: list[dict], t: TrainConfig, objective: str, video: bool, seed: int) -> dict:
+    """One optimizer step of a DeepSpeed engine on `rows`: the objective's loss, backward, step; its figures. `seed`
+    seeds dropout, so that a resumed run draws what the uninterrupted one did (bench/dpo.py's --alone runs it too)."""
+    import torch
+
+    from rlaif.objectives import preference_loss, sft_loss
+
+    torch.manual_seed(seed)
+    if objective == "sft":
+        loss, metrics = sft_loss(engine, processor, rows, video)
+    else:
+        loss, metrics = preference_loss(engine, processor, rows, t, video)
+    engine.backward(loss)
+    engine.step()
+    return metrics
+
+
 def lora_config(t: TrainConfig):
     from peft import LoraConfig
 
@@ -209,7 +226,6 @@ def train_worker(config: dict) -> None:
     from peft import PeftModel, get_peft_model
     from ray.train import Checkpoint
 
-    from rlaif.objectives import preference_loss, sft_loss
     from rlaif.policy_model import enable_gradient_checkpointing, is_video_model, load_policy
 
     job: TrainJob = config["job"]
@@ -277,14 +293,8 @@ def train_worker(config: dict) -> None:
                     job.progress.add(1)
                 continue
             started = time.perf_counter()
-            torch.manual_seed(request_seed(job.seed, "train", rank, step))  # dropout: the same draws after a resume
-            rows = batch.to_pylist()
-            if job.objective == "sft":
-                loss, metrics = sft_loss(engine, processor, rows, video)
-            else:
-                loss, metrics = preference_loss(engine, processor, rows, t, video)
-            engine.backward(loss)
-            engine.step()
+            metrics = train_step(engine, processor, batch.to_pylist(), t, job.objective, video,
+                                 request_seed(job.seed, "train", rank, step))
             step += 1
             if rank == 0 and job.progress:
                 job.progress.add(1)
