@@ -42,11 +42,13 @@ class Engines(list):
 class EnginePool:
     """`weights_state` (policy pools): where `hold` records the policy the engines must serve, so that an engine
     restarted after a crash comes back with it (see VLLMEngine). `adapter_rank`: the engines can hot-load LoRA
-    adapters up to this rank (loop.sync adapter). `wait=False` returns while the engines still load (calls to them
+    adapters up to this rank (loop.sync adapter). `shared_weights`: the engines keep their parameters in shared
+    memory for the trainer to write into (loop.sync_transport shared_memory). `wait=False` returns while the engines still load (calls to them
     queue until they are ready); `wait_ready` then waits."""
 
     def __init__(self, role: str, model: str, cfg: EnginePoolConfig, *, video: bool, seed: int = 0,
-                 weights_state: str | None = None, adapter_rank: int | None = None, wait: bool = True):
+                 weights_state: str | None = None, adapter_rank: int | None = None, shared_weights: bool = False,
+                 wait: bool = True):
         self.role = role
         self.cfg = cfg
         self.weights_state = weights_state
@@ -58,6 +60,8 @@ class EnginePool:
             engine_kwargs["block_size"] = cfg.block_size
         if cfg.cpu_gemm != "onednn":
             engine_kwargs["cpu_gemm"] = cfg.cpu_gemm
+        if shared_weights:
+            engine_kwargs["shared_weights"] = True
         start = time.time()
         self.actors = Engines([
             EngineActor.options(**opts, name=None).remote(
@@ -83,7 +87,7 @@ class EnginePool:
     def from_plan(cls, plan: PoolPlan, *, weights_state: str | None = None, wait: bool = True) -> "EnginePool":
         """The pool of one rlaif.placement.plan_pools entry; `weights_state`: the run folder's (policy pools)."""
         return cls(plan.role, plan.model, plan.cfg, video=plan.video, seed=plan.seed, weights_state=weights_state,
-                   adapter_rank=plan.adapter_rank, wait=wait)
+                   adapter_rank=plan.adapter_rank, shared_weights=plan.shared_weights, wait=wait)
 
     def wait_ready(self) -> "EnginePool":
         if self.ready_at is None:

@@ -128,7 +128,8 @@ class VLLMEngine(WeightSyncEngine):
                  dtype: str = "float32", max_num_seqs: int = 64, video: bool = True, lora_path: str | None = None,
                  weights_state: str | None = None, fault_oom_above: int | None = None,
                  fault_crash_marker: str | None = None, threads: int | None = None,
-                 adapter_rank: int | None = None, cpu_gemm: str = "onednn", **engine_kwargs: Any):
+                 adapter_rank: int | None = None, cpu_gemm: str = "onednn", shared_weights: bool = False,
+                 **engine_kwargs: Any):
         import torch
         from vllm import LLM
 
@@ -181,6 +182,18 @@ class VLLMEngine(WeightSyncEngine):
         if cpu_gemm == "torch" and current_platform.is_cpu() and not self.llm.collective_rpc(_keeps_linear_weights)[0]:
             raise RuntimeError("pools.*.cpu_gemm torch did not take: this vLLM version repacked the linear layers' "
                                "weights anyway (see actors.vllm_engine.plain_cpu_gemm)")
+        self.writing: str | None = None  # the label of weights a sender is writing in place (shared memory)
+        self.shared_weights = shared_weights
+        if shared_weights:  # loop.sync_transport shared_memory: see actors/weight_sync/shared_memory.py
+            if cpu_gemm != "torch" or not current_platform.is_cpu():
+                raise ValueError("shared weights (loop.sync_transport shared_memory) need a CPU engine on the plain "
+                                 "kernel (pools.policy.cpu_gemm torch): oneDNN keeps its own packed copies")
+            from actors.weight_sync.shared_memory import share_worker_parameters
+
+            shared = self.llm.collective_rpc(share_worker_parameters, args=(self.model_path,))[0]
+            log.info("%s engine: parameters in shared memory (%.0f MB) in %.1f s%s", role, shared["bytes"] / 1e6,
+                     shared["seconds"], f"; a sync cannot write them in place: {shared['refusal']}"
+                     if shared["refusal"] else "")
         self.tokenizer = self.llm.get_tokenizer()
         self.weights_version = 0
         # busy_s: seconds in generate and weight loads, so 1 - busy_s / wall is the idle share of the device it holds.
@@ -249,6 +262,7 @@ class VLLMEngine(WeightSyncEngine):
                     * samplings[0].get("n", 1)]
 
     def _generate(self, requests: list[dict], samplings: list[dict]) -> list[list[dict]]:
+        self.check_weights_whole()
         start = time.time()
         params = [self._params(s) for s in samplings]
         try:
@@ -279,6 +293,7 @@ class VLLMEngine(WeightSyncEngine):
         `stream`: `step` returns its new text at every step, else its whole answer once, when it is done."""
         from vllm.sampling_params import RequestOutputKind
 
+        self.check_weights_whole()
         params = self._params(sampling)
         params.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
         self.llm.llm_engine.add_request(request_id, self._prompt(request), params, lora_request=self.lora_request)

@@ -34,7 +34,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   )
 else
   BENCHES=(
-    "dpo|bench/dpo.py --workers 1 --threads 2 --steps 4 --batch 4 --repeat $REPEAT"
+    "dpo|bench/dpo.py --workers 1 --threads 2 --steps 4 --batch 4 --repeat $REPEAT --alone"
     "weight_sync|bench/weight_sync.py --repeat $REPEAT"
     "sync_profile|bench/sync_profile.py --repeat $REPEAT"
     "rollout|bench/rollout.py --prompts 16 --k 4 --max-tokens 32 --threads 2 --repeat $REPEAT"

@@ -12,6 +12,10 @@ layerwise in-place reload):
     (the tensors' own memory, unpacked: the put is the one copy), and one call per engine carrying every bucket;
   - collective (the same with loop.sync_transport collective): the weights packed into a few contiguous buckets, each
     one broadcast over a gloo group formed for the sync, sent from a Ray actor as the trainer's rank 0 sends them;
+  - shared memory (loop.sync_transport shared_memory, actors/weight_sync/shared_memory.py): engines on the plain CPU
+    kernel keep their parameters in shared memory and the sender writes each tensor straight into them, one copy;
+    timed with the sender's mapping of the engine's file kept from its previous sync, and with it made anew (what a
+    sender process pays on its first sync: a train stage's worker is a new process each round);
   - per-parameter RPC (OpenRLHF's `update_weight` pattern): one call per tensor per engine. Here each call only hands
     its tensor over and the engine loads them all once at the end, so the baseline pays the RPCs but not a
     per-tensor load: its time is a lower bound and the ratio a conservative one.
@@ -39,6 +43,7 @@ import torch  # noqa: E402
 
 from actors.vllm_engine import VLLMEngine  # noqa: E402
 from actors.weight_sync import broadcast_weights, pack_buckets, saved_weights, tensor_buckets  # noqa: E402
+from actors.weight_sync import shared_memory  # noqa: E402
 
 
 @ray.remote(num_cpus=0)
@@ -171,8 +176,9 @@ def main() -> None:
                                                    for e in group]))
 
     # The same engines on the plain CPU kernel (pools.*.cpu_gemm torch): a sync copies in place, generation is slower.
+    # Their parameters live in shared memory, for the shared-memory transport (the other rows load into them alike).
     plain = [actor.options(num_cpus=0.5).remote(folder, role="policy", max_model_len=512, video=video,
-                                                cpu_gemm="torch") for _ in range(args.engines)]
+                                                cpu_gemm="torch", shared_weights=True) for _ in range(args.engines)]
     ray.get([e.health.remote() for e in plain])
     gen_requests = [{"messages": [{"role": "user", "content": f"Count from {i} to {i + 40}, one number a line."}]}
                     for i in range(args.gen_prompts)]
@@ -183,6 +189,15 @@ def main() -> None:
         def run():
             out = ray.get(engine.generate.remote(gen_requests, gen_sampling))
             generated.setdefault(key, []).append(sum(s[0]["n_tokens"] for s in out))
+        return run
+
+    def shared(fresh: bool):
+        def run():
+            if fresh:
+                shared_memory._MAPPED.clear()  # as in a new sender process
+            out = broadcast_weights(plain, state.items(), args.bucket_mb, transport="shared_memory")
+            if out["sync_transport"] != "shared_memory" or "sync_fallback" in out:
+                raise RuntimeError(f"the shared-memory transport fell back: {out.get('sync_fallback')}")
         return run
 
     info = broadcast_weights(engines, state.items(), args.bucket_mb)
@@ -202,6 +217,8 @@ def main() -> None:
              "lora": f"LoRA mode: hot-load a rank-{args.lora_rank} adapter",
              "bucketed_plain": "bucketed broadcast, plain CPU kernel (cpu_gemm torch)",
              "load_plain": "engine load alone, plain CPU kernel (in-place copy)",
+             "shared": "shared memory: the sender writes into the engine's parameters (plain CPU kernel)",
+             "shared_fresh": "shared memory, the engine's file mapped anew (a sender's first sync)",
              "pack": "of a collective sync: packing the buckets (its sender's copy; the object store's path skips it)",
              "put": "of a bucketed sync: ray.put of the tensors (the object store's copy, the only one)",
              "put_flat": "ray.put of the same bytes as one contiguous buffer a bucket (what a flat layout would put)",
@@ -217,6 +234,8 @@ def main() -> None:
         "lora": lambda: ray.get(lora_engine.load_adapter.remote(adapter)) and None,
         "bucketed_plain": lambda: broadcast_weights(plain, state.items(), args.bucket_mb) and None,
         "load_plain": lambda: engine_load(plain),
+        "shared": shared(fresh=False),
+        "shared_fresh": shared(fresh=True),
         "pack": lambda: pack_buckets(state.items(), bucket_bytes=args.bucket_mb << 20) and None,
         "put": lambda: [ray.put(b) for b in unpacked] and None,  # the refs die at once: each put is freed again
         "put_flat": lambda: [ray.put(b) for b in flat] and None,
@@ -231,7 +250,7 @@ def main() -> None:
     print(f"\n{machine()}; {args.model}: {len(state)} tensors, {nbytes / 1e6:.1f} MB fp32, "
           f"{info['sync_buckets']} bucket(s) of <= {args.bucket_mb} MB, {args.engines} engine(s)")
     calls = {"bucketed": 1, "collective": 1, "rpc": len(state) + 1, "load": 1, "lora": 1, "bucketed_plain": 1,
-             "load_plain": 1, "pack": "-", "put": "-", "put_flat": "-", "pack_torch": "-", "gen": 1, "gen_plain": 1}
+             "load_plain": 1, "shared": 3, "shared_fresh": 3, "pack": "-", "put": "-", "put_flat": "-", "pack_torch": "-", "gen": 1, "gen_plain": 1}
     rows, speed = [], {}
     for key, values in times.items():
         sp = spread(values)
@@ -265,6 +284,11 @@ def main() -> None:
           f"{ratio(med['put'], bound)} the copy bound, the engine's copy {ratio(med['load_plain'], bound)}, the rest "
           f"(calls, the engine's cache resets) {ratio(med['bucketed_plain'] - med['put'] - med['load_plain'], bound)};"
           f" packing, which the collective transport adds, {ratio(med['pack'], bound)} (medians)")
+    print(f"shared memory (loop.sync_transport shared_memory, plain CPU kernel): the whole sync takes "
+          f"{ratio(med['shared'], bound)} the copy bound (target <= 2x), {ratio(med['shared_fresh'], bound)} when the "
+          f"sender maps the engine's file anew; {ratio(med['rpc'], med['shared'])} faster than per-parameter RPC "
+          f"(target >= 5x) and {ratio(med['bucketed_plain'], med['shared'])} faster than the object store on the same "
+          "engines (medians)")
     print(f"the put of {len(state)} tensors in {len(unpacked)} buckets takes {ratio(med['put'], bound)} the copy bound, "
           f"the same bytes as {len(flat)} contiguous buffers {ratio(med['put_flat'], bound)}; packing them into "
           f"torch-allocated buffers first costs {ratio(med['pack_torch'], bound)} (medians)")

@@ -103,9 +103,10 @@ class EnginePoolConfig(_Strict):
     cpu_gemm: Literal["onednn", "torch"] = Field(
         "onednn",
         description="CPU engines: the linear layers' kernel. onednn (vLLM's choice): weights repacked into oneDNN's "
-                    "layout at load, faster generation (2-3x here), and a weight sync repacks them (~9x the copy "
-                    "bound); torch: plain torch.nn.functional.linear on the weights as loaded, a weight sync is an "
-                    "in-place copy (~2x the copy bound). bench/weight_sync.py measures both. GPU engines ignore it.")
+                    "layout at load, faster generation (1.2-2.2x in bench runs here), and a weight sync repacks them "
+                    "(~9-12x the copy bound); torch: plain torch.nn.functional.linear on the weights as loaded, a "
+                    "weight sync is an in-place copy (~2x the copy bound), and loop.sync_transport shared_memory "
+                    "becomes possible. bench/weight_sync.py measures both. GPU engines ignore it.")
     batch_size: int = Field(16, ge=1, description=(
         "Requests per Ray Data batch forwarded to an engine. A rollout task sends one batch, or several when there "
         "are more than max(64, 4 x replicas) batches (rlaif.placement.task_rows), so the driver's memory does not "
@@ -303,18 +304,24 @@ class LoopConfig(_Strict):
     rounds: int = Field(2, ge=1, le=1000)
     eval_max_tokens: int = Field(32, ge=1)
     sync_bucket_mb: int = Field(256, ge=1, description="Size of the weight buckets broadcast to the policy engines.")
-    sync_transport: Literal["object_store", "collective"] = Field(
+    sync_transport: Literal["object_store", "collective", "shared_memory"] = Field(
         "object_store", description="How broadcast weights travel (loop.sync weights). object_store: each bucket is "
                                     "put once in Ray's object store and the engines fetch it (zero-copy on the same "
                                     "node). collective: a private torch.distributed group per sync between the "
                                     "trainer's rank 0 and the engines, one broadcast per bucket: NCCL when they are "
                                     "all on GPUs, gloo on CPU; if the group cannot be formed within a timeout, the "
                                     "sync falls back to the object store, logs a warning with the cause and records "
-                                    "it in the train stage's stats (sync_fallback), which the run's summary shows.")
+                                    "it in the train stage's stats (sync_fallback), which the run's summary shows. "
+                                    "shared_memory (CPU engines on pools.policy.cpu_gemm torch): the engines keep "
+                                    "their parameters in shared memory and the trainer's rank 0 writes the new "
+                                    "weights straight into them, one copy (1.7x the copy bound against the object "
+                                    "store's 5.4x into the same engines, bench/weight_sync.py); engines on another "
+                                    "node go through the object store, with the same warning.")
     sync_transport_required: bool = Field(
-        False, description="With sync_transport collective: a collective sync that fails is an error (the train "
-                           "stage fails, naming the cause) instead of a fallback to the object store. For GPU runs "
-                           "where NCCL is expected to work and a silent slowdown would hide a broken setup.")
+        False, description="With sync_transport collective or shared_memory: a sync that cannot use it is an error "
+                           "(the train stage fails, naming the cause) instead of a fallback to the object store. For "
+                           "runs where the fast path is expected to work and a silent slowdown would hide a broken "
+                           "setup.")
     sync: Literal["weights", "adapter"] = Field(
         "weights", description="How a round's policy reaches the policy engines. weights: the whole model, broadcast in "
                                "buckets. adapter (train.finetune lora with merge_each_round false): the engines keep "
@@ -328,9 +335,9 @@ class LoopConfig(_Strict):
 
     @model_validator(mode="after")
     def _required_transport_is_collective(self) -> "LoopConfig":
-        if self.sync_transport_required and self.sync_transport != "collective":
-            raise ValueError("loop.sync_transport_required needs loop.sync_transport 'collective' (the object store "
-                             "has no fallback to require away)")
+        if self.sync_transport_required and self.sync_transport == "object_store":
+            raise ValueError("loop.sync_transport_required needs loop.sync_transport 'collective' or "
+                             "'shared_memory' (the object store has no fallback to require away)")
         return self
 
 
@@ -566,6 +573,13 @@ class RunConfig(_Strict):
         if self.loop.sync == "adapter" and (self.train.finetune != "lora" or self.train.merge_each_round):
             raise ValueError("loop.sync 'adapter' needs train.finetune 'lora' and train.merge_each_round false: the "
                              "engines apply each round's adapter to the starting weights they keep")
+        return self
+
+    @model_validator(mode="after")
+    def _shared_memory_needs_plain_kernel(self) -> "RunConfig":
+        if self.loop.sync_transport == "shared_memory" and self.pools.policy.cpu_gemm != "torch":
+            raise ValueError("loop.sync_transport 'shared_memory' needs pools.policy.cpu_gemm 'torch': the sender "
+                             "writes the parameters the engine computes with, and oneDNN computes with packed copies")
         return self
 
     def needs_judge_engine(self) -> bool:

@@ -82,6 +82,7 @@ class PoolPlan:
     video: bool
     seed: int
     adapter_rank: int | None = None
+    shared_weights: bool = False  # the engines keep their parameters in shared memory (loop.sync_transport)
 
     @property
     def engine_gpus(self) -> float:
@@ -100,7 +101,8 @@ def plan_pools(cfg: RunConfig) -> dict[str, PoolPlan | str | None]:
     `rlaif plan` (run_actors) read this."""
     plans: dict[str, PoolPlan | str | None] = {
         "policy": PoolPlan("policy", cfg.models.policy, cfg.pools.policy, True, cfg.seed,
-                           adapter_rank=cfg.train.lora_r if cfg.loop.sync == "adapter" else None)}
+                           adapter_rank=cfg.train.lora_r if cfg.loop.sync == "adapter" else None,
+                           shared_weights=cfg.loop.sync_transport == "shared_memory")}
     if cfg.models.judge == POLICY_AS_JUDGE:
         plans["judge"] = "policy"  # i-SRT: the policy judges with its current weights
     elif cfg.needs_judge_engine():

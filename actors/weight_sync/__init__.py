@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 # name -> the module of this folder that defines it
 _PUBLIC = {
     "broadcast_weights": "send",  # send side: the transport choice and its fallback
-    "saved_weights": "send",
+    "saved_weights": "saved",
     "hot_load_adapter": "adapter",  # LoRA mode
     "Bucket": "buckets",  # the bucket format
     "BucketIndex": "buckets",
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from actors.weight_sync.buckets import Bucket, BucketIndex, pack_buckets, tensor_buckets, unpack_bucket
     from actors.weight_sync.engine import WeightSyncEngine
     from actors.weight_sync.receive import WeightReceiver
-    from actors.weight_sync.send import broadcast_weights, saved_weights
+    from actors.weight_sync.saved import saved_weights
+    from actors.weight_sync.send import broadcast_weights
 
 
 def __getattr__(name: str):

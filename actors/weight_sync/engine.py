@@ -25,7 +25,7 @@ class WeightSyncEngine:
     def _load_folder(self, folder: str) -> None:
         """The weights saved in `folder`, loaded as the object-store transport loads them, without the object store."""
         from actors.weight_sync.buckets import tensor_buckets
-        from actors.weight_sync.send import saved_weights
+        from actors.weight_sync.saved import saved_weights
 
         self.load_weight_buckets(*tensor_buckets(saved_weights(folder).items()), label=folder)
 
@@ -46,6 +46,38 @@ class WeightSyncEngine:
         group = {"host": host, "port": port, "rank": rank, "world_size": world_size, "index": index,
                  "timeout_s": timeout_s}
         return self._update_weights({"group": group}, label)
+
+    # The shared-memory transport (actors.weight_sync.shared_memory): a sender on this node writes the weights
+    # straight into this engine's parameters, between these two calls.
+    def shared_weights_target(self) -> dict:
+        """Where a sender on this node writes this engine's weights (pid, fd, size, layout, node), or why it
+        cannot (`refusal`)."""
+        import ray
+
+        from actors.weight_sync.shared_memory import worker_target
+
+        if not self.shared_weights:
+            return {"refusal": "the engine was not started with shared weights (loop.sync_transport shared_memory)"}
+        if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:
+            return {"refusal": "the engine has several vLLM workers"}
+        return {**self.llm.collective_rpc(worker_target)[0], "node": ray.get_runtime_context().get_node_id()}
+
+    def begin_shared_write(self, label: str | None) -> None:
+        """The weights are about to be overwritten in place: no generation until `end_shared_write`, and the label
+        names no policy, so that weights a failed sender left half-written are resent (EnginePool.hold)."""
+        self._write_start = time.time()
+        self.writing = label or "?"
+        self.weights = f"partly written: {self.writing}"
+
+    def end_shared_write(self, label: str | None, written: dict) -> dict:
+        """The sender has written every weight (`written`: its bytes and seconds)."""
+        stats = {"load": "shared memory", "bytes": written["bytes"], "seconds": written["seconds"]}
+        return self._weights_replaced(getattr(self, "_write_start", time.time()), stats, label)
+
+    def check_weights_whole(self) -> None:
+        if self.writing is not None:
+            raise RuntimeError(f"the engine's weights are being written in place ({self.writing}); a sender that "
+                               "failed midway leaves them so until the next sync")
 
     def _update_weights(self, update_info: dict, label: str | None) -> dict:
         """One update through vLLM's weight-transfer API, received by the engine's `rlaif` transfer engine
@@ -82,6 +114,7 @@ class WeightSyncEngine:
         self.llm.shutdown_weight_transfer_engine()
 
     def _weights_replaced(self, start: float, stats: dict, label: str | None) -> dict:
+        self.writing = None  # whole weights again (a shared-memory write that failed midway is overwritten)
         self._drop_adapter()  # whole new weights: an adapter trained on the old ones no longer applies
         # Everything computed with the old weights must go: KV blocks, and the vision encoder's cached outputs
         # (the scheduler's bookkeeping too, or it asks the worker for embeddings that no longer exist).

@@ -35,9 +35,8 @@ def videos(ray_local, tmp_path_factory):
     return root, pq.read_table(root / "videos.parquet").to_pylist()
 
 
-def _engine(adapter_rank=None):
-    engine = EngineActor.options(num_cpus=0.5).remote("tiny-qwen2-vl", role="policy", max_model_len=1024,
-                                                      adapter_rank=adapter_rank)
+def _engine(**kwargs):
+    engine = EngineActor.options(num_cpus=0.5).remote("tiny-qwen2-vl", role="policy", max_model_len=1024, **kwargs)
     ray.get(engine.health.remote())
     return engine
 
@@ -53,6 +52,14 @@ def policy_engine(ray_local):
 def adapter_engine(ray_local):
     """An engine that can hot-load LoRA adapters (loop.sync adapter)."""
     engine = _engine(adapter_rank=8)
+    yield engine
+    ray.kill(engine)
+
+
+@pytest.fixture(scope="module")
+def shared_engine(ray_local):
+    """An engine on the plain CPU kernel with its parameters in shared memory (loop.sync_transport shared_memory)."""
+    engine = _engine(cpu_gemm="torch", shared_weights=True)
     yield engine
     ray.kill(engine)
 
@@ -88,18 +95,23 @@ def _pairs(rows, path):
     return pa.Table.from_pylist(items)
 
 
-@pytest.mark.parametrize("zero_stage, sync", [(2, "weights"), (3, "adapter")])
-def test_round_trains_and_reaches_the_live_engine(videos, request, tmp_path, zero_stage, sync):
-    """sync weights: the merged weights are broadcast by trainer rank 0 over a gloo group of its own, next to Ray
-    Train's; sync adapter: the engine keeps the starting weights and hot-loads the round's LoRA. Either way the engine
-    then answers as the saved merged policy does."""
+@pytest.mark.parametrize("zero_stage, sync, transport", [(2, "weights", "collective"), (3, "adapter", "collective"),
+                                                        (2, "weights", "shared_memory")])
+def test_round_trains_and_reaches_the_live_engine(videos, request, tmp_path, zero_stage, sync, transport):
+    """sync weights: the merged weights are sent by trainer rank 0, over a gloo group of its own next to Ray Train's
+    (collective) or written straight into the engine's shared parameters (shared_memory); sync adapter: the engine
+    keeps the starting weights and hot-loads the round's LoRA. Either way the engine then answers as the saved merged
+    policy does."""
     root, rows = videos
-    policy_engine = request.getfixturevalue("adapter_engine" if sync == "adapter" else "policy_engine")
+    fixture = {"adapter": "adapter_engine", "weights": "policy_engine"}[sync]
+    policy_engine = request.getfixturevalue("shared_engine" if transport == "shared_memory" else fixture)
     start = ensure_model("tiny-qwen2-vl")
     before = [s[0]["text"].strip() for s in ray.get(policy_engine.generate.remote(_requests(rows), GREEDY))]
     assert before == _hf_greedy(start, rows)  # the engine starts as the saved starting policy
 
-    cfg = parse_config({"name": f"bcast{zero_stage}", "loop": {"sync": sync, "sync_transport": "collective"},
+    cfg = parse_config({"name": f"bcast{zero_stage}", "loop": {"sync": sync, "sync_transport": transport,
+                                                               "sync_transport_required": True},
+                        "pools": {"policy": {"cpu_gemm": "torch" if transport == "shared_memory" else "onednn"}},
                         "train": {"workers": 2, "zero_stage": zero_stage, "lr": 0.05, "epochs": 3,
                                   "micro_batch_size": 1, "merge_each_round": sync == "weights",
                                   # ZeRO-3 also recomputes activations (what the GPU presets run with)
@@ -113,7 +125,7 @@ def test_round_trains_and_reaches_the_live_engine(videos, request, tmp_path, zer
                        lora_base=start, reference=start)
 
     assert result["engines_synced"] == 1 and result["sync_mode"] == sync and result["step"] == 6
-    assert result.get("sync_transport") == ("collective" if sync == "weights" else None)
+    assert result.get("sync_transport") == (transport if sync == "weights" else None)
     health = ray.get(policy_engine.health.remote())
     assert health["weights"] == str(round_dir / "policy")
     assert (health["adapter"] is not None) == (sync == "adapter")

@@ -121,3 +121,47 @@ def test_an_engine_on_the_plain_cpu_kernel_copies_new_weights_in_place(ray_local
         assert after == expected and after != before
     finally:
         ray.kill(plain)
+
+
+def test_shared_memory_sync_writes_into_the_engine_and_falls_back_where_it_cannot(engine):
+    """loop.sync_transport shared_memory: a sender in another process writes the weights straight into the
+    parameters of an engine started with shared weights (plain CPU kernel), which then generates exactly what
+    transformers generates with them. An engine without shared weights (the module's oneDNN engine) in the same sync
+    goes through the object store, the reason in the stats; with sync_transport_required the sync fails naming it."""
+    from actors.weight_sync.send import SyncTransportError
+
+    shared = EngineActor.options(num_cpus=0.5).remote("tiny-qwen2-vl", role="policy", max_model_len=1024,
+                                                       cpu_gemm="torch", shared_weights=True)
+    try:
+        model, processor = _perturbed(5)
+        expected = _hf_greedy(model, processor)
+        before = _engine_greedy(shared)
+        versions = [ray.get(e.health.remote())["weights_version"] for e in (shared, engine)]
+
+        stats = ray.get(_send.remote([shared, engine], dict(model.state_dict()), transport="shared_memory",
+                                     label="perturbed-5"))
+
+        assert stats["sync_transport"] == "shared_memory" and stats["engines_synced"] == 2
+        assert "not started with shared weights" in stats["sync_fallback"]
+        assert stats["engine_weights_version"] == [v + 1 for v in versions]
+        for e in (shared, engine):
+            after = _engine_greedy(e)
+            assert after == expected and after != before
+            assert ray.get(e.health.remote())["weights"] == "perturbed-5"
+
+        model, processor = _perturbed(6)
+        with pytest.raises(SyncTransportError, match=r"1 of 2 engine\(s\) cannot take a shared-memory weight sync"):
+            ray.get(_send.remote([shared, engine], dict(model.state_dict()), transport="shared_memory",
+                                 label="perturbed-6", required=True))
+        assert _engine_greedy(engine) == expected  # the engine it could not write kept its weights
+
+        # A sender that dies between begin_shared_write and end_shared_write: the engine refuses to generate from
+        # half-written weights and its label names no policy (EnginePool.hold resends one), until a sync lands.
+        ray.get(shared.begin_shared_write.remote("perturbed-7"))
+        assert ray.get(shared.health.remote())["weights"] == "partly written: perturbed-7"
+        with pytest.raises(RuntimeError, match="being written in place"):
+            _engine_greedy(shared)
+        ray.get(_send.remote([shared], dict(model.state_dict()), transport="object_store", label="perturbed-6"))
+        assert _engine_greedy(shared) == _hf_greedy(model, processor)
+    finally:
+        ray.kill(shared)

@@ -17,6 +17,18 @@ def test_weights_travel_through_the_object_store_unless_asked():
     assert parse_config({"loop": {"sync_transport": "collective"}}).loop.sync_transport == "collective"
 
 
+def test_shared_memory_sync_needs_the_plain_cpu_kernel_and_shares_only_the_policy_pool():
+    from rlaif.placement import plan_pools
+
+    with pytest.raises(ConfigError, match="'shared_memory' needs pools.policy.cpu_gemm 'torch'"):
+        parse_config({"loop": {"sync_transport": "shared_memory"}})
+    cfg = parse_config({"loop": {"sync_transport": "shared_memory", "sync_transport_required": True},
+                        "pools": {"policy": {"cpu_gemm": "torch"}}, "models": {"judge": "tiny-judge"}})
+    plans = plan_pools(cfg)
+    assert plans["policy"].shared_weights and not plans["judge"].shared_weights
+    assert not plan_pools(parse_config({}))["policy"].shared_weights
+
+
 def test_every_shipped_config_parses():
     configs = sorted((REPO / "configs").rglob("*.yaml"))
     assert configs, "configs/ should hold example run configs"

@@ -23,9 +23,11 @@ class RecordedPool:
 
     started: list["RecordedPool"] = []
 
-    def __init__(self, role, model, cfg, *, video, seed=0, weights_state=None, adapter_rank=None, wait=True):
+    def __init__(self, role, model, cfg, *, video, seed=0, weights_state=None, adapter_rank=None,
+                 shared_weights=False, wait=True):
         self.role, self.model, self.cfg, self.video, self.seed = role, model, cfg, video, seed
         self.weights_state, self.adapter_rank, self.wait = weights_state, adapter_rank, wait
+        self.shared_weights = shared_weights
         self.options = EnginePool.actor_options(cfg)  # the real Ray options of each engine actor
         self.ready_at, self.waited, self.shutdowns = None, 0, 0
         RecordedPool.started.append(self)
@@ -83,6 +85,8 @@ def test_plan_and_run_start_the_same_pools(path, recorded, tmp_path):
         assert policy.weights_state == str(tmp_path / "run" / "policy_engines.json")
         assert all(p.weights_state is None for p in recorded if p is not policy)
         assert policy.adapter_rank == (cfg.train.lora_r if cfg.loop.sync == "adapter" else None)
+        assert policy.shared_weights == (cfg.loop.sync_transport == "shared_memory")
+        assert not any(p.shared_weights for p in recorded if p is not policy)
         assert (pools["judge"] is policy) == (cfg.models.judge == "policy")
         assert (pools["judge"] is None) == (cfg.models.judge != "policy" and not cfg.needs_judge_engine())
         seeds = [p.seed for k, p in pools.items() if k.startswith("extra:")]
