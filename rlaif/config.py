@@ -239,7 +239,10 @@ class TrainConfig(_Strict):
     cpus_per_worker: float = Field(0.5, gt=0)
     gpus_per_worker: float = Field(1.0, gt=0, le=1, description="GPU share of each worker (use_gpu); below 1 the "
                                                                  "workers share GPUs with engine pools.")
-    zero_stage: Literal[2, 3] = 2
+    zero_stage: Literal[2, 3] = Field(
+        2, description="DeepSpeed ZeRO stage: 2 partitions the optimizer state and gradients over the workers, 3 the "
+                       "weights too. One fp32 worker has nothing to partition and runs stage 0 instead (see "
+                       "pipelines.stages.train.zero_stage).")
     beta: float = Field(0.1, gt=0, description="DPO temperature β.")
     loss_type: Literal["sigmoid", "robust", "ipo"] = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
@@ -314,9 +317,9 @@ class LoopConfig(_Strict):
                                     "it in the train stage's stats (sync_fallback), which the run's summary shows. "
                                     "shared_memory (CPU engines on pools.policy.cpu_gemm torch): the engines keep "
                                     "their parameters in shared memory and the trainer's rank 0 writes the new "
-                                    "weights straight into them, one copy (1.7x the copy bound against the object "
-                                    "store's 5.4x into the same engines, bench/weight_sync.py); engines on another "
-                                    "node go through the object store, with the same warning.")
+                                    "weights straight into them, one copy (1.6-1.7x the copy bound against the "
+                                    "object store's 4.7-5.4x into the same engines, bench/weight_sync.py); engines "
+                                    "on another node go through the object store, with the same warning.")
     sync_transport_required: bool = Field(
         False, description="With sync_transport collective or shared_memory: a sync that cannot use it is an error "
                            "(the train stage fails, naming the cause) instead of a fallback to the object store. For "

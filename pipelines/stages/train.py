@@ -70,6 +70,16 @@ def _skip_deepspeed_shm_build() -> None:
     sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
 
+def zero_stage(t: TrainConfig) -> int:
+    """The ZeRO stage DeepSpeed runs: train.zero_stage, except ZeRO-2 on one fp32 worker, which runs as stage 0.
+    ZeRO-2 partitions the optimizer state and gradients over the workers; with one worker there is nothing to
+    partition, and it still keeps a flat fp32 copy of the weights, copies each gradient into it and the updated copy
+    back after every step. Stage 0 steps torch's optimizer on the parameters themselves: a SmolLM2 full fine-tuning
+    step on 2 cores went from 2.32 to 1.88 s (the step's optimizer part from 0.44 to 0.18 s). With bf16, stage 0 is
+    DeepSpeed's BF16_Optimizer, with flat buffers of its own, so a bf16 worker keeps ZeRO-2."""
+    return 0 if t.zero_stage == 2 and t.workers == 1 and not t.bf16 else t.zero_stage
+
+
 def deepspeed_config(t: TrainConfig) -> dict:
     return {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
@@ -78,7 +88,7 @@ def deepspeed_config(t: TrainConfig) -> dict:
         # torch's AdamW (DeepSpeed's own CPU Adam is a JIT-compiled op), fused: one kernel over all the parameters
         # instead of a loop over tensors (a SmolLM2 full fine-tuning step on 2 cores: 3.8 s instead of 4.3 s).
         "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "weight_decay": 0.0, "torch_adam": True, "fused": True}},
-        "zero_optimization": {"stage": t.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
+        "zero_optimization": {"stage": zero_stage(t), "stage3_gather_16bit_weights_on_model_save": True},
         "bf16": {"enabled": t.bf16},
         "steps_per_print": 10**9,
     }

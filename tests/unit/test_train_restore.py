@@ -1,4 +1,4 @@
-"""The train stage's checkpoint restore (pipelines.stages.train) on real DeepSpeed engines (ZeRO-2 and 3, one CPU
+"""The train stage's checkpoint restore (pipelines.stages.train) on real DeepSpeed engines (ZeRO-0, 2 and 3, one CPU
 rank, in a child process so that its process group never meets another test's): a checkpoint saved without its
 frozen parameters loads strictly and gives back every trainable tensor bit for bit (the digests saved with it
 match), and a checkpoint that lacks a trainable tensor, or holds one the model does not have, is refused instead of
@@ -11,7 +11,8 @@ import sys
 
 import pyarrow as pa
 
-from pipelines.stages.train import batch_digest
+from pipelines.stages.train import batch_digest, deepspeed_config
+from rlaif.config import TrainConfig
 
 
 def test_a_batch_digest_names_its_rows_and_their_order_not_their_frames():
@@ -24,13 +25,20 @@ def test_a_batch_digest_names_its_rows_and_their_order_not_their_frames():
     assert batch_digest(a) == batch_digest(other_frames)  # frames are not hashed (the row's ids are)
 
 
+def test_one_fp32_worker_runs_zero_stage_0_and_everything_else_the_stage_asked():
+    stage = lambda **kw: deepspeed_config(TrainConfig(**kw))["zero_optimization"]["stage"]  # noqa: E731
+    assert stage(workers=1) == 0  # nothing to partition: DeepSpeed steps torch's optimizer on the parameters
+    assert stage(workers=2) == 2 and stage(workers=1, zero_stage=3) == 3
+    assert stage(workers=1, precision="bf16") == 2  # bf16's stage 0 is DeepSpeed's BF16_Optimizer, not plain torch
+
+
 def test_a_restore_is_strict_and_bitwise():
     out = subprocess.run([sys.executable, "-m", "tests.unit.test_train_restore"], capture_output=True, text=True,
                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["restored_equal"] and found["digests_equal"] and found["trained_away_from_init"]
-    assert found["zero3_restored_equal"]
+    assert found["zero3_restored_equal"] and found["zero0_restored_equal"]
     assert "missing" in found["lacks_a_trainable_tensor"] and "lora_B" in found["lacks_a_trainable_tensor"]
     assert "unexpected" in found["holds_an_unknown_tensor"]
     assert found["changed_after_load"] == ["lora_B"], "a tensor that differs by one ulp is caught"
@@ -93,6 +101,13 @@ def _scenario() -> dict:
         trained.save_checkpoint(d, tag="t", exclude_frozen_parameters=True)
         fresh = engine(1, stage=3)
         found["zero3_restored_equal"] = load(fresh, d) == "loaded" and trainable_digests(fresh, zero3=True) == saved
+    with tempfile.TemporaryDirectory() as d:  # stage 0: what one fp32 worker runs (pipelines.stages.train.zero_stage)
+        trained = engine(0, stage=0)
+        train(trained)
+        saved = trainable_digests(trained, zero3=False)
+        trained.save_checkpoint(d, tag="t", exclude_frozen_parameters=True)
+        fresh = engine(1, stage=0)
+        found["zero0_restored_equal"] = load(fresh, d) == "loaded" and trainable_digests(fresh, zero3=False) == saved
     trained = engine(0)
     start = trainable_digests(trained, zero3=False)
     train(trained)
