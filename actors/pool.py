@@ -43,8 +43,8 @@ class EnginePool:
     """`weights_state` (policy pools): where `hold` records the policy the engines must serve, so that an engine
     restarted after a crash comes back with it (see VLLMEngine). `adapter_rank`: the engines can hot-load LoRA
     adapters up to this rank (loop.sync adapter). `shared_weights`: the engines keep their parameters in shared
-    memory for the trainer to write into (loop.sync_transport shared_memory). `wait=False` returns while the engines still load (calls to them
-    queue until they are ready); `wait_ready` then waits."""
+    memory for the trainer to write into (loop.sync_transport shared_memory). `wait=False` returns while the engines
+    still load (calls to them queue until they are ready); `wait_ready` then waits."""
 
     def __init__(self, role: str, model: str, cfg: EnginePoolConfig, *, video: bool, seed: int = 0,
                  weights_state: str | None = None, adapter_rank: int | None = None, shared_weights: bool = False,

@@ -257,8 +257,9 @@ def main() -> None:
     bound = nbytes / (copy_bandwidth_gbs() * 1e9)
     print(f"\n{machine()}; {args.model}: {len(state)} tensors, {nbytes / 1e6:.1f} MB fp32, "
           f"{info['sync_buckets']} bucket(s) of <= {args.bucket_mb} MB, {args.engines} engine(s)")
-    calls = {"bucketed": 1, "collective": 1, "rpc": len(state) + 1, "rpc_plain": len(state) + 1, "load": 1, "lora": 1, "bucketed_plain": 1,
-             "load_plain": 1, "shared": 3, "shared_fresh": 3, "pack": "-", "put": "-", "put_flat": "-", "pack_torch": "-", "gen": 1, "gen_plain": 1}
+    calls = {"bucketed": 1, "collective": 1, "rpc": len(state) + 1, "rpc_plain": len(state) + 1, "load": 1,
+             "lora": 1, "bucketed_plain": 1, "load_plain": 1, "shared": 3, "shared_fresh": 3, "pack": "-", "put": "-",
+             "put_flat": "-", "pack_torch": "-", "gen": 1, "gen_plain": 1}
     rows, speed = [], {}
     plain_kernel = ("rpc_plain", "bucketed_plain", "load_plain", "shared", "shared_fresh")
     for key, values in times.items():
@@ -291,8 +292,8 @@ def main() -> None:
     print(f"plain CPU kernel (pools.*.cpu_gemm torch): the engine's load is {ratio(med['load_plain'], bound)} the copy "
           f"bound ({ratio(med['load'], bound)} with oneDNN's repacking), the whole bucketed sync "
           f"{ratio(med['bucketed_plain'], bound)} ({ratio(med['bucketed'], bound)}), "
-          f"{ratio(med['rpc_plain'], med['bucketed_plain'])} faster than per-parameter RPC on the same kernel; it generates at "
-          f"{speed['gen_plain']:.0f} tokens/s against oneDNN's {speed['gen']:.0f} "
+          f"{ratio(med['rpc_plain'], med['bucketed_plain'])} faster than per-parameter RPC on the same kernel; it "
+          f"generates at {speed['gen_plain']:.0f} tokens/s against oneDNN's {speed['gen']:.0f} "
           f"({ratio(speed['gen_plain'], speed['gen'])}); of its sync, the object store's put takes "
           f"{ratio(med['put'], bound)} the copy bound, the engine's copy {ratio(med['load_plain'], bound)}, the rest "
           f"(calls, the engine's cache resets) {ratio(med['bucketed_plain'] - med['put'] - med['load_plain'], bound)};"
@@ -300,8 +301,8 @@ def main() -> None:
     print(f"shared memory (loop.sync_transport shared_memory, plain CPU kernel): the whole sync takes "
           f"{ratio(med['shared'], bound)} the copy bound (target <= 2x), {ratio(med['shared_fresh'], bound)} when the "
           f"sender maps the engine's file anew; {ratio(med['rpc_plain'], med['shared'])} faster than per-parameter RPC "
-          f"on the same kernel (target >= 5x) and {ratio(med['bucketed_plain'], med['shared'])} faster than the object store on the same "
-          "engines (medians)")
+          f"on the same kernel (target >= 5x) and {ratio(med['bucketed_plain'], med['shared'])} faster than the "
+          "object store into the same engines (medians)")
     print(f"the put of {len(state)} tensors in {len(unpacked)} buckets takes {ratio(med['put'], bound)} the copy bound, "
           f"the same bytes as {len(flat)} contiguous buffers {ratio(med['put_flat'], bound)}; packing them into "
           f"torch-allocated buffers first costs {ratio(med['pack_torch'], bound)} (medians)")
