@@ -317,7 +317,7 @@ class LoopConfig(_Strict):
                                     "it in the train stage's stats (sync_fallback), which the run's summary shows. "
                                     "shared_memory (CPU engines on pools.policy.cpu_gemm torch): the engines keep "
                                     "their parameters in shared memory and the trainer's rank 0 writes the new "
-                                    "weights straight into them, one copy (1.6-1.7x the copy bound against the "
+                                    "weights straight into them, one copy (1.6-1.8x the copy bound against the "
                                     "object store's 4.7-5.4x into the same engines, bench/weight_sync.py); engines "
                                     "on another node go through the object store, with the same warning.")
     sync_transport_required: bool = Field(

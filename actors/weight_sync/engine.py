@@ -49,9 +49,9 @@ class WeightSyncEngine:
 
     # The shared-memory transport (actors.weight_sync.shared_memory): a sender on this node writes the weights
     # straight into this engine's parameters, between these two calls.
-    def shared_weights_target(self) -> dict:
-        """Where a sender on this node writes this engine's weights (pid, fd, size, layout, node), or why it
-        cannot (`refusal`)."""
+    def shared_weights_target(self, names: list[str]) -> dict:
+        """Where a sender on this node writes tensors `names` into this engine's weights (pid, fd, size, layout with
+        the names' keys, node), or why it cannot (`refusal`)."""
         import ray
 
         from actors.weight_sync.shared_memory import worker_target
@@ -60,7 +60,8 @@ class WeightSyncEngine:
             return {"refusal": "the engine was not started with shared weights (loop.sync_transport shared_memory)"}
         if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:
             return {"refusal": "the engine has several vLLM workers"}
-        return {**self.llm.collective_rpc(worker_target)[0], "node": ray.get_runtime_context().get_node_id()}
+        return {**self.llm.collective_rpc(worker_target, args=(names,))[0],
+                "node": ray.get_runtime_context().get_node_id()}
 
     def begin_shared_write(self, label: str | None) -> None:
         """The weights are about to be overwritten in place: no generation until `end_shared_write`, and the label

@@ -42,9 +42,17 @@ class Layout:
     offsets: dict[str, list[int]]  # key -> byte offsets its tensor is copied to (a tied tensor may have several)
     nbytes: dict[str, int]  # key -> its size in bytes
     dtypes: dict[str, torch.dtype]  # key -> the dtype its bytes are read as (a sender must match it)
-    mapper: object = None  # the model's vLLM WeightsMapper, or None
+    mapper: object = None  # the model's vLLM WeightsMapper, or None; kept in the engine (see `for_sender`)
+    keys: dict[str, str | None] | None = None  # a sender's names -> their keys, worked out by the engine
+
+    def for_sender(self, names: list[str]) -> "Layout":
+        """This layout as a sender gets it: its names' keys worked out here, without the mapper (unpickling a vLLM
+        class would import vLLM into the sender's process, a Ray Train worker: ~1.7 s a sync)."""
+        return Layout(self.offsets, self.nbytes, self.dtypes, keys={n: self.key(n) for n in names})
 
     def key(self, name: str) -> str | None:
+        if self.keys is not None:
+            return self.keys.get(name)
         if self.mapper is None:
             return name
         # A stacked rule (Llama's gate_proj and up_proj -> gate_up_proj) maps two names to one: the shard tells
@@ -66,8 +74,11 @@ class SharedWeights:
     layout: Layout | None = None
     refusal: str | None = None  # why a sync cannot write here (then the object store syncs this engine)
 
-    def target(self) -> dict:
-        return {"pid": os.getpid(), "fd": self.fd, "size": self.size, "layout": self.layout, "refusal": self.refusal}
+    def target(self, names: list[str] | None = None) -> dict:
+        """`names`: the sender's tensor names (their keys come with the layout, see Layout.for_sender); None: the
+        layout as it is (a sender in this process)."""
+        layout = self.layout.for_sender(names) if self.layout is not None and names is not None else self.layout
+        return {"pid": os.getpid(), "fd": self.fd, "size": self.size, "layout": layout, "refusal": self.refusal}
 
 
 def share_parameters(model: torch.nn.Module) -> SharedWeights:
@@ -267,13 +278,14 @@ def share_worker_parameters(worker, folder: str) -> dict:
     return {"bytes": shared.size, "seconds": time.perf_counter() - start, "refusal": shared.refusal}
 
 
-def worker_target(worker) -> dict:
-    """Where a sender writes (see SharedWeights.target), after checking every parameter is still in the file."""
+def worker_target(worker, names: list[str]) -> dict:
+    """Where a sender of tensors `names` writes (see SharedWeights.target), after checking every parameter is still
+    in the file."""
     shared: SharedWeights | None = getattr(worker, "rlaif_shared_weights", None)
     if shared is None:
         return {"refusal": "the engine was not started with shared weights"}
     parameter_ranges(worker.model_runner.model, shared)
-    return shared.target()
+    return shared.target(names)
 
 
 # The sender's side (loop.sync_transport shared_memory), called by actors.weight_sync.send.broadcast_weights.
@@ -284,7 +296,8 @@ def sync_engines(engines: list, named: list[tuple[str, torch.Tensor]], label: st
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    targets = ray.get([e.shared_weights_target.remote() for e in engines])
+    names = [n for n, _ in named]
+    targets = ray.get([e.shared_weights_target.remote(names) for e in engines])
     stats, rest, why = [], [], []
     for engine, target in zip(engines, targets):
         refusal = target.get("refusal") or (None if target["node"] == node else "the engine is on another node")
