@@ -187,7 +187,8 @@ def learn_layout(shared: SharedWeights, params: list[tuple[int, int]], load: Cal
     for name, ranges in recorder.exact.items():
         key = layout.key(name)
         if key is None or key in layout.offsets:
-            shared.refusal = f"two checkpoint names map to the engine's {key}"
+            shared.refusal = (f"the model's name mapper drops {name}, which its loader copies" if key is None
+                              else f"two checkpoint names map to the engine's {key}")
             return shared
         layout.offsets[key] = [off for off, _ in ranges]
         layout.nbytes[key], layout.dtypes[key] = tensors[name].nbytes, tensors[name].dtype
