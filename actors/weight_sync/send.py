@@ -59,9 +59,13 @@ def broadcast_weights(engines: list, named: Iterable[tuple[str, torch.Tensor]], 
     if stats is None:
         stats = object_store.sync_engines(engines, buckets, label)
         used = {"sync_transport": "object_store", **used}
-    return {"sync_s": time.perf_counter() - start, "sync_mode": "weights", "sync_buckets": len(buckets),
-            "sync_bytes": sum(b.nbytes for b in buckets), "engines_synced": len(stats),
-            "engine_weights_version": [s["version"] for s in stats],
+    return _sync_stats(start, stats, len(buckets), sum(b.nbytes for b in buckets), used)
+
+
+def _sync_stats(start: float, stats: list[dict], buckets: int, nbytes: int, used: dict) -> dict:
+    """A weights sync's figures (the train stage records them), from the engines' own `stats`."""
+    return {"sync_s": time.perf_counter() - start, "sync_mode": "weights", "sync_buckets": buckets,
+            "sync_bytes": nbytes, "engines_synced": len(stats), "engine_weights_version": [s["version"] for s in stats],
             "engine_load_s": max((s["seconds"] for s in stats), default=0.0), **used}
 
 
@@ -84,11 +88,7 @@ def _shared_memory(engines: list, named: list, bucket_mb: int, label: str | None
         with torch.no_grad():
             buckets = tensor_buckets(named, bucket_bytes=bucket_mb << 20)
             stats += object_store.sync_engines(rest, buckets, label)
-    return {"sync_s": time.perf_counter() - start, "sync_mode": "weights",
-            "sync_buckets": len(buckets) if rest else 0,
-            "sync_bytes": sum(t.nbytes for _, t in named), "engines_synced": len(stats),
-            "engine_weights_version": [s["version"] for s in stats],
-            "engine_load_s": max((s["seconds"] for s in stats), default=0.0), **used}
+    return _sync_stats(start, stats, len(buckets) if rest else 0, sum(t.nbytes for _, t in named), used)
 
 
 def _try_collective(engines: list, buckets: list[Bucket], label: str | None, timeout_s: float,

@@ -251,9 +251,13 @@ def write_weights(target: dict, named: list[tuple[str, torch.Tensor]]) -> dict:
     """Copies each tensor into its places in the engine's shared file (`target`, from the engine): the sync's one
     copy, after every tensor is checked (plan_writes). Returns the bytes written, the seconds taken and the sent
     names the engine keeps nothing of."""
+    return write_planned(target, *plan_writes(target["layout"], named))
+
+
+def write_planned(target: dict, writes: list[tuple[torch.Tensor, str]], ignored: list[str]) -> dict:
+    """write_weights after its checks (`plan_writes`' result): the copy alone."""
     start = time.perf_counter()
     layout: Layout = target["layout"]
-    writes, ignored = plan_writes(layout, named)
     region, written = _region(target), 0
     with torch.no_grad():
         for t, key in writes:
@@ -306,8 +310,8 @@ def sync_engines(engines: list, named: list[tuple[str, torch.Tensor]], label: st
             rest.append(engine)
             why.append(refusal)
             continue
-        plan_writes(target["layout"], named)  # raises before the engine's weights are touched
+        planned = plan_writes(target["layout"], named)  # raises before the engine's weights are touched
         ray.get(engine.begin_shared_write.remote(label))
-        written = write_weights(target, named)
+        written = write_planned(target, *planned)
         stats.append(ray.get(engine.end_shared_write.remote(label, written)))
     return stats, rest, why
