@@ -71,8 +71,9 @@ class WeightSyncEngine:
         self.weights = f"partly written: {self.writing}"
 
     def end_shared_write(self, label: str | None, written: dict) -> dict:
-        """The sender has written every weight (`written`: its bytes and seconds)."""
-        stats = {"load": "shared memory", "bytes": written["bytes"], "seconds": written["seconds"]}
+        """The sender has written every weight (`written`: its bytes, seconds and the sent names it ignored)."""
+        stats = {"load": "shared memory", "bytes": written["bytes"], "seconds": written["seconds"],
+                 "ignored": written["ignored"]}
         return self._weights_replaced(getattr(self, "_write_start", time.time()), stats, label)
 
     def check_weights_whole(self) -> None:

@@ -63,10 +63,13 @@ def broadcast_weights(engines: list, named: Iterable[tuple[str, torch.Tensor]], 
 
 
 def _sync_stats(start: float, stats: list[dict], buckets: int, nbytes: int, used: dict) -> dict:
-    """A weights sync's figures (the train stage records them), from the engines' own `stats`."""
+    """A weights sync's figures (the train stage records them), from the engines' own `stats`. `sync_ignored`: the
+    sent names a shared-memory engine keeps nothing of (a tied output layer), which vLLM's loader skips silently."""
+    ignored = sorted({name for s in stats for name in s.get("ignored", ())})
     return {"sync_s": time.perf_counter() - start, "sync_mode": "weights", "sync_buckets": buckets,
             "sync_bytes": nbytes, "engines_synced": len(stats), "engine_weights_version": [s["version"] for s in stats],
-            "engine_load_s": max((s["seconds"] for s in stats), default=0.0), **used}
+            "engine_load_s": max((s["seconds"] for s in stats), default=0.0),
+            **({"sync_ignored": ignored} if ignored else {}), **used}
 
 
 def _shared_memory(engines: list, named: list, bucket_mb: int, label: str | None, required: bool,
@@ -84,7 +87,8 @@ def _shared_memory(engines: list, named: list, bucket_mb: int, label: str | None
                 f"loop.sync_transport_required is true, so they are not synced through the object store")
         log.warning("WEIGHT SYNC FALLBACK: %d of %d engine(s) cannot take a shared-memory sync (%s); syncing them "
                     "through the object store", len(rest), len(engines), reason)
-        used = {"sync_transport": "shared_memory" if stats else "object_store", "sync_fallback": reason}
+        used = {"sync_transport": "shared_memory" if stats else "object_store",
+                "sync_fallback": f"shared memory: {reason}"}
         with torch.no_grad():
             buckets = tensor_buckets(named, bucket_bytes=bucket_mb << 20)
             stats += object_store.sync_engines(rest, buckets, label)

@@ -39,11 +39,12 @@ def eval_table(run_dir: RunPath) -> str:
 
 
 def stage_warnings(stage: dict) -> list[str]:
-    """What went wrong in a stage that finished anyway: a weight sync that fell back from the collective transport
-    (`sync_fallback`, recorded by the train stage), ingest's internal errors (bugs, not bad input)."""
+    """What went wrong in a stage that finished anyway: a weight sync that fell back from the collective or
+    shared-memory transport (`sync_fallback`, recorded by the train stage; its reason starts with the backend or
+    transport that failed), ingest's internal errors (bugs, not bad input)."""
     out = []
     if stage.get("sync_fallback"):
-        out.append(f"collective weight sync fell back to the object store: {stage['sync_fallback']}")
+        out.append(f"weight sync fell back to the object store: {stage['sync_fallback']}")
     if stage.get("internal_errors"):
         out.append(f"{stage['internal_errors']} internal error(s) in decoding: bugs, not bad input "
                    f"(quarantine.parquet)")

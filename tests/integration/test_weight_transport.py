@@ -142,7 +142,9 @@ def test_shared_memory_sync_writes_into_the_engine_and_falls_back_where_it_canno
                                      label="perturbed-5"))
 
         assert stats["sync_transport"] == "shared_memory" and stats["engines_synced"] == 2
-        assert "not started with shared weights" in stats["sync_fallback"]
+        assert stats["sync_fallback"].startswith("shared memory: ") and "not started with shared weights" in \
+            stats["sync_fallback"]
+        assert stats["sync_ignored"] == ["lm_head.weight"]  # tied to the embedding, which the engine keeps once
         assert stats["engine_weights_version"] == [v + 1 for v in versions]
         for e in (shared, engine):
             after = _engine_greedy(e)

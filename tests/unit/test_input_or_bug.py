@@ -232,10 +232,10 @@ def test_report_and_summary_show_internal_errors_and_sync_fallbacks(tmp_path, ca
     m.record("loop", "done", "h", seconds=3.0)
     table = stage_times(m)
     assert "| stage | seconds | rows | warnings |" in table
-    assert "| round_0/train | 2.0 | 4 | collective weight sync fell back to the object store: gloo: RuntimeError: " \
+    assert "| round_0/train | 2.0 | 4 | weight sync fell back to the object store: gloo: RuntimeError: " \
            "Socket Timeout |" in table
     assert run_warnings(m) == ["ingest: 1 internal error(s) in decoding: bugs, not bad input (quarantine.parquet)",
-                               "round_0/train: collective weight sync fell back to the object store: gloo: "
+                               "round_0/train: weight sync fell back to the object store: gloo: "
                                "RuntimeError: Socket Timeout"]
     _print_ingest(m.stage("ingest"), tmp_path)
     out = capsys.readouterr().out
@@ -246,7 +246,7 @@ def test_report_and_summary_show_internal_errors_and_sync_fallbacks(tmp_path, ca
     _print_summary(m, tmp_path)
     out = capsys.readouterr().out
     assert "WARNINGS:\n  ingest: 1 internal error(s)" in out
-    assert "round_0/train: collective weight sync fell back" in out
+    assert "round_0/train: weight sync fell back" in out
     clean = Manifest(tmp_path / "clean")
     clean.record("x", "done", "h", rows=1, seconds=1.0)
     assert stage_times(clean) == "| stage | seconds | rows |\n|---|---|---|\n| x | 1.0 | 1 |"

@@ -147,7 +147,7 @@ def test_a_two_round_run_gets_tables_plots_and_a_gallery(tmp_path):
     assert "| base | 4 | 0.667 | 3.250 | 0.750 |" in markdown and "| 1 | 4 | 1.000 | 4.667 | 0.750 |" in markdown
     assert "| round 0 | 3 | 0.900 → 0.600 | 0.300 | 1.000 | done | 10.0 |" in markdown
     assert "| round 1 | 2 | 0.700 → 0.500 | 0.600 | 1.000 | done | 12.0 |" in markdown
-    assert "- round\\_1/train: collective weight sync fell back to the object store: no group" in markdown
+    assert "- round\\_1/train: weight sync fell back to the object store: no group" in markdown
     for figure in ("heldout", "judge_scores", "pairs", "training", "stage_times"):
         assert f"(report_assets/{figure}.png)" in markdown
     # The stage times in the order the stages ran.
