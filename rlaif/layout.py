@@ -80,7 +80,8 @@ class RunLayout(Layout):
     quarantine = File("quarantine.parquet", "videos that failed to decode, with the reason (schemas.QUARANTINE)")
     captions = File("captions.parquet", "one detailed caption per video, the judge's evidence (schemas.CAPTIONS)")
     prompts = File("prompts.parquet", "questions per video with their split, train or eval (schemas.PROMPTS)")
-    policy_engines = File("policy_engines.json", "the policy folder the policy engines must serve (after a restart)")
+    policy_engines = File("policy_engines.json", "the policy folder the policy engines must serve (after a restart); "
+                                                 "a run without --resume removes it")
     train_storage = File("ray_train", "Ray Train's checkpoints of each training stage (what an interrupted one resumes)")
     logs = File("logs", "every library's log of the run (Ray, Ray Data, vLLM, DeepSpeed, engines, workers); `-v` shows them live")
     report = File("report.md", "the run's report: per-round table, plots, a gallery of held-out answers before and after")

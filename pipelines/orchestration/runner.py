@@ -37,8 +37,11 @@ def run_pipeline(cfg: RunConfig, run_dir: RunPath | str, resume: bool = False, s
     if resume and (n := clean_partials(layout.dir)):
         log.info("resume: removed %d partial outputs of an interrupted run", n)
     if not resume and loop:
-        # A fresh run redoes everything: training checkpoints of an earlier run here must not be resumed from.
+        # A fresh run redoes everything. Training checkpoints of an earlier run here must not be resumed from, and the
+        # policy its engines last served (policy_engines.json, which a restarted engine loads) must not be loaded by
+        # this run's engines: they caption the videos before the loop first syncs them the starting policy.
         layout.train_storage.remove()
+        layout.policy_engines.remove()
     manifest.data.update(name=cfg.name, config=cfg.model_dump(mode="json"), started=manifest.data.get("started", time.time()))
     stages = Stages(cfg, manifest, resume)
     # The loop's pools, from plan to shutdown: started before ingest (without waiting) when the cluster has room for

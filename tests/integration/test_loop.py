@@ -109,3 +109,26 @@ def test_resume_after_a_crash_in_the_last_stage_redoes_only_that_stage(run):
     # Fresh engines were loaded with round 1's saved policy: greedy eval answers are the same as before the crash.
     answers_after = read_table(run_dir / "round_1" / "eval_answers.parquet").sort_by("prompt_id")
     assert answers_after.column("response").to_pylist() == answers_before.column("response").to_pylist()
+
+
+def test_a_fresh_run_in_a_used_folder_serves_the_starting_policy(run, tmp_path):
+    """A run without --resume in a folder where an earlier run finished: its policy engines start on the config's
+    policy, not on the one the earlier run's engines last served (policy_engines.json names its round 1, still on
+    disk). They caption the videos before the loop first syncs them, so a stale policy there changed the captions,
+    the judge's evidence: a fresh run writes the captions that the earlier run wrote in an empty folder."""
+    import shutil
+
+    cfg, run_dir, _ = run
+    used = tmp_path / "used"
+    shutil.copytree(run_dir, used)
+    held = json.loads((used / "policy_engines.json").read_text())["policy"]
+    assert held.endswith("round_1/policy") and (run_dir / "round_1" / "policy").is_dir()
+
+    again = cfg.model_copy(deep=True)
+    again.loop.rounds, again.train.epochs = 1, 1  # the captions are written before any round
+    run_pipeline(again, used)
+
+    def captions(folder):
+        return read_table(folder / "captions.parquet").sort_by("video_id").column("caption").to_pylist()
+
+    assert captions(used) == captions(run_dir)
