@@ -67,17 +67,16 @@ class Layout:
 @dataclass
 class SharedWeights:
     """An engine's parameters in one shared-memory file, and the layout its loader gave them. Lives in the vLLM
-    worker (`share_parameters`); `target()` is what a sender needs to open it."""
+    worker (`share_parameters`); `target(names)` is what a sender of those names needs to open it."""
     fd: int  # the memfd, open for as long as the engine lives: a sender opens /proc/<pid>/fd/<fd>
     region: torch.Tensor  # uint8, the whole file, mapped shared
     size: int
     layout: Layout | None = None
     refusal: str | None = None  # why a sync cannot write here (then the object store syncs this engine)
 
-    def target(self, names: list[str] | None = None) -> dict:
-        """`names`: the sender's tensor names (their keys come with the layout, see Layout.for_sender); None: the
-        layout as it is (a sender in this process)."""
-        layout = self.layout.for_sender(names) if self.layout is not None and names is not None else self.layout
+    def target(self, names: list[str]) -> dict:
+        """`names`: the sender's tensor names (their keys come with the layout, see Layout.for_sender)."""
+        layout = self.layout.for_sender(names) if self.layout is not None else None
         return {"pid": os.getpid(), "fd": self.fd, "size": self.size, "layout": layout, "refusal": self.refusal}
 
 

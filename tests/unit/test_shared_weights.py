@@ -49,7 +49,7 @@ def test_a_sender_writes_each_tensor_where_the_loader_put_it():
     model, shared = shared_model()
     assert shared.refusal is None
     new = checkpoint(1)
-    out = sm.write_weights(shared.target(), list(new.items()))
+    out = sm.write_weights(shared.target(list(new)), list(new.items()))
     assert out["ignored"] == ["lm_head.weight"]  # read by the loader, nothing kept (tied)
     assert out["bytes"] == sum(new[n].nbytes for n in ("q.weight", "k.weight", "v.weight", "embed.weight"))
     # What the engine computes with now equals what its own loader makes of the new checkpoint.
@@ -89,11 +89,11 @@ def test_weights_of_another_model_are_refused_before_anything_is_written():
     wrong = checkpoint(3)
     del wrong["v.weight"]
     with pytest.raises(ValueError, match=r"1 of its tensors are not among them, e.g. \['v.weight'\]"):
-        sm.write_weights(shared.target(), list(wrong.items()))
+        sm.write_weights(shared.target(list(wrong)), list(wrong.items()))
     bigger = {**checkpoint(3), "q.weight": torch.zeros(5, 4)}
     with pytest.raises(ValueError, match="q.weight: a torch.float32 tensor of 80 bytes sent, the engine's is a "
                                          "torch.float32 one of 64"):
-        sm.write_weights(shared.target(), list(bigger.items()))
+        sm.write_weights(shared.target(list(bigger)), list(bigger.items()))
     assert torch.equal(model.qkv, before)
 
 
